@@ -1,0 +1,44 @@
+"""attn_widget: see and debug what a transformer attends to, from inside Jupyter.
+
+Attention is a debugging signal, not an explanation: it shows where the model looked, not why.
+
+The public API is re-exported here lazily, so ``import attn_widget`` stays light: torch is
+imported only when a model is loaded or captured, and the widget only when one is shown.
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "AttentionTrace": "trace",
+    "AttentionBlock": "trace",
+    "Token": "trace",
+    "TokenTable": "trace",
+    "TraceFormatError": "trace",
+    "load_trace": "trace",
+    "capture": "capture",
+    "CaptureError": "capture",
+    "MemoryBudgetError": "capture",
+    "load_model": "models",
+    "analysis": None,
+    "AttentionWidget": "widget",
+    "compare_widget": "widget",
+    "AttentionSession": "session",
+    "save_snapshot": "snapshot",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'attn_widget' has no attribute {name!r}")
+    module = _EXPORTS[name]
+    if module is None:
+        return import_module(f".{name}", __name__)
+    return getattr(import_module(f".{module}", __name__), name)
+
+
+def __dir__():
+    return __all__
