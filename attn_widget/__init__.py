@@ -17,9 +17,9 @@ _EXPORTS = {
     "TokenTable": "trace",
     "TraceFormatError": "trace",
     "load_trace": "trace",
-    "capture": "capture",
-    "CaptureError": "capture",
-    "MemoryBudgetError": "capture",
+    "capture": "capturing",
+    "CaptureError": "capturing",
+    "MemoryBudgetError": "capturing",
     "load_model": "models",
     "analysis": None,
     "AttentionWidget": "widget",
@@ -28,16 +28,34 @@ _EXPORTS = {
     "save_snapshot": "snapshot",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
+__all__ = [
+    "AttentionBlock",
+    "AttentionSession",
+    "AttentionTrace",
+    "AttentionWidget",
+    "CaptureError",
+    "MemoryBudgetError",
+    "Token",
+    "TokenTable",
+    "TraceFormatError",
+    "analysis",
+    "capture",
+    "compare_widget",
+    "load_model",
+    "load_trace",
+    "save_snapshot",
+    "__version__",
+]
 
 
 def __getattr__(name: str):
     if name not in _EXPORTS:
         raise AttributeError(f"module 'attn_widget' has no attribute {name!r}")
     module = _EXPORTS[name]
-    if module is None:
-        return import_module(f".{name}", __name__)
-    return getattr(import_module(f".{module}", __name__), name)
+    value = import_module(f".{name}", __name__) if module is None else getattr(
+        import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
 
 
 def __dir__():

@@ -39,9 +39,11 @@ class TraceFormatError(ValueError):
 class Token:
     """One token as the tokenizer means it.
 
-    ``raw`` is the tokenizer's own string (``Ġthe``, ``▁the``, ``##ing``), ``text`` the text it
-    stands for (``" the"``), with bytes that are not complete UTF-8 shown as ``\\xNN``.
-    ``start``/``end`` are character offsets of ``text`` in the trace's full text.
+    ``raw`` is the tokenizer's own string (``Ġthe``, ``▁the``, ``##ing``); ``text`` the text it
+    adds to the full text (``" the"``; the tokens' texts join into the real text, so a token
+    holding only the first bytes of a character has ``text == ""``); ``display`` is what to
+    show for it, with bytes that are not complete UTF-8 written as ``\\xNN``. ``start``/``end``
+    are character offsets of ``text`` in the trace's full text.
     """
 
     id: int
@@ -50,13 +52,14 @@ class Token:
     start: int
     end: int
     special: bool = False
+    display: str = ""
 
 
 class TokenTable(Sequence):
     """The tokens of one sequence, indexable like a list of :class:`Token`."""
 
     def __init__(self, ids: Sequence[int], raw: Sequence[str], text: Sequence[str],
-                 special: Sequence[bool] | None = None):
+                 special: Sequence[bool] | None = None, display: Sequence[str] | None = None):
         if not (len(ids) == len(raw) == len(text)):
             raise ValueError(
                 f"ids, raw and text must have one entry per token; got {len(ids)}, {len(raw)}, "
@@ -65,6 +68,9 @@ class TokenTable(Sequence):
         self.raw = [str(r) for r in raw]
         self.text = [str(t) for t in text]
         self.special = [bool(s) for s in (special if special is not None else [False] * len(ids))]
+        self.display = [str(d) for d in display] if display is not None else list(self.text)
+        if len(self.special) != len(self.ids) or len(self.display) != len(self.ids):
+            raise ValueError("special and display must have one entry per token")
         ends = np.cumsum([len(t) for t in self.text], dtype=np.int64)
         self.offsets = np.stack([ends - [len(t) for t in self.text], ends], axis=1) if len(
             self.text) else np.zeros((0, 2), dtype=np.int64)
@@ -81,7 +87,7 @@ class TokenTable(Sequence):
             return [self[j] for j in range(*i.indices(len(self)))]
         i = _check_index(i, len(self), "token index")
         return Token(int(self.ids[i]), self.raw[i], self.text[i], int(self.offsets[i, 0]),
-                     int(self.offsets[i, 1]), self.special[i])
+                     int(self.offsets[i, 1]), self.special[i], self.display[i])
 
     def __iter__(self) -> Iterator[Token]:
         return (self[i] for i in range(len(self)))
@@ -105,11 +111,11 @@ class TokenTable(Sequence):
 
     def to_json(self) -> dict[str, Any]:
         return {"ids": self.ids.tolist(), "raw": self.raw, "text": self.text,
-                "special": self.special}
+                "special": self.special, "display": self.display}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> TokenTable:
-        return cls(d["ids"], d["raw"], d["text"], d.get("special"))
+        return cls(d["ids"], d["raw"], d["text"], d.get("special"), d.get("display"))
 
 
 @dataclasses.dataclass

@@ -1,0 +1,511 @@
+"""Capture the attention of a Hugging Face model, forward pass or ``generate``.
+
+Hugging Face keeps every layer of every decode step as float32 until ``generate`` returns
+(and under SDPA returns no weights at all, without an error). We instead hook each attention
+module and take its weights the moment they are produced: only the requested layers and heads
+are kept, downcast to float16, and causal rows are appended to a packed lower triangle. A
+decode step with a KV cache produces one query row over all earlier keys, which is exactly the
+next row of that triangle, so the stitched trace equals one forward pass over the final text.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .models import ensure_eager
+from .tokens import token_table
+from .trace import AttentionBlock, AttentionTrace, tril_offset
+
+log = logging.getLogger("attn_widget")
+
+ROW_SUM_TOLERANCE = 1e-3
+
+
+class CaptureError(RuntimeError):
+    """The model's attention could not be captured (no weights, invalid weights, bad setup)."""
+
+
+class MemoryBudgetError(CaptureError):
+    """A capture would need more memory than its budget; the message lists cheaper choices."""
+
+
+def capture(model, tokenizer, prompt: str | Sequence[dict], *, max_new_tokens: int = 0,
+            layers: Sequence[int] | None = None, heads: Sequence[int] | None = None,
+            chat: bool = False, target: str | None = None, memory_budget: int | None = None,
+            progress: bool | None = None, **generate_kwargs: Any) -> AttentionTrace:
+    """Run ``model`` on ``prompt`` and capture its attention as an :class:`AttentionTrace`.
+
+    Parameters
+    ----------
+    model, tokenizer : a Hugging Face model (decoder-only, encoder-only or encoder-decoder)
+        and its tokenizer. A model not on eager attention is switched to it, with a note.
+    prompt : str, or a list of chat messages (``{"role": ..., "content": ...}``).
+    max_new_tokens : 0 for one forward pass; otherwise tokens to ``generate`` (greedy unless
+        ``generate_kwargs`` say otherwise). Every decode step is stitched in, and the last
+        generated token gets its row too, so the trace is square over the final text.
+    layers, heads : model layer and query-head indices to keep (default: all). Negative
+        indices count from the end.
+    chat : wrap a string prompt in the tokenizer's chat template (for instruct models).
+    target : encoder-decoder models only, with ``max_new_tokens=0``: the decoder text to
+        teacher-force (default: just the decoder start token).
+    memory_budget : bytes the capture may use (default: half the memory available now). An
+        estimate above it raises :class:`MemoryBudgetError` before anything runs.
+    progress : show a progress bar over decode steps (default: for 64 or more new tokens).
+    **generate_kwargs : passed to ``model.generate``.
+
+    Returns
+    -------
+    AttentionTrace with float16 attention; causal blocks hold (n_layers, n_heads, T(T+1)/2).
+    """
+    prompt_ids = _tokenize(tokenizer, prompt, chat)
+    max_new_tokens = _check_count(max_new_tokens, "max_new_tokens")
+    ensure_eager(model)
+    config = model.config
+    enc_dec = bool(getattr(config, "is_encoder_decoder", False))
+    decoder_only = not enc_dec and (model.can_generate() or bool(getattr(config, "is_decoder", False)))
+    if max_new_tokens and not (enc_dec or decoder_only):
+        raise ValueError(f"max_new_tokens={max_new_tokens}, but {type(model).__name__} is an encoder "
+                         "and cannot generate; use max_new_tokens=0 for a forward pass")
+    if target is not None and not (enc_dec and max_new_tokens == 0):
+        raise ValueError("target= is for encoder-decoder models with max_new_tokens=0")
+    for bad in ("num_beams", "num_return_sequences"):
+        if generate_kwargs.get(bad, 1) != 1:
+            raise ValueError(f"{bad}={generate_kwargs[bad]} is not supported: a trace follows one "
+                             "sequence; use 1")
+
+    modules = _attention_modules(model, enc_dec)
+    if not modules:
+        raise CaptureError(f"found no attention modules in {type(model).__name__}; attn_widget "
+                           "recognises models whose classes declare _can_record_outputs "
+                           "(transformers v5 models)")
+    kinds = {}
+    for kind, mods in modules.items():
+        n_heads = _n_heads(config, kind)
+        kinds[kind] = (_select(layers, len(mods), "layers", kind),
+                       _select(heads, n_heads, "heads", kind), n_heads)
+
+    P = prompt_ids.shape[1]
+    if enc_dec:
+        start = getattr(config, "decoder_start_token_id", None)
+        if start is None:
+            start = getattr(getattr(model, "generation_config", None), "decoder_start_token_id", None)
+        if target is not None:
+            dec_ids = _tokenize(tokenizer, target, False)
+            if start is not None and dec_ids[0, 0] != start:
+                dec_ids = torch.cat([torch.tensor([[start]]), dec_ids], dim=1)
+        else:
+            if start is None:
+                raise CaptureError("this encoder-decoder model has no decoder_start_token_id")
+            dec_ids = torch.tensor([[start]])
+        t_max = dec_ids.shape[1] if max_new_tokens == 0 else 1 + max_new_tokens
+        lengths = {"encoder": (P, P), "decoder": (t_max, t_max), "cross": (t_max, P)}
+    else:
+        t_max = P + max_new_tokens
+        lengths = {"self": (t_max, t_max)}
+    causal = {k: (k == "decoder" or (k == "self" and decoder_only)) for k in kinds}
+    _check_budget(kinds, lengths, causal, memory_budget, P, max_new_tokens)
+
+    rec = _Recorder(kinds, lengths, causal)
+    was_training = model.training
+    model.eval()
+    handles = []
+    try:
+        for kind, mods in modules.items():
+            keep_layers = kinds[kind][0]
+            for li, layer in enumerate(keep_layers):
+                module, index = mods[layer]
+                handles.append(module.register_forward_hook(rec.hook(kind, li, layer, index)))
+        with torch.no_grad():
+            if max_new_tokens == 0:
+                mask = torch.ones_like(prompt_ids)
+                if enc_dec:
+                    model(input_ids=prompt_ids, attention_mask=mask, decoder_input_ids=dec_ids)
+                    seq = dec_ids
+                else:
+                    model(input_ids=prompt_ids, attention_mask=mask)
+                    seq = prompt_ids
+            else:
+                seq = _generate(model, tokenizer, prompt_ids, max_new_tokens, enc_dec, rec, progress,
+                                generate_kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+        rec.close_progress()
+        if was_training:
+            model.train()
+    rec.check_complete(seq.shape[1])
+
+    T = seq.shape[1]
+    blocks = {}
+    for kind, (keep_layers, keep_heads, _) in kinds.items():
+        blocks[kind] = AttentionBlock(kind, causal[kind], tuple(keep_layers), tuple(keep_heads),
+                                      rec.result(kind, T),
+                                      queries="source_tokens" if kind == "encoder" else "tokens",
+                                      keys="source_tokens" if kind in ("encoder", "cross") else "tokens")
+    if enc_dec:
+        tokens = token_table(tokenizer, seq[0].tolist())
+        source = token_table(tokenizer, prompt_ids[0].tolist())
+        spans = {"source": (0, P), "target": (0, T)}
+        if max_new_tokens:
+            spans["generated"] = (1, T)
+    else:
+        tokens = token_table(tokenizer, seq[0].tolist())
+        source = None
+        spans = {"prompt": (0, P), "generated": (P, T)} if decoder_only else {"input": (0, P)}
+    arch = "encoder-decoder" if enc_dec else ("decoder" if decoder_only else "encoder")
+    first = next(iter(kinds.values()))
+    model_info = {
+        "name": str(getattr(config, "name_or_path", "") or type(model).__name__),
+        "class": type(model).__name__, "architecture": arch,
+        "model_type": getattr(config, "model_type", None),
+        "n_layers": len(next(iter(modules.values()))), "n_heads": first[2],
+        "n_kv_heads": int(getattr(config, "num_key_value_heads", None) or first[2]),
+        "hidden_size": getattr(config, "hidden_size", getattr(config, "d_model", None)),
+        "vocab_size": getattr(config, "vocab_size", None),
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+    }
+    import transformers
+
+    options = {"max_new_tokens": max_new_tokens, "layers": None if layers is None else list(layers),
+               "heads": None if heads is None else list(heads), "chat": chat,
+               "generate_kwargs": generate_kwargs, "torch": torch.__version__,
+               "transformers": transformers.__version__}
+    return AttentionTrace(tokens, blocks, spans, model_info, options, source)
+
+
+# --------------------------------------------------------------------- inputs
+def _tokenize(tokenizer, prompt, chat: bool) -> torch.Tensor:
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise ValueError("prompt is empty; pass the text to run the model on")
+        if chat:
+            prompt = [{"role": "user", "content": prompt}]
+    elif isinstance(prompt, (list, tuple)):
+        if not prompt or not all(isinstance(m, dict) and "role" in m and "content" in m for m in prompt):
+            raise ValueError("prompt must be a non-empty string or a non-empty list of chat messages "
+                             "({'role': ..., 'content': ...})")
+    else:
+        raise TypeError(f"prompt must be a string or a list of chat messages; got {type(prompt).__name__}")
+    if isinstance(prompt, str):
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    else:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("this tokenizer has no chat template; pass the prompt as plain text "
+                             "with chat=False")
+        out = tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=True,
+                                            return_dict=True, return_tensors="pt")
+        ids = out["input_ids"]
+    if ids.shape[1] == 0:
+        raise ValueError(f"prompt {prompt!r} tokenizes to no tokens")
+    return ids
+
+
+def _check_count(n, what: str) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(f"{what} must be a non-negative integer; got {n!r}")
+    return int(n)
+
+
+def _select(wanted, n: int, what: str, kind: str) -> list[int]:
+    if wanted is None:
+        return list(range(n))
+    if isinstance(wanted, (int, np.integer)):
+        wanted = [wanted]
+    out = []
+    for x in wanted:
+        if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or not -n <= x < n:
+            raise ValueError(f"{what} must be integers in 0..{n - 1} (or -{n}..-1 from the end) for "
+                             f"this model's {kind} attention; got {x!r} in {list(wanted)!r}")
+        out.append(int(x) % n)
+    if not out:
+        raise ValueError(f"{what} is empty; pass None for all {n}, or some of 0..{n - 1}")
+    return sorted(set(out))
+
+
+def _n_heads(config, kind: str) -> int:
+    side = {"encoder": "encoder", "decoder": "decoder", "cross": "decoder"}.get(kind)
+    names = ([f"{side}_attention_heads"] if side else []) + ["num_attention_heads", "num_heads", "n_head"]
+    for name in names:
+        v = getattr(config, name, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    raise CaptureError(f"cannot tell the number of attention heads from {type(config).__name__}")
+
+
+def _attention_modules(model, enc_dec: bool) -> dict[str, list[tuple[torch.nn.Module, int]]]:
+    """Attention modules by kind, in layer order, with the index of the weights in their output.
+
+    Follows the ``_can_record_outputs`` declarations that transformers v5 models carry for
+    their own ``output_attentions`` machinery, scoped per sub-model as transformers does.
+    """
+    from transformers import PreTrainedModel
+    from transformers.utils.output_capturing import OutputRecorder
+
+    found: dict[str, list] = {}
+    encoder = model.get_encoder() if enc_dec and hasattr(model, "get_encoder") else None
+    encoder_ids = {id(m) for m in encoder.modules()} if encoder is not None else set()
+    seen = set()
+
+    def tasks_of(m):
+        out = []
+        for key, specs in (getattr(m, "_can_record_outputs", None) or {}).items():
+            if key not in ("attentions", "cross_attentions"):
+                continue
+            for s in specs if isinstance(specs, list) else [specs]:
+                if not isinstance(s, OutputRecorder):
+                    s = OutputRecorder(target_class=s if not isinstance(s, str) else None, index=1,
+                                       class_name=s if isinstance(s, str) else None)
+                out.append((key, s))
+        return out
+
+    def visit(module, name, tasks):
+        for child_name, child in module.named_children():
+            full = f"{name}.{child_name}"
+            visit(child, full, tasks_of(child) or tasks if isinstance(child, PreTrainedModel) else tasks)
+        for key, s in tasks:
+            hit = (s.target_class is not None and isinstance(module, s.target_class)) or (
+                s.class_name is not None and name.endswith(s.class_name))
+            if not hit or id(module) in seen:
+                continue
+            if s.layer_name is not None and f".{s.layer_name.strip('.')}." not in name + ".":
+                continue
+            seen.add(id(module))
+            if key == "cross_attentions":
+                kind = "cross"
+            elif enc_dec:
+                kind = "encoder" if id(module) in encoder_ids else "decoder"
+            else:
+                kind = "self"
+            found.setdefault(kind, []).append((name, module, s.index))
+
+    visit(model, "", tasks_of(model))
+    order = {id(m): i for i, m in enumerate(model.modules())}
+    return {k: [(m, idx) for _, m, idx in sorted(v, key=lambda e: order[id(e[1])])]
+            for k, v in found.items()}
+
+
+# --------------------------------------------------------------------- memory
+def _available_bytes() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def estimate_bytes(n_layers: int, n_heads: int, n_tokens: int, prompt_tokens: int,
+                   all_heads: int | None = None) -> int:
+    """Bytes a decoder-only capture needs: the packed float16 store plus the float32
+    attention one layer's prompt pass holds while it is taken (scores, weights, a copy)."""
+    store = n_layers * n_heads * tril_offset(n_tokens) * 2
+    transient = 3 * (all_heads or n_heads) * prompt_tokens * prompt_tokens * 4
+    return store + transient
+
+
+def _check_budget(kinds, lengths, causal, budget, prompt_len, max_new_tokens) -> None:
+    need = 0
+    transient = 0
+    for kind, (ls, hs, n_heads) in kinds.items():
+        q, k = lengths[kind]
+        cells = tril_offset(q) if causal[kind] else q * k
+        need += len(ls) * len(hs) * cells * 2
+        pq = prompt_len if kind in ("self", "encoder") else 1
+        transient = max(transient, 3 * n_heads * pq * (prompt_len if kind != "decoder" else 1) * 4)
+    need += transient
+    if budget is None:
+        budget = _available_bytes() // 2
+        source = "half the memory available now; set memory_budget= to change it"
+    else:
+        source = "memory_budget"
+    if need <= budget:
+        return
+    kind, (ls, hs, n_heads) = next(iter(kinds.items()))
+    q, _ = lengths[kind]
+    per_head = need / max(1, sum(len(a) * len(b) for a, b, _ in kinds.values()))
+    fit_heads = int(max(0, budget - transient) // max(per_head, 1))
+    t_fit = int(math.sqrt(max(0, budget - transient) / max(1, len(ls) * len(hs))))
+    gib = 2 ** 30
+    raise MemoryBudgetError(
+        f"capturing {len(ls)} layers × {len(hs)} heads over {q} tokens needs about "
+        f"{need / gib:.2f} GiB, over the budget of {budget / gib:.2f} GiB ({source}). Cheaper "
+        f"choices: about {max(fit_heads, 0)} (layer, head) pairs fit at this length (e.g. "
+        f"layers=[{ls[-1]}] needs {(len(hs) * per_head + transient) / gib:.2f} GiB, "
+        f"heads=[{hs[0]}] with all layers {(len(ls) * per_head + transient) / gib:.2f} GiB), or "
+        f"all of them fit up to about {t_fit} tokens (prompt {prompt_len} + {max_new_tokens} new).")
+
+
+# --------------------------------------------------------------------- recording
+class _Recorder:
+    """Takes attention weights from hooks into preallocated float16 buffers."""
+
+    def __init__(self, kinds, lengths, causal):
+        self.kinds = kinds
+        self.causal = causal
+        self.buffers = {}
+        self.rows_done = {}
+        for kind, (ls, hs, _) in kinds.items():
+            q, k = lengths[kind]
+            shape = (len(ls), len(hs), tril_offset(q)) if causal[kind] else (len(ls), len(hs), q, k)
+            self.buffers[kind] = torch.zeros(shape, dtype=torch.float16)
+            self.rows_done[kind] = np.zeros(len(ls), dtype=np.int64)
+        self.head_index = {kind: torch.tensor(hs) for kind, (_, hs, _) in kinds.items()}
+        self.bar = None
+        self.first_kind = "decoder" if "decoder" in kinds else "self"
+
+    def hook(self, kind: str, li: int, layer: int, index: int):
+        def _hook(module, args, output):
+            weights = output[index] if isinstance(output, (tuple, list)) else None
+            if not isinstance(weights, torch.Tensor):
+                raise CaptureError(
+                    f"{kind} attention layer {layer} ({type(module).__name__}) returned no attention "
+                    "weights; the model's attention implementation does not expose them. Load it "
+                    "with attn_implementation='eager' (attn_widget.load_model does this)")
+            self.take(kind, li, layer, weights)
+        return _hook
+
+    def take(self, kind: str, li: int, layer: int, weights: torch.Tensor) -> None:
+        if weights.dim() != 4 or weights.shape[0] != 1:
+            raise CaptureError(f"{kind} attention layer {layer} gave weights of shape "
+                               f"{tuple(weights.shape)}; expected (1, heads, queries, keys)")
+        w = weights[0].index_select(0, self.head_index[kind]).float()
+        q, k = w.shape[-2:]
+        buf = self.buffers[kind]
+        if self.causal[kind]:
+            start = k - q
+            if start == 0 and q > 1:
+                keep = torch.ones(q, k, dtype=torch.bool).tril_()
+            elif q == 1:
+                keep = None
+            else:
+                keep = torch.arange(k)[None, :] <= torch.arange(start, k)[:, None]
+            self._validate(kind, layer, w, keep)
+            rows = w[:, 0, :] if keep is None else w[:, keep]
+            lo, hi = tril_offset(start), tril_offset(k)
+            if hi > buf.shape[-1]:
+                raise CaptureError(f"{kind} attention grew past the {buf.shape[-1]} expected values; "
+                                   "the model produced more positions than generate asked for")
+            buf[li, :, lo:hi] = rows.to(torch.float16)
+            self.rows_done[kind][li] = max(self.rows_done[kind][li], k)
+            if q == 1 and kind == self.first_kind and li == 0 and self.bar is not None:
+                self.bar.update(1)
+        else:
+            self._validate(kind, layer, w, None)
+            if kind == "encoder" or (kind == "self"):
+                buf[li, :, :q, :k] = w.to(torch.float16)
+                self.rows_done[kind][li] = q
+            else:  # cross attention: decoder rows appended over the source keys
+                r0 = int(self.rows_done[kind][li])
+                if r0 + q > buf.shape[2]:
+                    r0 = 0  # a full teacher-forced pass restarts the rows
+                buf[li, :, r0:r0 + q, :k] = w.to(torch.float16)
+                self.rows_done[kind][li] = r0 + q
+
+    def _validate(self, kind, layer, w, keep) -> None:
+        heads = self.kinds[kind][1]
+        bad = torch.isnan(w).flatten(1).any(dim=1)
+        if bad.any():
+            h = heads[int(bad.nonzero()[0])]
+            raise CaptureError(f"{kind} attention layer {layer} head {h} contains NaN")
+        err = (w.sum(dim=-1) - 1).abs().flatten(1).amax(dim=1)
+        if (err > ROW_SUM_TOLERANCE).any():
+            i = int((err > ROW_SUM_TOLERANCE).nonzero()[0])
+            raise CaptureError(f"{kind} attention layer {layer} head {heads[i]}: rows sum to 1 ± "
+                               f"{float(err[i]):.2e}, outside ± {ROW_SUM_TOLERANCE}; this model's "
+                               "weights are not a softmax over keys")
+        if keep is not None:
+            above = w.masked_fill(keep, 0).abs().flatten(1).amax(dim=1)
+            if (above > 1e-6).any():
+                i = int((above > 1e-6).nonzero()[0])
+                raise CaptureError(f"{kind} attention layer {layer} head {heads[i]} attends to future "
+                                   f"positions (weight {float(above[i]):.2e} above the diagonal) in "
+                                   "causal attention")
+
+    def open_progress(self, total: int) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, desc="attention capture", unit="tok", leave=False)
+
+    def close_progress(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def check_complete(self, n_rows: int) -> None:
+        for kind, done in self.rows_done.items():
+            expected = n_rows if kind in ("self", "decoder", "cross") else None
+            if kind == "self" and not self.causal[kind]:
+                expected = None
+            if expected is not None and (done < expected).any():
+                li = int(np.argmin(done))
+                raise CaptureError(
+                    f"{kind} attention layer {self.kinds[kind][0][li]} produced rows for "
+                    f"{int(done[li])} of {expected} positions; the model's forward hooks did not "
+                    "see every step")
+
+    def result(self, kind: str, n: int) -> np.ndarray:
+        buf = self.buffers[kind]
+        if self.causal[kind]:
+            buf = buf[..., :tril_offset(n)]
+        elif kind == "cross":
+            buf = buf[:, :, :n]
+        out = buf.numpy()
+        # a much larger preallocation (early stop) would pin its memory through the view
+        return out.copy() if out.base is not None and out.nbytes < 0.9 * buf.untyped_storage().nbytes() \
+            else out
+
+
+def _generate(model, tokenizer, prompt_ids, max_new_tokens, enc_dec, rec, progress, kwargs):
+    kwargs = dict(kwargs)
+    kwargs.setdefault("do_sample", False)
+    if not kwargs["do_sample"]:
+        for k in ("temperature", "top_p", "top_k"):
+            kwargs.setdefault(k, None)
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if pad is None:
+        pad = getattr(tokenizer, "eos_token_id", None)
+    if pad is not None:
+        kwargs.setdefault("pad_token_id", pad)
+    for k in ("output_attentions", "return_dict_in_generate"):
+        kwargs.pop(k, None)
+    if progress or (progress is None and max_new_tokens >= 64):
+        rec.open_progress(max_new_tokens)
+    encoder_state = {}
+    handle = None
+    if enc_dec:
+        encoder = model.get_encoder()
+        handle = encoder.register_forward_hook(
+            lambda m, a, out: encoder_state.__setitem__("out", out))
+    try:
+        out = model.generate(prompt_ids, attention_mask=torch.ones_like(prompt_ids),
+                             max_new_tokens=max_new_tokens, return_dict_in_generate=True, **kwargs)
+    finally:
+        if handle is not None:
+            handle.remove()
+    seq = out.sequences
+    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    # transformers renamed past_key_values to cache during v5
+    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    # generate never feeds its last token back; one more cached step gives that token's row.
+    if enc_dec:
+        if cache is not None and "out" in encoder_state:
+            model(encoder_outputs=encoder_state["out"], attention_mask=torch.ones_like(prompt_ids),
+                  decoder_input_ids=seq[:, -1:], **{cache_kw: cache})
+        else:
+            model(input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids), decoder_input_ids=seq)
+    elif cache is not None:
+        model(input_ids=seq[:, -1:], attention_mask=torch.ones_like(seq), **{cache_kw: cache})
+    else:
+        model(input_ids=seq, attention_mask=torch.ones_like(seq))
+    return seq
+
