@@ -92,6 +92,8 @@ def capture(model, tokenizer, prompt: str | Sequence[dict], *, max_new_tokens: i
         kinds[kind] = (_select(layers, len(mods), "layers", kind),
                        _select(heads, n_heads, "heads", kind), n_heads)
 
+    device = next(model.parameters()).device
+    prompt_ids = prompt_ids.to(device)
     P = prompt_ids.shape[1]
     if enc_dec:
         start = getattr(config, "decoder_start_token_id", None)
@@ -101,10 +103,11 @@ def capture(model, tokenizer, prompt: str | Sequence[dict], *, max_new_tokens: i
             dec_ids = _tokenize(tokenizer, target, False)
             if start is not None and dec_ids[0, 0] != start:
                 dec_ids = torch.cat([torch.tensor([[start]]), dec_ids], dim=1)
+            dec_ids = dec_ids.to(device)
         else:
             if start is None:
                 raise CaptureError("this encoder-decoder model has no decoder_start_token_id")
-            dec_ids = torch.tensor([[start]])
+            dec_ids = torch.tensor([[start]], device=device)
         t_max = dec_ids.shape[1] if max_new_tokens == 0 else 1 + max_new_tokens
         lengths = {"encoder": (P, P), "decoder": (t_max, t_max), "cross": (t_max, P)}
     else:
@@ -378,37 +381,41 @@ class _Recorder:
         if weights.dim() != 4 or weights.shape[0] != 1:
             raise CaptureError(f"{kind} attention layer {layer} gave weights of shape "
                                f"{tuple(weights.shape)}; expected (1, heads, queries, keys)")
-        w = weights[0].index_select(0, self.head_index[kind]).float()
+        index = self.head_index[kind]
+        if index.device != weights.device:  # models on an accelerator: select there, store here
+            index = self.head_index[kind] = index.to(weights.device)
+        w = weights[0].index_select(0, index).float()
         q, k = w.shape[-2:]
         buf = self.buffers[kind]
         if self.causal[kind]:
             start = k - q
             if start == 0 and q > 1:
-                keep = torch.ones(q, k, dtype=torch.bool).tril_()
+                keep = torch.ones(q, k, dtype=torch.bool, device=w.device).tril_()
             elif q == 1:
                 keep = None
             else:
-                keep = torch.arange(k)[None, :] <= torch.arange(start, k)[:, None]
+                keep = (torch.arange(k, device=w.device)[None, :]
+                        <= torch.arange(start, k, device=w.device)[:, None])
             self._validate(kind, layer, w, keep)
             rows = w[:, 0, :] if keep is None else w[:, keep]
             lo, hi = tril_offset(start), tril_offset(k)
             if hi > buf.shape[-1]:
                 raise CaptureError(f"{kind} attention grew past the {buf.shape[-1]} expected values; "
                                    "the model produced more positions than generate asked for")
-            buf[li, :, lo:hi] = rows.to(torch.float16)
+            buf[li, :, lo:hi] = rows.to("cpu", torch.float16)
             self.rows_done[kind][li] = max(self.rows_done[kind][li], k)
             if q == 1 and kind == self.first_kind and li == 0 and self.bar is not None:
                 self.bar.update(1)
         else:
             self._validate(kind, layer, w, None)
             if kind == "encoder" or (kind == "self"):
-                buf[li, :, :q, :k] = w.to(torch.float16)
+                buf[li, :, :q, :k] = w.to("cpu", torch.float16)
                 self.rows_done[kind][li] = q
             else:  # cross attention: decoder rows appended over the source keys
                 r0 = int(self.rows_done[kind][li])
                 if r0 + q > buf.shape[2]:
                     r0 = 0  # a full teacher-forced pass restarts the rows
-                buf[li, :, r0:r0 + q, :k] = w.to(torch.float16)
+                buf[li, :, r0:r0 + q, :k] = w.to("cpu", torch.float16)
                 self.rows_done[kind][li] = r0 + q
 
     def _validate(self, kind, layer, w, keep) -> None:

@@ -190,3 +190,12 @@ def test_smollm2_capture_of_the_france_prompt_keeps_prompt_and_generation_apart(
     assert FRANCE_PROMPT in france_trace.text
     assert france_trace.spans["generated"] == (p, len(france_trace))
     assert france_trace.tokens.find("Paris")[0] < p
+
+
+def test_encoder_decoder_forward_pass_teacher_forces_the_target(word_tokenizer):
+    model = tiny_model("t5")
+    trace = aw.capture(model, word_tokenizer, PROMPT, target="w3 w8 w9")
+    assert trace.tokens.ids.tolist()[:1] == [0] and len(trace) == 4
+    assert trace.spans == {"source": (0, 7), "target": (0, 4)}
+    for name, expected in reference_attention(model, trace).items():
+        assert np.abs(trace.attention(name) - expected).max() <= 2e-3, name
