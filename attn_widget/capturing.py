@@ -384,42 +384,44 @@ class _Recorder:
         index = self.head_index[kind]
         if index.device != weights.device:  # models on an accelerator: select there, store here
             index = self.head_index[kind] = index.to(weights.device)
-        w = weights[0].index_select(0, index).float()
-        q, k = w.shape[-2:]
+        q, k = weights.shape[-2:]
         buf = self.buffers[kind]
+        keep = None
         if self.causal[kind]:
             start = k - q
-            if start == 0 and q > 1:
-                keep = torch.ones(q, k, dtype=torch.bool, device=w.device).tril_()
-            elif q == 1:
-                keep = None
-            else:
-                keep = (torch.arange(k, device=w.device)[None, :]
-                        <= torch.arange(start, k, device=w.device)[:, None])
-            self._validate(kind, layer, w, keep)
-            rows = w[:, 0, :] if keep is None else w[:, keep]
+            if q > 1:
+                keep = (torch.arange(k, device=weights.device)[None, :]
+                        <= torch.arange(start, k, device=weights.device)[:, None])
             lo, hi = tril_offset(start), tril_offset(k)
             if hi > buf.shape[-1]:
                 raise CaptureError(f"{kind} attention grew past the {buf.shape[-1]} expected values; "
                                    "the model produced more positions than generate asked for")
-            buf[li, :, lo:hi] = rows.to("cpu", torch.float16)
+        elif kind == "cross":
+            r0 = int(self.rows_done[kind][li])
+            if r0 + q > buf.shape[2]:
+                r0 = 0  # a full teacher-forced pass restarts the rows
+        # A long prompt pass gives (heads, T, T) float32 per layer; take it a few heads at a time
+        # so our copies stay near 64 MiB instead of adding several times the model's own.
+        step = max(1, (64 << 20) // (4 * q * k))
+        for h0 in range(0, len(index), step):
+            w = weights[0].index_select(0, index[h0:h0 + step]).float()
+            self._validate(kind, layer, w, keep, h0)
+            if self.causal[kind]:
+                rows = w[:, 0, :] if keep is None else w[:, keep]
+                buf[li, h0:h0 + step, lo:hi] = rows.to("cpu", torch.float16)
+            elif kind == "cross":
+                buf[li, h0:h0 + step, r0:r0 + q, :k] = w.to("cpu", torch.float16)
+            else:
+                buf[li, h0:h0 + step, :q, :k] = w.to("cpu", torch.float16)
+        if self.causal[kind]:
             self.rows_done[kind][li] = max(self.rows_done[kind][li], k)
             if q == 1 and kind == self.first_kind and li == 0 and self.bar is not None:
                 self.bar.update(1)
         else:
-            self._validate(kind, layer, w, None)
-            if kind == "encoder" or (kind == "self"):
-                buf[li, :, :q, :k] = w.to("cpu", torch.float16)
-                self.rows_done[kind][li] = q
-            else:  # cross attention: decoder rows appended over the source keys
-                r0 = int(self.rows_done[kind][li])
-                if r0 + q > buf.shape[2]:
-                    r0 = 0  # a full teacher-forced pass restarts the rows
-                buf[li, :, r0:r0 + q, :k] = w.to("cpu", torch.float16)
-                self.rows_done[kind][li] = r0 + q
+            self.rows_done[kind][li] = r0 + q if kind == "cross" else q
 
-    def _validate(self, kind, layer, w, keep) -> None:
-        heads = self.kinds[kind][1]
+    def _validate(self, kind, layer, w, keep, h0: int = 0) -> None:
+        heads = self.kinds[kind][1][h0:]
         bad = torch.isnan(w).flatten(1).any(dim=1)
         if bad.any():
             h = heads[int(bad.nonzero()[0])]
