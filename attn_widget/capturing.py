@@ -47,7 +47,8 @@ def capture(model, tokenizer, prompt: str | Sequence[dict], *, max_new_tokens: i
     ----------
     model, tokenizer : a Hugging Face model (decoder-only, encoder-only or encoder-decoder)
         and its tokenizer. A model not on eager attention is switched to it, with a note.
-    prompt : str, or a list of chat messages (``{"role": ..., "content": ...}``).
+    prompt : str, token ids (a list of ints or a tensor), or a list of chat messages
+        (``{"role": ..., "content": ...}``).
     max_new_tokens : 0 for one forward pass; otherwise tokens to ``generate`` (greedy unless
         ``generate_kwargs`` say otherwise). Every decode step is stitched in, and the last
         generated token gets its row too, so the trace is square over the final text.
@@ -186,6 +187,14 @@ def capture(model, tokenizer, prompt: str | Sequence[dict], *, max_new_tokens: i
 
 # --------------------------------------------------------------------- inputs
 def _tokenize(tokenizer, prompt, chat: bool) -> torch.Tensor:
+    if isinstance(prompt, torch.Tensor) or (isinstance(prompt, (list, tuple)) and prompt
+                                            and all(isinstance(t, (int, np.integer)) for t in prompt)):
+        ids = torch.as_tensor(prompt, dtype=torch.long).reshape(1, -1)
+        if ids.shape[1] == 0:
+            raise ValueError("prompt is empty; pass the text (or token ids) to run the model on")
+        if chat:
+            raise ValueError("chat=True needs the prompt as text, not token ids")
+        return ids
     if isinstance(prompt, str):
         if not prompt.strip():
             raise ValueError("prompt is empty; pass the text to run the model on")
@@ -193,10 +202,11 @@ def _tokenize(tokenizer, prompt, chat: bool) -> torch.Tensor:
             prompt = [{"role": "user", "content": prompt}]
     elif isinstance(prompt, (list, tuple)):
         if not prompt or not all(isinstance(m, dict) and "role" in m and "content" in m for m in prompt):
-            raise ValueError("prompt must be a non-empty string or a non-empty list of chat messages "
-                             "({'role': ..., 'content': ...})")
+            raise ValueError("prompt must be a non-empty string, a list of token ids, or a non-empty "
+                             "list of chat messages ({'role': ..., 'content': ...})")
     else:
-        raise TypeError(f"prompt must be a string or a list of chat messages; got {type(prompt).__name__}")
+        raise TypeError(f"prompt must be a string, token ids or a list of chat messages; got "
+                        f"{type(prompt).__name__}")
     if isinstance(prompt, str):
         ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
     else:

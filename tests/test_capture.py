@@ -199,3 +199,14 @@ def test_encoder_decoder_forward_pass_teacher_forces_the_target(word_tokenizer):
     assert trace.spans == {"source": (0, 7), "target": (0, 4)}
     for name, expected in reference_attention(model, trace).items():
         assert np.abs(trace.attention(name) - expected).max() <= 2e-3, name
+
+
+def test_token_ids_capture_exactly_those_tokens(word_tokenizer):
+    model = tiny_model("llama")
+    ids = [3, 3, 50, 7]
+    trace = aw.capture(model, word_tokenizer, ids)
+    assert trace.tokens.ids.tolist() == ids
+    from_tensor = aw.capture(model, word_tokenizer, torch.tensor(ids))
+    np.testing.assert_array_equal(trace.attention(), from_tensor.attention())
+    with pytest.raises(ValueError, match="prompt is empty"):
+        aw.capture(model, word_tokenizer, torch.tensor([], dtype=torch.long))
