@@ -1,0 +1,277 @@
+"""Trace → compact bytes for the browser, shared by the live widget and offline snapshots.
+
+The byte layout is specified in ``js/PROTOCOL.md`` ("Payload"); ``js/src/payload.js`` decodes
+it. A payload is a small JSON header followed by 8-byte-aligned sections, each one array:
+
+- ``head/<L>/<H>``: float16 attention of one head, packed lower triangle (causal) or dense;
+- ``mean/<L>``: float16 mean over the captured heads of one layer;
+- ``thumbs``: uint8 (n_layers, n_heads, S, S) max-pooled thumbnails for the all-heads grid;
+- ``metric/<name>``: float32 (n_layers, n_heads) badge values.
+
+Pure numpy: no torch, no widgets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import struct
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .trace import AttentionBlock, AttentionTrace, _jsonable, _ranges
+
+MAGIC = b"AWP1"
+PROTOCOL_VERSION = 1
+THUMB_SIZE = 32
+_PREFIX = struct.Struct("<4sI")
+_DTYPES = {"float16": np.float16, "float32": np.float32, "uint8": np.uint8}
+
+
+@dataclasses.dataclass(frozen=True)
+class Section:
+    """One array of a payload.
+
+    key : ``head/<L>/<H>``, ``mean/<L>``, ``thumbs`` or ``metric/<name>``.
+    source : index of the trace in the header's ``sources`` (0 = A, 1 = B).
+    layout : ``tril`` (packed lower triangle; ``shape`` is ``[T]``) or ``dense``.
+    array : the values, already in their wire dtype.
+    """
+
+    key: str
+    source: int
+    layout: str
+    shape: tuple[int, ...]
+    array: np.ndarray
+
+    @property
+    def dtype(self) -> str:
+        return self.array.dtype.name
+
+
+class FetchError(LookupError):
+    """A fetch names a key the trace cannot answer; the message is shown to the user."""
+
+
+# --------------------------------------------------------------------- payload bytes
+def encode_payload(header: Mapping[str, Any], sections: Sequence[Section]) -> bytes:
+    """Bytes of one payload: ``AWP1``, header length, JSON header, aligned sections."""
+    table, offset = [], 0
+    for s in sections:
+        nbytes = s.array.nbytes
+        table.append({"key": s.key, "source": s.source, "dtype": s.dtype, "layout": s.layout,
+                      "shape": list(s.shape), "offset": offset, "nbytes": nbytes})
+        offset += _pad8(nbytes)
+    blob = json.dumps({**header, "sections": table}, ensure_ascii=False,
+                      allow_nan=False).encode("utf-8")
+    data_start = _pad8(_PREFIX.size + len(blob))
+    out = bytearray(data_start + offset)
+    _PREFIX.pack_into(out, 0, MAGIC, len(blob))
+    out[_PREFIX.size:_PREFIX.size + len(blob)] = blob
+    for s, entry in zip(sections, table):
+        start = data_start + entry["offset"]
+        out[start:start + entry["nbytes"]] = memoryview(np.ascontiguousarray(s.array)).cast("B")
+    return bytes(out)
+
+
+def decode_payload(data: bytes | bytearray | memoryview,
+                   ) -> tuple[dict[str, Any], dict[tuple[int, str], np.ndarray]]:
+    """The header and ``{(source, key): array}`` of a payload (the inverse of :func:`encode_payload`)."""
+    data = memoryview(data).cast("B")
+    if len(data) < _PREFIX.size:
+        raise ValueError(f"payload is {len(data)} bytes, shorter than its {_PREFIX.size}-byte prefix")
+    magic, n = _PREFIX.unpack_from(data, 0)
+    if magic != MAGIC:
+        raise ValueError(f"payload must start with {MAGIC!r}; got {bytes(magic)!r}")
+    header = json.loads(bytes(data[_PREFIX.size:_PREFIX.size + n]).decode("utf-8"))
+    data_start = _pad8(_PREFIX.size + n)
+    arrays = {}
+    for s in header["sections"]:
+        start = data_start + s["offset"]
+        if start + s["nbytes"] > len(data):
+            raise ValueError(f"payload is truncated: section {s['key']!r} ends at byte "
+                             f"{start + s['nbytes']} of {len(data)}")
+        a = np.frombuffer(data[start:start + s["nbytes"]], dtype=_DTYPES[s["dtype"]])
+        arrays[(s["source"], s["key"])] = a if s["layout"] == "tril" else a.reshape(s["shape"])
+    return header, arrays
+
+
+def _pad8(n: int) -> int:
+    return (n + 7) // 8 * 8
+
+
+# --------------------------------------------------------------------- sections of a trace
+def head_section(trace: AttentionTrace, layer: int, head: int, source: int = 0) -> Section:
+    """float16 attention of model layer ``layer``, head ``head`` (zero-copy for causal blocks)."""
+    b = trace.block()
+    data = b.data[b.layer_pos(layer), b.head_pos(head)]
+    return _matrix_section(f"head/{layer}/{head}", source, b, data)
+
+
+def mean_section(trace: AttentionTrace, layer: int, source: int = 0) -> Section:
+    """float16 mean over the captured heads of model layer ``layer`` (averaged in float32)."""
+    b = trace.block()
+    mean = b.data[b.layer_pos(layer)].astype(np.float32).mean(axis=0).astype(np.float16)
+    return _matrix_section(f"mean/{layer}", source, b, mean)
+
+
+def _matrix_section(key: str, source: int, b: AttentionBlock, data: np.ndarray) -> Section:
+    if b.causal:
+        return Section(key, source, "tril", (b.n_queries,), data)
+    return Section(key, source, "dense", (b.n_queries, b.n_keys), data)
+
+
+def thumbnails(trace: AttentionTrace, size: int = THUMB_SIZE) -> np.ndarray:
+    """uint8 (n_layers, n_heads, R, C) grid thumbnails, at most ``size`` × ``size``.
+
+    Each cell is the max over a block of ``ceil(T / size)`` queries × keys (so thin diagonals
+    and sinks stay visible), divided by the head's max, then ``round(255 * sqrt(x))`` to lift
+    small weights. ``R = ceil(n_queries / block)``, ``C = ceil(n_keys / block)``.
+    """
+    b = trace.block()
+    q, k = b.n_queries, b.n_keys
+    block = max(1, math.ceil(max(q, k) / size))
+    r, c = math.ceil(q / block), math.ceil(k / block)
+    # Non-negative float16 values order like their bit patterns read as int16, so the max
+    # pooling runs on integers; -0.0 reads as -32768 and never wins.
+    bits = b.data.view(np.int16)
+    if b.causal:
+        pooled = _pool_tril(bits, q, block, r)
+    else:
+        padded = np.full(bits.shape[:2] + (r * block, c * block), np.iinfo(np.int16).min, np.int16)
+        padded[..., :q, :k] = bits
+        pooled = padded.reshape(bits.shape[:2] + (r, block, c, block)).max(axis=(3, 5))
+    values = np.maximum(pooled, 0).view(np.float16).astype(np.float32)
+    peak = values.max(axis=(2, 3), keepdims=True)
+    scaled = np.sqrt(np.divide(values, peak, out=np.zeros_like(values), where=peak > 0))
+    return np.rint(255 * scaled).astype(np.uint8)
+
+
+def _pool_tril(bits: np.ndarray, t: int, block: int, s: int) -> np.ndarray:
+    """Block max of packed lower triangles, int16 (…, s, s); blocks above the diagonal hold 0."""
+    rows = np.arange(t)
+    n_blocks = rows // block + 1  # column blocks touched by each row
+    row_of = np.repeat(rows, n_blocks)
+    col_block = np.arange(len(row_of)) - np.repeat(np.cumsum(n_blocks) - n_blocks, n_blocks)
+    starts = row_of * (row_of + 1) // 2 + col_block * block
+    per_row = np.maximum.reduceat(bits, starts, axis=-1)  # (…, n) max of each row's column block
+    cell = (row_of // block) * s + col_block
+    order = np.argsort(cell, kind="stable")
+    cells, first = np.unique(cell[order], return_index=True)
+    pooled = np.maximum.reduceat(per_row[..., order], first, axis=-1)
+    out = np.zeros(bits.shape[:-1] + (s * s,), dtype=np.int16)
+    out[..., cells] = pooled
+    return out.reshape(bits.shape[:-1] + (s, s))
+
+
+def grid_sections(trace: AttentionTrace, metrics: Mapping[str, np.ndarray] | None = None,
+                  source: int = 0, thumb_size: int = THUMB_SIZE) -> list[Section]:
+    """The all-heads grid: ``thumbs`` plus one ``metric/<name>`` per (n_layers, n_heads) array."""
+    thumbs = thumbnails(trace, thumb_size)
+    out = [Section("thumbs", source, "dense", thumbs.shape, thumbs)]
+    shape = thumbs.shape[:2]
+    for name, values in (metrics or {}).items():
+        v = np.asarray(values, dtype=np.float32)
+        if v.shape != shape:
+            raise ValueError(f"metric {name!r} must have shape {shape} (captured layers × heads); "
+                             f"got {v.shape}")
+        out.append(Section(f"metric/{name}", source, "dense", shape, v))
+    return out
+
+
+def key_sections(trace: AttentionTrace, key: str, source: int = 0,
+                 metrics: Mapping[str, np.ndarray] | None = None) -> list[Section]:
+    """The sections answering a fetch of ``key``; :class:`FetchError` names what is allowed."""
+    parts = key.split("/") if isinstance(key, str) else []
+    b = trace.block()
+    try:
+        if len(parts) == 3 and parts[0] == "head":
+            return [head_section(trace, int(parts[1]), int(parts[2]), source)]
+        if len(parts) == 2 and parts[0] == "mean":
+            return [mean_section(trace, int(parts[1]), source)]
+        if parts == ["grid"]:
+            return grid_sections(trace, metrics, source)
+    except (IndexError, ValueError, TypeError) as e:
+        raise FetchError(f"cannot send {key!r}: {e}") from None
+    raise FetchError(f"cannot send {key!r}: key must be 'head/<layer>/<head>', 'mean/<layer>' or "
+                     f"'grid' with layers {_ranges(b.layers)} and heads {_ranges(b.heads)}")
+
+
+# --------------------------------------------------------------------- whole payloads
+def source_header(trace: AttentionTrace, label: str) -> dict[str, Any]:
+    """What the front end needs to know about one trace besides its numbers."""
+    b = trace.block()
+    return {"label": label, "model": _finite(_jsonable(trace.model)), "tokens": trace.tokens.to_json(),
+            "spans": {k: list(v) for k, v in trace.spans.items()}, "block": b.name,
+            "causal": b.causal, "n_queries": b.n_queries, "n_keys": b.n_keys,
+            "layers": list(b.layers), "heads": list(b.heads)}
+
+
+def all_bytes(trace: AttentionTrace) -> int:
+    """Bytes of every head and layer mean of a trace's shown block."""
+    b = trace.block()
+    return b.data.nbytes * (len(b.heads) + 1) // len(b.heads)
+
+
+def trace_payload(traces: Sequence[AttentionTrace], *, layer: int, head: int,
+                  labels: Sequence[str] = ("A", "B"),
+                  metrics: Sequence[Mapping[str, np.ndarray] | None] | None = None,
+                  metric_descriptions: Mapping[str, str] | None = None,
+                  send_all_below: int = 8 * 2**20, bokeh_version: str = "",
+                  trace_id: str | None = None, thumb_size: int = THUMB_SIZE) -> tuple[bytes, dict[str, Any]]:
+    """The first payload of a widget: everything when small, else what the first paint needs.
+
+    traces : one trace, or two for the compare view (A, B).
+    layer, head : the view shown first (``head=-1`` for the mean of heads).
+    send_all_below : when all heads and means of all traces fit in this many bytes the payload
+        is ``complete`` (every key, the grid too) and the browser never fetches; otherwise it
+        holds the shown head and layer mean of each trace and the rest is fetched on demand.
+
+    Returns the bytes and the header (without its section table).
+    """
+    if len(traces) not in (1, 2):
+        raise ValueError(f"traces must hold one trace, or two to compare; got {len(traces)}")
+    metrics = list(metrics) if metrics is not None else [None] * len(traces)
+    complete = sum(all_bytes(t) for t in traces) <= send_all_below
+    header = {"protocol": PROTOCOL_VERSION, "trace_id": trace_id or uuid.uuid4().hex[:12],
+              "complete": complete, "mode": "single" if len(traces) == 1 else "compare",
+              "bokeh_version": bokeh_version,
+              "sources": [source_header(t, labels[i]) for i, t in enumerate(traces)],
+              "metrics": dict(metric_descriptions or {}), "thumb_size": thumb_size}
+    sections: list[Section] = []
+    for i, t in enumerate(traces):
+        b = t.block()
+        if complete:
+            for layer_i in b.layers:
+                sections.append(mean_section(t, layer_i, i))
+                sections.extend(head_section(t, layer_i, h, i) for h in b.heads)
+            sections.extend(grid_sections(t, metrics[i], i, thumb_size))
+        else:
+            sections.append(mean_section(t, layer, i))
+            if head != -1:
+                sections.append(head_section(t, layer, head, i))
+    return encode_payload(header, sections), header
+
+
+def fetch_payload(trace: AttentionTrace, key: str, *, source: int, trace_id: str,
+                  metrics: Mapping[str, np.ndarray] | None = None,
+                  metric_descriptions: Mapping[str, str] | None = None) -> bytes:
+    """The buffer of a ``data`` reply: a payload holding just the sections for ``key``."""
+    header = {"protocol": PROTOCOL_VERSION, "trace_id": trace_id, "key": key}
+    if metric_descriptions:
+        header["metrics"] = dict(metric_descriptions)
+    return encode_payload(header, key_sections(trace, key, source, metrics))
+
+
+
+def _finite(x: Any) -> Any:
+    """JSON the browser can parse: NaN and infinities (not JSON) become null."""
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_finite(v) for v in x]
+    return None if isinstance(x, float) and not math.isfinite(x) else x

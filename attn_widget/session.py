@@ -1,0 +1,59 @@
+"""AttentionSession: the kernel-side object that captures a prompt and keeps its widget live.
+
+``session.run(prompt)`` captures and returns an :class:`~attn_widget.widget.AttentionWidget`
+with a prompt box; editing the prompt there and pressing Run re-captures in the kernel (with
+the same options) and updates that widget in place.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .trace import AttentionTrace
+from .widget import AttentionWidget
+
+
+class AttentionSession:
+    """A model and tokenizer ready to capture prompts into live widgets.
+
+    Parameters
+    ----------
+    model, tokenizer : a Hugging Face model and its tokenizer (see :func:`attn_widget.load_model`).
+    **capture_defaults : options for every :func:`attn_widget.capture` call
+        (``max_new_tokens``, ``layers``, ``heads``, ``chat``, generate kwargs…); ``run`` may
+        override them.
+
+    Attributes
+    ----------
+    trace : the most recent capture (None before the first run).
+    """
+
+    def __init__(self, model, tokenizer, **capture_defaults: Any):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.capture_defaults = dict(capture_defaults)
+        self.trace: AttentionTrace | None = None
+
+    def capture(self, prompt: str, **capture_kwargs: Any) -> AttentionTrace:
+        """Capture ``prompt`` with the session's defaults updated by ``capture_kwargs``."""
+        from .capturing import capture  # imports torch: only when a prompt actually runs
+
+        self.trace = capture(self.model, self.tokenizer, prompt,
+                             **{**self.capture_defaults, **capture_kwargs})
+        return self.trace
+
+    def run(self, prompt: str, *, widget_options: dict[str, Any] | None = None,
+            **capture_kwargs: Any) -> AttentionWidget:
+        """Capture ``prompt`` and return a live widget whose prompt box re-runs with the same options.
+
+        widget_options : passed to :class:`AttentionWidget` (``layer``, ``head``, ``scale``…).
+        """
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a string; got {type(prompt).__name__}")
+        trace = self.capture(prompt, **capture_kwargs)
+        return AttentionWidget(trace, run=lambda text: self.capture(text, **capture_kwargs),
+                               prompt=prompt, **(widget_options or {}))
+
+    def __repr__(self) -> str:
+        name = getattr(getattr(self.model, "config", None), "_name_or_path", type(self.model).__name__)
+        return f"AttentionSession(model={name!r}, capture_defaults={self.capture_defaults!r})"

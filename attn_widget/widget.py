@@ -1,0 +1,459 @@
+"""AttentionWidget: the live anywidget view of an :class:`~attn_widget.trace.AttentionTrace`.
+
+The widget declares traits and answers the front end's requests; the bytes come from
+:mod:`attn_widget.encoding`, the Bokeh figure skeletons from :func:`figure_items`, and the
+front end (``js/`` built into ``attn_widget/static/widget.js``) draws. The traits and
+messages are specified in ``js/PROTOCOL.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import anywidget
+import numpy as np
+import traitlets
+
+from . import encoding
+from .trace import AttentionTrace, _ranges
+
+MEAN = -1
+"""``head`` value that shows the mean over the captured heads of the layer."""
+
+SCALES = ("linear", "log", "row")
+THEMES = ("auto", "light", "dark")
+_ESM = Path(__file__).parent / "static" / "widget.js"
+if not _ESM.is_file():
+    raise ImportError(
+        f"attn_widget's front end is not built ({_ESM} is missing). Build it from the repository "
+        "root with: cd js && npm ci && npm run build")
+
+METRIC_DESCRIPTIONS = {
+    "normalised_entropy": "row entropy ÷ log(keys seen), averaged over queries: 0 = focused, 1 = uniform",
+    "sink_score": "attention paid to position 0 (attention sink), averaged over queries",
+    "previous_token_score": "attention paid to the previous token, averaged over queries",
+    "self_score": "attention of each query to its own position, averaged",
+}
+
+
+class AttentionWidget(anywidget.AnyWidget):
+    """Interactive heatmaps of a trace: layer/head sliders, token strip, all-heads grid,
+    generation scrubber, and (with ``compare``) A, B and |A − B| side by side.
+
+    Parameters
+    ----------
+    trace : AttentionTrace
+    compare : AttentionTrace, optional
+        A second trace of the same model: the view shows A, B and |A − B|.
+    layer, head : int, optional
+        Model layer and head shown first (``head=MEAN`` or ``"mean"``: mean of heads).
+    scale : {"linear", "log", "row"}
+        Colour scale: linear 0…1, log 1e-4…1, or each query row divided by its max.
+    theme : {"auto", "light", "dark"}
+    send_all_below : int
+        Bytes under which every head is sent at once; above it, heads are fetched on demand.
+    run : callable, optional
+        ``run(prompt) -> AttentionTrace``: shows the prompt box and re-runs from it (used by
+        :class:`~attn_widget.session.AttentionSession`).
+
+    Attributes
+    ----------
+    layer, head, scale, selected_token, step, theme : synced with the view both ways;
+        observe them with ``widget.observe(callback, names="layer")``.
+    """
+
+    _esm = _ESM
+    layer = traitlets.Int(0).tag(sync=True)
+    head = traitlets.Int(0).tag(sync=True)
+    scale = traitlets.Enum(SCALES, "linear").tag(sync=True)
+    selected_token = traitlets.Int(-1).tag(sync=True)
+    step = traitlets.Int(-1).tag(sync=True)
+    theme = traitlets.Enum(THEMES, "auto").tag(sync=True)
+    prompt = traitlets.Unicode("").tag(sync=True)
+    _live = traitlets.Bool(False).tag(sync=True)
+    _payload = traitlets.Bytes(b"").tag(sync=True)
+    _figures = traitlets.Dict().tag(sync=True)
+
+    def __init__(self, trace: AttentionTrace, *, compare: AttentionTrace | None = None,
+                 layer: int | None = None, head: int | str | None = None, scale: str = "linear",
+                 theme: str = "auto", labels: Sequence[str] = ("A", "B"),
+                 send_all_below: int = 8 * 2**20,
+                 run: Callable[[str], AttentionTrace] | None = None, prompt: str = "",
+                 **kwargs: Any):
+        self._labels = tuple(labels)
+        self._send_all_below = int(send_all_below)
+        self._run = run
+        self._grid: list[Future[bytes]] = []
+        self._set_traces(trace, compare)
+        layer, head = self._first_view(layer, head)
+        payload, figures = self._encode(layer, head)
+        super().__init__(layer=layer, head=head, scale=scale, theme=theme,
+                         step=0 if self.trace.n_generated else -1, prompt=prompt,
+                         _live=run is not None, _payload=payload, _figures=figures, **kwargs)
+        self.on_msg(_on_message)
+
+    # ----------------------------------------------------------------- public
+    @property
+    def trace(self) -> AttentionTrace:
+        """The trace shown (A in the compare view)."""
+        return self._traces[0]
+
+    @property
+    def traces(self) -> tuple[AttentionTrace, ...]:
+        return self._traces
+
+    def set_trace(self, trace: AttentionTrace, compare: AttentionTrace | None = None, *,
+                  prompt: str | None = None) -> None:
+        """Show another trace in place (keeps layer/head/scale when they still exist)."""
+        self._set_traces(trace, compare)
+        keep_head = self.head if self.head == MEAN or self.head in self._heads else None
+        layer, head = self._first_view(self.layer if self.layer in self._layers else None, keep_head)
+        payload, figures = self._encode(layer, head)
+        with self.hold_sync(), self.hold_trait_notifications():
+            self.set_trait("layer", layer)
+            self.set_trait("head", head)
+            self.step = 0 if self.trace.n_generated else -1
+            self.selected_token = -1
+            if prompt is not None:
+                self.prompt = prompt
+            self._figures = figures
+            self._payload = payload
+
+    def save_html(self, path, **kwargs):
+        """Write this view as one self-contained offline HTML file (see :func:`save_snapshot`)."""
+        from .snapshot import save_snapshot
+
+        return save_snapshot(self, path, **kwargs)
+
+    def static(self, **kwargs):
+        """This view as an ``<iframe srcdoc>`` that stays interactive in an exported notebook."""
+        from .snapshot import static
+
+        return static(self, **kwargs)
+
+    # ----------------------------------------------------------------- traces and views
+    def _set_traces(self, trace: AttentionTrace, compare: AttentionTrace | None) -> None:
+        traces = (trace,) if compare is None else (trace, compare)
+        for i, t in enumerate(traces):
+            if not isinstance(t, AttentionTrace):
+                name = "trace" if i == 0 else "compare"
+                raise TypeError(f"{name} must be an AttentionTrace; got {type(t).__name__}")
+        blocks = [t.block() for t in traces]
+        self._layers = [x for x in blocks[0].layers if all(x in b.layers for b in blocks)]
+        self._heads = [x for x in blocks[0].heads if all(x in b.heads for b in blocks)]
+        if not self._layers or not self._heads:
+            raise ValueError("the traces to compare share no captured layer and head: A has layers "
+                             f"{_ranges(blocks[0].layers)}, heads {_ranges(blocks[0].heads)}; B has "
+                             f"layers {_ranges(blocks[1].layers)}, heads {_ranges(blocks[1].heads)}")
+        self._traces = traces
+
+    def _first_view(self, layer: int | None, head: int | str | None) -> tuple[int, int]:
+        layer = self._layers[0] if layer is None else layer
+        head = MEAN if head == "mean" else (self._heads[0] if head is None else head)
+        self._check("layer", layer, self._layers)
+        self._check("head", head, self._heads + [MEAN])
+        return int(layer), int(head)
+
+    def _encode(self, layer: int, head: int) -> tuple[bytes, dict[str, Any]]:
+        complete = sum(encoding.all_bytes(t) for t in self._traces) <= self._send_all_below
+        trace_id = uuid.uuid4().hex[:12]
+        metrics = [head_metrics(t) for t in self._traces] if complete else None
+        payload, _ = encoding.trace_payload(
+            self._traces, layer=layer, head=head, labels=self._labels, metrics=metrics,
+            metric_descriptions=_descriptions(metrics), send_all_below=self._send_all_below,
+            bokeh_version=_bokeh_version(), trace_id=trace_id)
+        self._trace_id = trace_id
+        # Long traces: the grid (thumbnails + analysis metrics, ~0.7 s at 1024 tokens × 270
+        # heads) is prepared on a worker thread, so the kernel stays free for the first paint
+        # and the next cell; the browser asks for it after its first paint.
+        self._grid = [] if complete else [
+            _WORKER.submit(grid_payload, t, source=i, trace_id=trace_id)
+            for i, t in enumerate(self._traces)]
+        n = max(max(t.block().n_queries, t.block().n_keys) for t in self._traces)
+        return payload, figure_items(n, compact=len(self._traces) > 1)
+
+    @staticmethod
+    def _check(name: str, value: Any, allowed: Sequence[int]) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value not in allowed:
+            shown = _ranges([a for a in allowed if a != MEAN])
+            extra = f" or {MEAN} (mean of heads)" if MEAN in allowed else ""
+            raise traitlets.TraitError(f"{name} must be one of the captured {name}s {shown}{extra}; "
+                                       f"got {value!r}")
+
+    @traitlets.validate("layer")
+    def _valid_layer(self, proposal):
+        self._check("layer", proposal.value, self._layers)
+        return proposal.value
+
+    @traitlets.validate("head")
+    def _valid_head(self, proposal):
+        self._check("head", proposal.value, self._heads + [MEAN])
+        return proposal.value
+
+    @traitlets.validate("step")
+    def _valid_step(self, proposal):
+        n = self.trace.n_generated
+        allowed = range(n) if n else range(-1, 0)
+        if proposal.value not in allowed:
+            raise traitlets.TraitError(
+                f"step must be between 0 and {n - 1} (the generated tokens); got {proposal.value}"
+                if n else f"step must be -1: this trace has no generated tokens; got {proposal.value}")
+        return proposal.value
+
+    @traitlets.validate("selected_token")
+    def _valid_selected_token(self, proposal):
+        n = len(self.trace.tokens)
+        if not -1 <= proposal.value < n:
+            raise traitlets.TraitError(f"selected_token must be -1 (none) or a position 0..{n - 1}; "
+                                       f"got {proposal.value}")
+        return proposal.value
+
+    # ----------------------------------------------------------------- front end input
+    def set_state(self, sync_data: dict[str, Any]) -> None:
+        """Apply values from the front end, clamping bad ones instead of failing."""
+        fixed, notes = {}, []
+        for name, value in sync_data.items():
+            ok = self._clamped(name, value)
+            fixed[name] = ok
+            if ok != value:
+                notes.append(f"{name} {value!r} is out of range; showing {ok!r}")
+        super().set_state(fixed)
+        if notes:
+            self.send_state([n for n in fixed if fixed[n] != sync_data[n]])
+            self.send({"type": "notice", "message": "; ".join(notes)})
+
+    def _clamped(self, name: str, value: Any) -> Any:
+        def nearest(allowed: Sequence[int], current: int) -> int:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                return current
+            return min(allowed, key=lambda a: (abs(a - value), a))
+
+        if name == "layer":
+            return nearest(self._layers, self.layer)
+        if name == "head":
+            return MEAN if value == MEAN else nearest(self._heads, self.head)
+        if name == "step":
+            n = self.trace.n_generated
+            return nearest(list(range(n)) if n else [-1], self.step)
+        if name == "selected_token":
+            return nearest(list(range(-1, len(self.trace.tokens))), self.selected_token)
+        if name == "scale":
+            return value if value in SCALES else self.scale
+        if name == "theme":
+            return value if value in THEMES else self.theme
+        return value
+
+    def _reply(self, content: Mapping[str, Any]) -> tuple[dict[str, Any], list[bytes]]:
+        """The answer to one custom message from the front end (PROTOCOL.md)."""
+        kind, rid = content.get("type"), content.get("id")
+        if kind == "fetch":
+            return self._fetch_reply(content)
+        if kind == "bokeh":
+            return {"type": "bokeh", "id": rid, "version": _bokeh_version()}, [bokeh_source()]
+        if kind == "run":
+            return self._run_reply(content)
+        return {"type": "error", "id": rid, "message": f"unknown request type {kind!r}; expected "
+                "'fetch', 'bokeh' or 'run'"}, []
+
+    def _fetch_reply(self, content: Mapping[str, Any]) -> tuple[dict[str, Any], list[bytes]]:
+        rid, key, source = content.get("id"), content.get("key"), content.get("source", 0)
+        # Errors echo the request's trace_id so that the view that asked shows them.
+        base = {"id": rid, "trace_id": content.get("trace_id"), "key": key, "source": source}
+        if content.get("trace_id") != self._trace_id:
+            return {**base, "type": "error", "message": f"{key} was not sent: the trace shown was "
+                    "replaced (re-run?); the new one is on its way"}, []
+        if not isinstance(source, int) or not 0 <= source < len(self._traces):
+            return {**base, "type": "error", "message": f"source must be 0..{len(self._traces) - 1}; "
+                    f"got {source!r}"}, []
+        trace = self._traces[source]
+        try:
+            if key == "grid":
+                buf = (self._grid[source].result() if self._grid
+                       else grid_payload(trace, source=source, trace_id=self._trace_id))
+            else:
+                buf = encoding.fetch_payload(trace, key, source=source, trace_id=self._trace_id)
+        except encoding.FetchError as e:
+            return {**base, "type": "error", "message": str(e)}, []
+        return {**base, "type": "data", "trace_id": self._trace_id}, [buf]
+
+    def _run_reply(self, content: Mapping[str, Any]) -> tuple[dict[str, Any], list[bytes]]:
+        rid, prompt = content.get("id"), content.get("prompt")
+        if self._run is None:
+            return {"type": "run", "id": rid, "state": "error",
+                    "message": "this widget has no live session: re-running a prompt needs "
+                    "AttentionSession(model, tokenizer).run(...)"}, []
+        if not isinstance(prompt, str) or not prompt.strip():
+            return {"type": "run", "id": rid, "state": "error", "message": "the prompt is empty"}, []
+        self.send({"type": "run", "id": rid, "state": "running"})
+        try:
+            trace = self._run(prompt)
+            self.set_trace(trace, prompt=prompt)
+        except Exception as e:  # shown to the user in the prompt box; the widget keeps working
+            return {"type": "run", "id": rid, "state": "error",
+                    "message": f"{type(e).__name__}: {e}"}, []
+        return {"type": "run", "id": rid, "state": "done"}, []
+
+
+def _on_message(widget: AttentionWidget, content: Any, buffers: list) -> None:
+    if not isinstance(content, Mapping):
+        content = {"type": None}
+    reply, reply_buffers = widget._reply(content)
+    widget.send(reply, reply_buffers or None)
+
+
+def compare_widget(a: AttentionTrace, b: AttentionTrace, *, labels: Sequence[str] = ("A", "B"),
+                   **kwargs: Any) -> AttentionWidget:
+    """A, B and |A − B| for the same layer and head, side by side.
+
+    The traces should come from the same model; their common captured layers and heads are
+    shown. When their token counts differ, |A − B| covers the positions both have.
+    """
+    return AttentionWidget(a, compare=b, labels=labels, **kwargs)
+
+
+# --------------------------------------------------------------------- grid metrics
+def _lower_priority() -> None:
+    # Linux niceness is per thread: the grid yields the CPU to the kernel and the browser,
+    # which are busy with the first paint when it starts.
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):
+        pass
+
+
+_WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attn_widget-grid",
+                             initializer=_lower_priority)
+
+
+def grid_payload(trace: AttentionTrace, *, source: int, trace_id: str) -> bytes:
+    """The ``data`` reply buffer for a ``grid`` fetch: thumbnails and analysis badges."""
+    metrics = head_metrics(trace)
+    return encoding.fetch_payload(trace, "grid", source=source, trace_id=trace_id, metrics=metrics,
+                                  metric_descriptions=_descriptions([metrics]))
+
+
+def head_metrics(trace: AttentionTrace) -> dict[str, np.ndarray]:
+    """Per-head badge values ``{name: (n_layers, n_heads)}`` from :mod:`attn_widget.analysis`,
+    or ``{}`` while that module is not available."""
+    try:
+        from . import analysis
+    except ImportError:
+        return {}
+    scores = analysis.head_scores(trace)
+    b = trace.block()
+    shape = (len(b.layers), len(b.heads))
+    items = scores.items() if isinstance(scores, Mapping) else vars(scores).items()
+    return {k: np.asarray(v, dtype=np.float32) for k, v in items
+            if np.shape(v) == shape and np.issubdtype(np.asarray(v).dtype, np.number)}
+
+
+def _descriptions(metrics: Sequence[Mapping[str, np.ndarray]] | None) -> dict[str, str]:
+    names = dict.fromkeys(n for m in metrics or [] for n in (m or {}))  # analysis's order
+    return {n: METRIC_DESCRIPTIONS.get(n, n.replace("_", " ")) for n in names}
+
+
+# --------------------------------------------------------------------- Bokeh
+@lru_cache(maxsize=1)
+def _bokeh_version() -> str:
+    import bokeh
+
+    return bokeh.__version__
+
+
+@lru_cache(maxsize=1)
+def bokeh_source() -> bytes:
+    """The installed bokeh's own ``bokeh.min.js`` (so the JS and Python versions match)."""
+    import bokeh
+
+    return (Path(bokeh.__file__).parent / "server" / "static" / "js" / "bokeh.min.js").read_bytes()
+
+
+def figure_items(n_tokens: int, *, compact: bool = False) -> dict[str, Any]:
+    """Bokeh skeletons (``json_item``) the front end embeds and fills with pixels.
+
+    ``heatmap``: an image_rgba glyph over queries (y, downwards) × keys (x), a colour bar,
+    row/column highlight boxes; ``bars``: the chosen output token's attention over earlier
+    tokens. Models the front end drives carry names (``heat_source``, ``x_ticker``…).
+    Each call returns a fresh copy; building one costs about 0.2 s, so they are cached.
+    """
+    return json.loads(_figure_json(max(int(n_tokens), 1), bool(compact)))
+
+
+@lru_cache(maxsize=32)
+def _figure_json(t: int, compact: bool) -> str:
+    # Every embed makes its own Bokeh document, so one skeleton (same model ids) can serve
+    # any number of widgets and views.
+    from bokeh.embed import json_item
+    from bokeh.models import (
+        BoxAnnotation,
+        BoxZoomTool,
+        ColorBar,
+        ColumnDataSource,
+        FixedTicker,
+        GlyphRenderer,
+        ImageRGBA,
+        LinearAxis,
+        LinearColorMapper,
+        LogColorMapper,
+        PanTool,
+        Plot,
+        Range1d,
+        ResetTool,
+        SaveTool,
+        VBar,
+        WheelZoomTool,
+    )
+    from bokeh.palettes import Viridis256
+
+    size = 260 if compact else 540  # frame pixels: ~52 token labels fit at 10 px each
+    heat = Plot(name="heatmap", width=size + 80, height=size + 40, min_border=6,
+                x_range=Range1d(0, t, bounds=(0, t), name="x_range"),
+                y_range=Range1d(t, 0, bounds=(0, t), name="y_range"),
+                toolbar_location="above", output_backend="canvas")
+    source = ColumnDataSource({"image": [np.zeros((1, 1), np.uint32)], "x": [0], "y": [0],
+                               "dw": [t], "dh": [t]}, name="heat_source")
+    heat.renderers.append(GlyphRenderer(data_source=source, glyph=ImageRGBA(
+        image="image", x="x", y="y", dw="dw", dh="dh")))
+    for place, name, label in (("above", "x", "key (attended to)"), ("left", "y", "query (attending)")):
+        axis = LinearAxis(ticker=FixedTicker(ticks=[], name=f"{name}_ticker"), axis_label=label,
+                          name=f"{name}_axis", major_label_text_font_size="10px",
+                          axis_label_text_font_size="11px", axis_label_text_font_style="normal")
+        if name == "x":
+            axis.major_label_orientation = math.pi / 2
+        heat.add_layout(axis, place)
+    mapper = dict(palette=Viridis256, nan_color=(0, 0, 0, 0))
+    linear = LinearColorMapper(low=0, high=1, name="linear_mapper", **mapper)
+    log = LogColorMapper(low=1e-4, high=1, name="log_mapper", **mapper)
+    heat.add_layout(ColorBar(color_mapper=linear, name="colour_bar", width=10,
+                             major_label_text_font_size="10px", title_text_font_size="10px",
+                             title_text_font_style="normal", padding=4), "right")
+    box = dict(fill_alpha=0.12, line_alpha=0.9, line_width=1, visible=False)
+    for name, colour in (("hover_row", "#ffffff"), ("hover_col", "#ffffff"),
+                         ("pin_row", "#ff4f9a"), ("pin_col", "#ff4f9a"), ("step_row", "#ffb000")):
+        heat.add_layout(BoxAnnotation(name=name, fill_color=colour, line_color=colour, **box))
+    heat.add_tools(PanTool(), WheelZoomTool(), BoxZoomTool(), ResetTool(), SaveTool())
+    heat.toolbar.active_scroll = heat.tools[1]
+    heat.tags = [log]  # keeps the log mapper in the document, for the front end to swap in
+
+    bars = Plot(name="bars", width=3 * (size + 80) + 16 if compact else size + 330, height=190,
+                min_border=6, x_range=Range1d(0, t, bounds=(0, t), name="bars_x_range"),
+                y_range=Range1d(0, 1.02, name="bars_y_range"), toolbar_location=None)
+    bar_source = ColumnDataSource({"x": [], "top": [], "color": []}, name="bars_source")
+    bars.renderers.append(GlyphRenderer(data_source=bar_source, glyph=VBar(
+        x="x", top="top", width=0.8, fill_color="color", line_color=None)))
+    bars.add_layout(LinearAxis(ticker=FixedTicker(ticks=[], name="bars_x_ticker"), name="bars_x_axis",
+                               major_label_orientation=math.pi / 2, major_label_text_font_size="10px"),
+                    "below")
+    bars.add_layout(LinearAxis(name="bars_y_axis", axis_label="weight",
+                               major_label_text_font_size="10px", axis_label_text_font_size="11px",
+                               axis_label_text_font_style="normal"), "left")
+    return json.dumps({"heatmap": json_item(heat), "bars": json_item(bars)})

@@ -1,0 +1,168 @@
+"""Widget speed in JupyterLab + Debian Chromium: prints medians, asserts nothing.
+
+- slider move → heatmap painted, at 1024² and 4096² (synthetic traces, every head already in
+  the browser): from the slider's input event to the end of Bokeh's next canvas paint, and to
+  the frame after it;
+- first paint of a 1024-token SmolLM2 widget, from pressing Ctrl+Enter on the cell to the
+  heatmap's first paint, on a fresh page (BokehJS not loaded yet) and, once that widget has
+  settled, for a second widget of the same trace;
+- the bytes the browser received over the kernel websocket for that first paint.
+
+Run: ``python benchmarks/bench_widget.py`` (needs the built front end, Chromium, SmolLM2).
+``--quick`` skips SmolLM2 and the 4096² case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "browser"))
+
+from browser_support import CHROMIUM, CHROMIUM_ARGS, NotebookPage, new_page, start_lab  # noqa: E402
+
+SETUP = """
+import numpy as np, attn_widget as aw
+def synthetic(t, n_heads, seed=0):
+    rng = np.random.default_rng(seed)
+    out = np.zeros((1, n_heads, t, t), np.float32)
+    for h in range(n_heads):
+        a = np.tril(rng.random((t, t), dtype=np.float32) ** 8)
+        a[:, 0] += 1.0
+        out[0, h] = a / a.sum(-1, keepdims=True)
+    return aw.AttentionTrace.from_dense(out, [f"t{i}" for i in range(t)], prompt_len=t)
+print('READY')
+"""
+
+HOOK_JS = """
+([rootIndex]) => {
+  // Time from the input event's own timestamp (when the browser received the click) to the end
+  // of the heatmap's next Bokeh canvas paint, and to the next frame after that paint.
+  const root = document.querySelectorAll('.aw-root')[rootIndex];
+  const view = Object.values(Bokeh.index).find((v) => v.model.name === 'heatmap' && root.contains(v.el));
+  const paint = view.paint.bind(view);
+  const results = (window.__awBench = { toPaint: [], toFrame: [], shown: [] });
+  let t0 = null;
+  root.addEventListener('input', (e) => { t0 = e.timeStamp; }, { capture: true });
+  view.paint = () => {
+    paint();
+    if (t0 === null) return;
+    const start = t0;
+    t0 = null;
+    const painted = performance.now();
+    results.toPaint.push(painted - start);
+    results.shown.push(root.dataset.shown);
+    requestAnimationFrame(() => results.toFrame.push(performance.now() - start));
+  };
+}
+"""
+
+
+def median_ms(xs):
+    return f"{statistics.median(xs):6.1f} ms (n={len(xs)}, min {min(xs):.1f}, max {max(xs):.1f})"
+
+
+def slider_bench(nb: NotebookPage, cell: int, widget_index: int, n_heads: int, repeats: int):
+    """Click the head slider at alternating positions; each click is one input event."""
+    nb.run(cell, timeout=600_000)
+    root = nb.widget(cell)
+    nb.page.evaluate(HOOK_JS, [widget_index])
+    slider = root.locator(".aw-head")
+    slider.scroll_into_view_if_needed()
+    box = slider.bounding_box()
+    thumb = 8  # the range thumb's half width: value v sits at this inset from either end
+    expected = []
+    for i in range(repeats):
+        v = (i % (n_heads - 1)) + 1 if i % 2 == 0 else 0
+        x = box["x"] + thumb + v / (n_heads - 1) * (box["width"] - 2 * thumb)
+        nb.page.mouse.click(x, box["y"] + box["height"] / 2)
+        expected.append(f"head/0/{v}:linear")
+        nb.page.wait_for_function("n => window.__awBench.toFrame.length >= n", arg=i + 1, timeout=30_000)
+        nb.page.wait_for_timeout(50)
+    result = nb.page.evaluate("window.__awBench")
+    if result["shown"] != expected:
+        raise RuntimeError(f"the clicks showed {result['shown']}, expected {expected}")
+    return result["toPaint"], result["toFrame"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1024² slider only")
+    parser.add_argument("--repeats", type=int, default=30)
+    args = parser.parse_args()
+    from playwright.sync_api import sync_playwright
+
+    cells = [SETUP,
+             "w1k = aw.AttentionWidget(synthetic(1024, 4), send_all_below=2**31)\nw1k",
+             "w4k = aw.AttentionWidget(synthetic(4096, 3), send_all_below=2**31)\nw4k",
+             # Closed, so that a fresh page does not restore them (and BokehJS with them).
+             "for x in [globals().get('w1k'), globals().get('w4k')]:\n    x is not None and x.close()",
+             "import json\nmodel, tok = aw.load_model('smollm2')\n"
+             "text = ' '.join(['The capital of France is Paris. What is the capital of France?'] * 120)\n"
+             "prompt = tok.decode(tok(text).input_ids[:1024])\n"
+             "long = aw.capture(model, tok, prompt)\nprint('TOKENS', len(long.tokens))",
+             "w = aw.AttentionWidget(long, layer=15, head=4)\nw",
+             "print('PAYLOAD', len(w._payload), 'FIGURES', len(json.dumps(w._figures)))",
+             "w_again = aw.AttentionWidget(long, layer=15, head=4)\nw_again"]
+    with tempfile.TemporaryDirectory(prefix="attn-bench-") as tmp:
+        lab = start_lab(Path(tmp))
+        try:
+            lab.write_notebook("bench.ipynb", cells)
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                page = new_page(browser, width=1400, height=1000)
+                received: list[tuple[float, int]] = []
+
+                def on_ws(ws):
+                    ws.on("framereceived",
+                          lambda payload: received.append((time.perf_counter(), len(payload))))
+
+                page.on("websocket", on_ws)
+                nb = NotebookPage(page, lab, "bench.ipynb")
+                nb.run(0)
+                print("machine: 2 shared CPU cores; Chromium headless, no GPU; JupyterLab 4")
+                paint, frame = slider_bench(nb, 1, 0, 4, args.repeats)
+                print(f"slider → painted, 1024×1024: {median_ms(paint)}; → next frame {median_ms(frame)}")
+                if not args.quick:
+                    paint, frame = slider_bench(nb, 2, 1, 3, args.repeats)
+                    print(f"slider → painted, 4096×4096: {median_ms(paint)}; → next frame {median_ms(frame)}")
+                    nb.run(3)
+                    page.close()
+                    page = new_page(browser, width=1400, height=1000)
+                    received.clear()
+                    page.on("websocket", on_ws)
+                    nb = NotebookPage(page, lab, "bench.ipynb")
+                    print(nb.run(4, timeout=900_000).strip().splitlines()[-1])
+                    cold, cold_bytes = _first_paint_seconds(nb, 5, received)
+                    # Let the first widget settle (its grid thumbnails arrive) before the next.
+                    nb.cell(5).locator(".aw-grid-cell").first.wait_for(timeout=60_000)
+                    print(nb.run(6).strip())
+                    warm, warm_bytes = _first_paint_seconds(nb, 7, received)
+                    print(f"first paint, 1024-token SmolLM2 widget, fresh page (BokehJS sent too): "
+                          f"{cold:.2f} s, {cold_bytes / 2**20:.2f} MiB received")
+                    print(f"first paint, second widget of the same trace (BokehJS on the page): "
+                          f"{warm:.2f} s, {warm_bytes / 2**20:.2f} MiB received")
+                browser.close()
+        finally:
+            lab.stop()
+
+
+def _first_paint_seconds(nb, cell, received):
+    start = time.perf_counter()
+    nb.cell(cell).locator(".jp-InputPrompt").click()
+    mark = len(received)
+    nb.page.keyboard.press("Control+Enter")
+    nb.widget(cell)
+    elapsed = time.perf_counter() - start
+    bytes_in = sum(n for t, n in received[mark:] if t <= start + elapsed)
+    nb.page.wait_for_timeout(1000)
+    return elapsed, bytes_in
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+// BokehJS, once per page however many widgets: PROTOCOL.md ("BokehJS").
+
+const PENDING = "__attn_widget_bokeh__";
+
+/**
+ * Resolve to `window.Bokeh[version]`. When it is missing, `request()` must resolve to the
+ * bokeh.min.js source text; the first widget on the page asks, every other one shares its
+ * promise, and the source is injected as one classic script.
+ */
+export function loadBokeh(version, request) {
+  const existing = globalThis.Bokeh && globalThis.Bokeh[version];
+  if (existing) return Promise.resolve(existing);
+  const pending = (globalThis[PENDING] ??= {});
+  if (!pending[version]) {
+    pending[version] = request().then((source) => {
+      if (!(globalThis.Bokeh && globalThis.Bokeh[version])) {
+        const script = document.createElement("script");
+        script.textContent = source;
+        document.head.appendChild(script);
+      }
+      const bokeh = globalThis.Bokeh && globalThis.Bokeh[version];
+      if (!bokeh) throw new Error(`BokehJS ${version} did not register itself`);
+      return bokeh;
+    });
+    pending[version].catch(() => delete pending[version]); // a later widget may retry
+  }
+  return pending[version];
+}

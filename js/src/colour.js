@@ -1,0 +1,162 @@
+// From attention matrices to RGBA pixels: block max pooling to screen resolution and colour
+// mapping that matches Bokeh's LinearColorMapper / LogColorMapper. Pure: no DOM, no Bokeh.
+
+import { F16 } from "./payload.js";
+
+export const LOG_LOW = 1e-4;
+
+/** Uint32Array of 256 RGBA colours (little-endian bytes R, G, B, A) from "#rrggbb" strings. */
+export function paletteLUT(palette) {
+  const lut = new Uint32Array(palette.length);
+  palette.forEach((hex, i) => {
+    const v = parseInt(hex.slice(1, 7), 16);
+    lut[i] = ((0xff << 24) | ((v & 0xff) << 16) | (v & 0xff00) | ((v >> 16) & 0xff)) >>> 0;
+  });
+  return lut;
+}
+
+/** The colour range a scale uses: `{kind, low, high}` for Bokeh's mapper and for colorize. */
+export function scaleMapping(scale, diffMax = 1) {
+  if (scale === "log") return { kind: "log", low: LOG_LOW, high: 1 };
+  if (scale === "diff") return { kind: "linear", low: 0, high: diffMax > 0 ? diffMax : 1 };
+  return { kind: "linear", low: 0, high: 1 };
+}
+
+/**
+ * Palette index of a value, as Bokeh's continuous mappers compute it: floor of the normalised
+ * value times the palette length, clamped; the top of the range maps to the last colour.
+ */
+export function paletteIndex(value, mapping, n) {
+  let x;
+  if (mapping.kind === "log") {
+    if (!(value > 0)) return 0;
+    x = (Math.log(value) - Math.log(mapping.low)) / (Math.log(mapping.high) - Math.log(mapping.low));
+  } else {
+    x = (value - mapping.low) / (mapping.high - mapping.low);
+  }
+  const i = Math.floor(x * n);
+  return i < 0 ? 0 : i >= n ? n - 1 : i;
+}
+
+/** RGBA pixels for pooled values; NaN (no attention cell) is transparent. */
+export function colorize(values, mapping, lut) {
+  const n = lut.length;
+  const out = new Uint32Array(values.length);
+  if (mapping.kind === "linear") {
+    const k = n / (mapping.high - mapping.low);
+    for (let i = 0; i < values.length; i++) {
+      const v = values[i];
+      if (v !== v) continue; // NaN
+      let j = Math.floor((v - mapping.low) * k);
+      j = j < 0 ? 0 : j >= n ? n - 1 : j;
+      out[i] = lut[j];
+    }
+  } else {
+    for (let i = 0; i < values.length; i++) {
+      const v = values[i];
+      if (v === v) out[i] = lut[paletteIndex(v, mapping, n)];
+    }
+  }
+  return out;
+}
+
+/**
+ * Pixels covering a region at most `maxPixels` wide and tall: each pixel is the max over a
+ * block × block square of cells, so isolated peaks survive shrinking.
+ * region: {q0, q1, k0, k1} (half-open, in cells). Returns {block, w, h}.
+ */
+export function pixelGrid(region, maxPixels) {
+  const span = Math.max(region.q1 - region.q0, region.k1 - region.k0, 1);
+  const block = Math.max(1, Math.ceil(span / Math.max(1, maxPixels)));
+  return {
+    block,
+    w: Math.max(1, Math.ceil((region.k1 - region.k0) / block)),
+    h: Math.max(1, Math.ceil((region.q1 - region.q0) / block)),
+  };
+}
+
+/**
+ * Block max of a float16 matrix section over `region`, as Float32Array(h * w), row-major,
+ * row 0 = query q0. With `relative`, each query row is first divided by its own max over all
+ * keys (the "row" scale). Pixels with no attention cell (above a causal diagonal) are NaN.
+ */
+export function poolSection(section, region, maxPixels, relative = false) {
+  const { block, w, h } = pixelGrid(region, maxPixels);
+  // Non-negative float16 values order like their bit patterns read as int16 (-0 reads lowest),
+  // so maxima are taken on integers and decoded once per pixel.
+  const bits = new Int16Array(section.data.buffer, section.data.byteOffset, section.data.length);
+  const tril = section.layout === "tril";
+  const nk = tril ? section.shape[0] : section.shape[1];
+  const { q0, q1, k0, k1 } = region;
+  const out = new Float32Array(w * h).fill(NaN);
+  const acc = new Int16Array(w);
+  const EMPTY = -32768;
+  for (let r = 0; r < h; r++) {
+    acc.fill(EMPTY);
+    const rowOut = r * w;
+    for (let q = q0 + r * block; q < Math.min(q1, q0 + (r + 1) * block); q++) {
+      const start = tril ? (q * (q + 1)) / 2 : q * nk;
+      const kEnd = Math.min(k1, tril ? q + 1 : nk);
+      if (relative) {
+        poolRelativeRow(bits, start, kEnd, k0, block, tril ? q + 1 : nk, out, rowOut);
+        continue;
+      }
+      for (let k = k0, c = 0; k < kEnd; c++) {
+        const stop = Math.min(kEnd, k + block);
+        let m = acc[c];
+        for (let j = start + k, end = start + stop; j < end; j++) if (bits[j] > m) m = bits[j];
+        acc[c] = m;
+        k = stop;
+      }
+    }
+    if (relative) continue;
+    for (let c = 0; c < w; c++) if (acc[c] !== EMPTY) out[rowOut + c] = F16[acc[c] & 0xffff];
+  }
+  return { values: out, w, h, block };
+}
+
+function poolRelativeRow(bits, start, kEnd, k0, block, rowLength, out, rowOut) {
+  let m = -32768;
+  for (let k = 0; k < rowLength; k++) if (bits[start + k] > m) m = bits[start + k];
+  const rowMax = F16[m & 0xffff];
+  const inv = rowMax > 0 ? 1 / rowMax : 0;
+  for (let k = k0, c = 0; k < kEnd; c++) {
+    const stop = Math.min(kEnd, k + block);
+    let b = bits[start + k];
+    for (let j = start + k + 1, end = start + stop; j < end; j++) if (bits[j] > b) b = bits[j];
+    const v = F16[b & 0xffff] * inv;
+    const o = rowOut + c;
+    if (!(out[o] >= v)) out[o] = v; // NaN-safe max over the block's rows
+    k = stop;
+  }
+}
+
+/**
+ * Block max of |A − B| over the part of `region` both sections cover, with its overall max.
+ */
+export function poolDiff(a, b, region, maxPixels) {
+  const { block, w, h } = pixelGrid(region, maxPixels);
+  const out = new Float32Array(w * h).fill(NaN);
+  let max = 0;
+  const nq = Math.min(region.q1, rows(a), rows(b));
+  const nk = Math.min(region.k1, cols(a), cols(b));
+  for (let q = region.q0; q < nq; q++) {
+    const kEnd = Math.min(nk, a.layout === "tril" || b.layout === "tril" ? q + 1 : nk);
+    const base = ((q - region.q0) / block | 0) * w;
+    for (let k = region.k0; k < kEnd; k++) {
+      const v = Math.abs(cell(a, q, k) - cell(b, q, k));
+      const o = base + ((k - region.k0) / block | 0);
+      if (!(out[o] >= v)) out[o] = v;
+      if (v > max) max = v;
+    }
+  }
+  return { values: out, w, h, block, max };
+}
+
+const rows = (s) => s.shape[0];
+const cols = (s) => (s.layout === "tril" ? s.shape[0] : s.shape[1]);
+
+function cell(s, q, k) {
+  if (s.layout === "tril") return k > q ? 0 : F16[s.data[(q * (q + 1)) / 2 + k]];
+  return F16[s.data[q * s.shape[1] + k]];
+}

@@ -1,0 +1,149 @@
+// Where the front end's matrices come from: the payload, an LRU cache, or a fetch from the
+// host (PROTOCOL.md, "What the front end fetches"). Pure: the host is reached only through
+// the injected `send(msg)` function.
+
+import { decodePayload, sectionId } from "./payload.js";
+
+export const CACHE_BYTES = 256 * 2 ** 20;
+export const MAX_PREFETCH = 2;
+
+/** The key of the matrix shown for a layer and head (head -1 = mean of heads). */
+export const matrixKey = (layer, head) => (head === -1 ? `mean/${layer}` : `head/${layer}/${head}`);
+
+/**
+ * Keys worth prefetching around the one shown: heads ±1 in the same layer, the same head in
+ * layers ±1, and the means of layers ±1 (only captured layers and heads).
+ */
+export function neighbourKeys(layer, head, layers, heads) {
+  const li = layers.indexOf(layer);
+  const hi = heads.indexOf(head);
+  const keys = [];
+  if (head !== -1) {
+    for (const d of [1, -1]) if (heads[hi + d] !== undefined) keys.push(matrixKey(layer, heads[hi + d]));
+  }
+  for (const d of [1, -1]) {
+    const l = layers[li + d];
+    if (l === undefined) continue;
+    keys.push(matrixKey(l, head));
+    if (head !== -1) keys.push(matrixKey(l, -1));
+  }
+  return keys;
+}
+
+export class SectionStore {
+  /**
+   * send(msg): deliver a request to the host; newId(): a request id unique on the page.
+   * onData(source, key): a fetched key arrived (redraw if it is wanted).
+   * onError(message): a request failed; show the message.
+   */
+  constructor({ send, newId, onData = () => {}, onError = () => {}, maxBytes = CACHE_BYTES }) {
+    this.send = send;
+    let n = 0;
+    this.newId = newId ?? (() => ++n);
+    this.onData = onData;
+    this.onError = onError;
+    this.maxBytes = maxBytes;
+    this.reset(null);
+  }
+
+  /** Start over with a new decoded payload ({header, sections}); drops cache and requests. */
+  reset(payload) {
+    this.header = payload ? payload.header : null;
+    this.base = payload ? payload.sections : new Map();
+    this.cache = new Map(); // id -> section, in least- to most-recently used order
+    this.cacheBytes = 0;
+    this.pending = new Map(); // request id -> {source, key, prefetch}
+    this.inFlight = new Set(); // section ids requested and not answered
+    this.queued = new Map(); // source -> key wanted while another wanted fetch was in flight
+  }
+
+  get traceId() {
+    return this.header ? this.header.trace_id : null;
+  }
+
+  /** A section already here (payload or cache), or undefined. */
+  get(source, key) {
+    const id = sectionId(source, key);
+    if (this.base.has(id)) return this.base.get(id);
+    const s = this.cache.get(id);
+    if (s) {
+      this.cache.delete(id);
+      this.cache.set(id, s);
+    }
+    return s;
+  }
+
+  /** The section now, or undefined after asking the host for it (onData fires on arrival). */
+  want(source, key) {
+    const s = this.get(source, key);
+    if (s || !this.header || this.header.complete) return s;
+    const id = sectionId(source, key);
+    if (this.inFlight.has(id)) return undefined;
+    const busy = [...this.pending.values()].some((p) => p.source === source && !p.prefetch);
+    if (busy) this.queued.set(source, key);
+    else this._request(source, key, false);
+    return undefined;
+  }
+
+  /** Ask for keys in the background, at most MAX_PREFETCH requests in flight. */
+  prefetch(source, keys) {
+    if (!this.header || this.header.complete) return;
+    for (const key of keys) {
+      const inFlight = [...this.pending.values()].filter((p) => p.prefetch).length;
+      if (inFlight >= MAX_PREFETCH) return;
+      const id = sectionId(source, key);
+      if (!this.base.has(id) && !this.cache.has(id) && !this.inFlight.has(id)) this._request(source, key, true);
+    }
+  }
+
+  _request(source, key, prefetch) {
+    const id = this.newId();
+    this.pending.set(id, { source, key, prefetch });
+    this.inFlight.add(sectionId(source, key));
+    this.send({ type: "fetch", id, trace_id: this.traceId, source, key });
+  }
+
+  /**
+   * Handle a `data` or `error` reply; returns true when it answered one of our requests.
+   * An error with no id (not a reply) is shown too; replies to other views are ignored.
+   */
+  receive(msg, buffers) {
+    if (!msg || (msg.type !== "data" && msg.type !== "error")) return false;
+    const req = this.pending.get(msg.id);
+    if (!req) {
+      if (msg.type === "error" && msg.id == null) this.onError(msg.message);
+      return false;
+    }
+    this.pending.delete(msg.id);
+    this.inFlight.delete(sectionId(req.source, req.key));
+    if (msg.trace_id !== undefined && msg.trace_id !== this.traceId) return true; // stale
+    if (msg.type === "error") {
+      if (!req.prefetch) this.onError(msg.message);
+    } else {
+      const { header, sections } = decodePayload(buffers[0]);
+      if (header.metrics) this.header.metrics = { ...this.header.metrics, ...header.metrics };
+      for (const [id, s] of sections) {
+        if (s.key === "thumbs" || s.key.startsWith("metric/")) this.base.set(id, s);
+        else this._cache(id, s);
+      }
+      this.onData(req.source, req.key);
+    }
+    const next = this.queued.get(req.source);
+    if (!req.prefetch && next !== undefined) {
+      this.queued.delete(req.source);
+      this.want(req.source, next);
+    }
+    return true;
+  }
+
+  _cache(id, section) {
+    if (this.cache.has(id)) this.cacheBytes -= this.cache.get(id).data.byteLength;
+    this.cache.set(id, section);
+    this.cacheBytes += section.data.byteLength;
+    for (const [old, s] of this.cache) {
+      if (this.cacheBytes <= this.maxBytes || old === id) break;
+      this.cache.delete(old);
+      this.cacheBytes -= s.data.byteLength;
+    }
+  }
+}

@@ -1,0 +1,125 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { colorize, paletteIndex, paletteLUT, pixelGrid, poolDiff, poolSection, scaleMapping } from "../src/colour.js";
+import { F16 } from "../src/payload.js";
+import { f16array, packTril } from "./helpers.js";
+
+const grey = Array.from({ length: 256 }, (_, i) => `#${i.toString(16).padStart(2, "0").repeat(3)}`);
+
+test("palette colours become little-endian RGBA words with full alpha", () => {
+  const lut = paletteLUT(["#440154", "#fde725"]);
+  const bytes = new Uint8Array(lut.buffer);
+  assert.deepEqual([...bytes.subarray(0, 4)], [0x44, 0x01, 0x54, 0xff]);
+  assert.deepEqual([...bytes.subarray(4, 8)], [0xfd, 0xe7, 0x25, 0xff]);
+});
+
+test("linear mapping follows Bokeh: floor(x * n), the top of the range is the last colour", () => {
+  const m = scaleMapping("linear");
+  assert.equal(paletteIndex(0, m, 256), 0);
+  assert.equal(paletteIndex(0.5, m, 256), 128);
+  assert.equal(paletteIndex(1, m, 256), 255);
+  assert.equal(paletteIndex(1.5, m, 256), 255);
+  assert.equal(paletteIndex(-0.1, m, 256), 0);
+});
+
+test("log mapping spreads 1e-4…1 evenly per decade and puts zero at the bottom", () => {
+  const m = scaleMapping("log");
+  assert.equal(paletteIndex(1e-2, m, 256), 128);
+  const perDecade = [1e-4, 1e-3, 1e-2, 1e-1].map((v, i, a) => i && paletteIndex(v, m, 256) - paletteIndex(a[i - 1], m, 256));
+  for (const d of perDecade.slice(1)) assert.ok(Math.abs(d - 64) <= 1, `decade spans ${d} colours`);
+  assert.equal(paletteIndex(0, m, 256), 0);
+  assert.equal(paletteIndex(1e-6, m, 256), 0);
+});
+
+test("a small weight that linear colour shows as the bottom colour is distinct on the log scale", () => {
+  const lin = paletteIndex(0.0009, scaleMapping("linear"), 256);
+  const log = paletteIndex(0.0009, scaleMapping("log"), 256);
+  assert.equal(lin, 0);
+  assert.ok(log > 50, `log index ${log}`);
+});
+
+test("colorize leaves NaN cells transparent and colours the rest", () => {
+  const lut = paletteLUT(grey);
+  const out = colorize(Float32Array.from([NaN, 0, 1]), scaleMapping("linear"), lut);
+  assert.equal(out[0], 0);
+  assert.equal(out[1], lut[0]);
+  assert.equal(out[2], lut[255]);
+});
+
+test("pixel grid shrinks 4096 cells to at most 512 pixels with 8×8 blocks", () => {
+  assert.deepEqual(pixelGrid({ q0: 0, q1: 4096, k0: 0, k1: 4096 }, 512), { block: 8, w: 512, h: 512 });
+  assert.deepEqual(pixelGrid({ q0: 0, q1: 10, k0: 0, k1: 10 }, 512), { block: 1, w: 10, h: 10 });
+});
+
+function causalSection(dense, t) {
+  return { layout: "tril", dtype: "float16", shape: [t], data: f16array(packTril(dense, t)) };
+}
+
+function randomCausal(t, seed = 1) {
+  let s = seed;
+  const rnd = () => ((s = (s * 16807) % 2147483647) / 2147483647);
+  const d = new Array(t * t).fill(0);
+  for (let i = 0; i < t; i++) {
+    let sum = 0;
+    for (let k = 0; k <= i; k++) sum += (d[i * t + k] = rnd() ** 4);
+    for (let k = 0; k <= i; k++) d[i * t + k] /= sum;
+  }
+  return d;
+}
+
+test("pooling a causal head keeps each block's max and leaves blocks above the diagonal empty", () => {
+  const t = 37;
+  const dense = randomCausal(t);
+  const sec = causalSection(dense, t);
+  const { values, w, h, block } = poolSection(sec, { q0: 0, q1: t, k0: 0, k1: t }, 10);
+  assert.equal(block, 4);
+  for (let r = 0; r < h; r++) {
+    for (let c = 0; c < w; c++) {
+      let m = NaN;
+      for (let q = r * block; q < Math.min(t, (r + 1) * block); q++) {
+        for (let k = c * block; k < Math.min(t, (c + 1) * block); k++) {
+          if (k <= q) { const v = F16[sec.data[(q * (q + 1)) / 2 + k]]; if (!(m >= v)) m = v; }
+        }
+      }
+      const got = values[r * w + c];
+      if (Number.isNaN(m)) assert.ok(Number.isNaN(got), `pixel ${r},${c} should be empty`);
+      else assert.equal(got, m, `pixel ${r},${c}`);
+    }
+  }
+});
+
+test("pooling a zoomed region covers only its cells", () => {
+  const t = 20;
+  const dense = new Array(t * t).fill(0);
+  for (let i = 0; i < t; i++) dense[i * t + i] = 1;
+  dense[15 * t + 3] = 0.5;
+  const { values, w, h } = poolSection(causalSection(dense, t), { q0: 14, q1: 16, k0: 2, k1: 5 }, 100);
+  assert.equal(w, 3);
+  assert.equal(h, 2);
+  assert.deepEqual([...values], [0, 0, 0, 0, 0.5, 0]);
+});
+
+test("row-relative pooling divides each query row by its own max", () => {
+  const t = 3;
+  const dense = [1, 0, 0, 0.25, 0.75, 0, 0.5, 0.25, 0.25];
+  const { values } = poolSection(causalSection(dense, t), { q0: 0, q1: 3, k0: 0, k1: 3 }, 10, true);
+  const expected = [1, null, null, 1 / 3, 1, null, 1, 0.5, 0.5];
+  [...values].forEach((v, i) => {
+    if (expected[i] === null) assert.ok(Number.isNaN(v), `pixel ${i} is above the diagonal`);
+    else assert.ok(Math.abs(v - expected[i]) < 1e-6, `pixel ${i}: ${v} vs ${expected[i]}`);
+  });
+});
+
+test("pooling a negative zero never hides a positive weight in the same block", () => {
+  const sec = { layout: "dense", dtype: "float16", shape: [1, 2], data: Uint16Array.from([0x8000, f16array([0.3])[0]]) };
+  const { values } = poolSection(sec, { q0: 0, q1: 1, k0: 0, k1: 2 }, 1);
+  assert.ok(Math.abs(values[0] - 0.3) < 1e-3);
+});
+
+test("|A − B| is the block max of the absolute difference, with its overall max", () => {
+  const a = causalSection([1, 0, 0.5, 0.5], 2);
+  const b = causalSection([1, 0, 0.25, 0.75], 2);
+  const { values, max } = poolDiff(a, b, { q0: 0, q1: 2, k0: 0, k1: 2 }, 10);
+  assert.deepEqual([...values].map((v) => (Number.isNaN(v) ? null : v)), [0, null, 0.25, 0.25]);
+  assert.equal(max, 0.25);
+});

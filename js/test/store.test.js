@@ -1,0 +1,108 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { decodePayload } from "../src/payload.js";
+import { SectionStore, matrixKey, neighbourKeys } from "../src/store.js";
+import { encodePayload, f16array } from "./helpers.js";
+
+const sec = (key, values = [1, 0.5, 0.5]) => ({ key, dtype: "float16", layout: "tril", shape: [2], data: f16array(values) });
+
+function setup({ complete = false, sections = [sec("mean/0")], maxBytes } = {}) {
+  const sent = [];
+  const arrived = [];
+  const errors = [];
+  const store = new SectionStore({
+    send: (m) => sent.push(m), onData: (s, k) => arrived.push(`${s}:${k}`), onError: (m) => errors.push(m), maxBytes,
+  });
+  store.reset(decode(encodePayload({ trace_id: "t1", complete }, sections)));
+  return { store, sent, arrived, errors };
+}
+
+const decode = (bytes) => decodePayload(bytes);
+const reply = (req, key = req.key, trace_id = "t1") => [
+  { type: "data", id: req.id, trace_id, source: req.source, key },
+  [encodePayload({ trace_id }, [{ ...sec(key), source: req.source }])],
+];
+
+test("matrix keys: head/L/H, or mean/L for the mean of heads", () => {
+  assert.equal(matrixKey(3, 2), "head/3/2");
+  assert.equal(matrixKey(3, -1), "mean/3");
+});
+
+test("neighbours are heads ±1, layers ±1 and their means, only captured ones", () => {
+  assert.deepEqual(neighbourKeys(0, 0, [0, 1], [0, 1]), ["head/0/1", "head/1/0", "mean/1"]);
+  assert.deepEqual(neighbourKeys(1, -1, [0, 1, 2], [0]), ["mean/2", "mean/0"]);
+});
+
+test("a key in the payload is served at once without a request", () => {
+  const { store, sent } = setup();
+  assert.ok(store.want(0, "mean/0"));
+  assert.equal(sent.length, 0);
+});
+
+test("a missing key is fetched once, then served from the cache", () => {
+  const { store, sent, arrived } = setup();
+  assert.equal(store.want(0, "head/0/1"), undefined);
+  assert.equal(store.want(0, "head/0/1"), undefined);
+  assert.equal(sent.length, 1);
+  assert.deepEqual({ ...sent[0], id: 0 }, { type: "fetch", id: 0, trace_id: "t1", source: 0, key: "head/0/1" });
+  assert.ok(store.receive(...reply(sent[0])));
+  assert.deepEqual(arrived, ["0:head/0/1"]);
+  assert.ok(store.want(0, "head/0/1"));
+});
+
+test("a complete payload never fetches", () => {
+  const { store, sent } = setup({ complete: true });
+  assert.equal(store.want(0, "head/9/9"), undefined);
+  store.prefetch(0, ["head/1/1"]);
+  assert.equal(sent.length, 0);
+});
+
+test("while a wanted fetch is in flight, only the newest wish waits and is sent next", () => {
+  const { store, sent } = setup();
+  store.want(0, "head/0/1");
+  store.want(0, "head/0/2");
+  store.want(0, "head/0/3");
+  assert.equal(sent.length, 1);
+  store.receive(...reply(sent[0]));
+  assert.deepEqual(sent.map((m) => m.key), ["head/0/1", "head/0/3"]);
+});
+
+test("prefetch keeps at most two requests in flight", () => {
+  const { store, sent } = setup();
+  store.prefetch(0, ["head/0/1", "head/0/2", "head/0/3"]);
+  assert.deepEqual(sent.map((m) => m.key), ["head/0/1", "head/0/2"]);
+});
+
+test("a reply for a replaced trace is dropped", () => {
+  const { store, sent, arrived } = setup();
+  store.want(0, "head/0/1");
+  store.receive(...reply(sent[0], "head/0/1", "old"));
+  assert.deepEqual(arrived, []);
+  assert.equal(store.get(0, "head/0/1"), undefined);
+});
+
+test("an error reply to a wanted fetch is shown; one to a prefetch is not", () => {
+  const { store, sent, errors } = setup();
+  store.want(0, "head/0/9");
+  store.prefetch(0, ["head/0/8"]);
+  for (const m of sent) store.receive({ type: "error", id: m.id, trace_id: "t1", message: `cannot send ${m.key}` }, []);
+  assert.deepEqual(errors, ["cannot send head/0/9"]);
+});
+
+test("replies to other views' ids are ignored", () => {
+  const { store, arrived } = setup();
+  assert.equal(store.receive({ type: "data", id: "someone-else", trace_id: "t1", key: "head/0/1", source: 0 }, []), false);
+  assert.deepEqual(arrived, []);
+});
+
+test("the cache evicts the least recently used section past its byte limit", () => {
+  const { store, sent } = setup({ maxBytes: 12 });
+  for (const key of ["head/0/1", "head/0/2", "head/0/3"]) {
+    store.prefetch(0, [key]);
+    store.receive(...reply(sent.at(-1)));
+  }
+  assert.equal(store.get(0, "head/0/1"), undefined);
+  assert.ok(store.get(0, "head/0/2"));
+  assert.ok(store.get(0, "head/0/3"));
+  assert.ok(store.get(0, "mean/0"), "payload sections are never evicted");
+});

@@ -1,0 +1,243 @@
+"""AttentionWidget's traits and its answers to the front end (PROTOCOL.md), without a browser."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import traitlets
+
+from attn_widget import encoding
+from attn_widget.trace import AttentionTrace
+from attn_widget.widget import MEAN, AttentionWidget, compare_widget, figure_items
+
+
+def random_trace(n_layers=3, n_heads=4, t=12, prompt_len=8, seed=0, heads=None, tokens=None):
+    rng = np.random.default_rng(seed)
+    n_heads = n_heads if heads is None else len(heads)
+    a = np.tril(rng.random((n_layers, n_heads, t, t)) ** 4)
+    a /= a.sum(-1, keepdims=True)
+    return AttentionTrace.from_dense(a, tokens or [f"w{i}" for i in range(t)], prompt_len=prompt_len,
+                                     heads=heads)
+
+
+class Recorder:
+    """Stands in for the kernel's comm: collects what the widget sends."""
+
+    def __init__(self, widget):
+        self.sent = []
+        widget.send = lambda content, buffers=None: self.sent.append((content, list(buffers or [])))
+        self.widget = widget
+
+    def ask(self, **content):
+        """One custom message from the front end; the widget's replies."""
+        start = len(self.sent)
+        self.widget._handle_custom_msg(content, [])
+        return self.sent[start:]
+
+
+@pytest.fixture
+def trace():
+    return random_trace()
+
+
+@pytest.fixture
+def widget(trace):
+    return AttentionWidget(trace)
+
+
+def test_defaults_show_the_first_layer_and_head_and_the_first_generated_token(widget):
+    assert (widget.layer, widget.head, widget.scale) == (0, 0, "linear")
+    assert (widget.step, widget.selected_token) == (0, -1)
+
+
+def test_a_forward_pass_has_no_step(trace):
+    fwd = random_trace(prompt_len=12)
+    assert AttentionWidget(fwd).step == -1
+
+
+def test_trace_show_returns_a_widget(trace):
+    w = trace.show(layer=2, head="mean")
+    assert isinstance(w, AttentionWidget)
+    assert (w.layer, w.head) == (2, MEAN)
+
+
+def test_layer_and_head_follow_python_assignment(widget):
+    widget.layer, widget.head = 2, 3
+    assert (widget.layer, widget.head) == (2, 3)
+    widget.head = MEAN
+    assert widget.head == -1
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("layer", 3, r"layer must be one of the captured layers 0..2; got 3"),
+    ("head", 7, r"head must be one of the captured heads 0..3 or -1 \(mean of heads\); got 7"),
+    ("step", 4, r"step must be between 0 and 3 \(the generated tokens\); got 4"),
+    ("selected_token", 12, r"selected_token must be -1 \(none\) or a position 0..11; got 12"),
+    ("scale", "sqrt", r"'sqrt'"),
+])
+def test_python_values_out_of_range_are_refused_with_what_is_allowed(widget, name, value, message):
+    with pytest.raises(traitlets.TraitError, match=message):
+        setattr(widget, name, value)
+
+
+def test_uncaptured_heads_are_refused(trace):
+    w = AttentionWidget(random_trace(heads=[0, 2, 5, 7]))
+    with pytest.raises(traitlets.TraitError, match="0,2,5,7"):
+        w.head = 1
+
+
+def test_front_end_values_out_of_range_are_clamped_and_reported(widget):
+    rec = Recorder(widget)
+    widget.set_state({"layer": 99, "head": -5, "step": 40, "selected_token": 3})
+    assert (widget.layer, widget.head, widget.step, widget.selected_token) == (2, 0, 3, 3)
+    notices = [c for c, _ in rec.sent if c.get("type") == "notice"]
+    assert len(notices) == 1
+    assert "layer 99 is out of range; showing 2" in notices[0]["message"]
+    assert "step 40 is out of range; showing 3" in notices[0]["message"]
+
+
+def test_front_end_garbage_keeps_the_current_value(widget):
+    Recorder(widget)
+    widget.set_state({"layer": "seven", "scale": "<b>bold</b>"})
+    assert (widget.layer, widget.scale) == (0, "linear")
+
+
+def test_python_observers_see_front_end_moves(widget):
+    seen = []
+    widget.observe(lambda change: seen.append(change["new"]), names="layer")
+    Recorder(widget)
+    widget.set_state({"layer": 2})
+    assert seen == [2]
+
+
+def test_fetch_of_a_head_replies_with_its_bytes(trace):
+    w = AttentionWidget(trace, send_all_below=0)
+    rec = Recorder(w)
+    [(reply, buffers)] = rec.ask(type="fetch", id="v1-1", trace_id=w._trace_id, source=0, key="head/1/2")
+    assert reply == {"type": "data", "id": "v1-1", "trace_id": w._trace_id, "key": "head/1/2", "source": 0}
+    header, arrays = encoding.decode_payload(buffers[0])
+    want = trace.head(1, 2)[np.tril_indices(12)]
+    assert np.allclose(arrays[(0, "head/1/2")].astype(np.float32), want, rtol=2**-11, atol=2**-25)
+
+
+def test_fetch_of_a_head_that_was_not_captured_is_answered_with_a_message():
+    w = AttentionWidget(random_trace(heads=[0, 2]), send_all_below=0)
+    [(reply, buffers)] = Recorder(w).ask(type="fetch", id="v1-2", trace_id=w._trace_id, source=0,
+                                         key="head/0/1")
+    assert reply["type"] == "error" and buffers == []
+    assert "head 1 was not captured" in reply["message"]
+
+
+def test_fetch_for_a_replaced_trace_is_refused(widget):
+    [(reply, _)] = Recorder(widget).ask(type="fetch", id="x", trace_id="old", source=0, key="head/0/0")
+    assert reply["type"] == "error" and reply["trace_id"] == "old"
+    assert reply["message"].startswith("head/0/0 was not sent: the trace shown was replaced")
+
+
+def test_fetch_from_a_source_that_does_not_exist_is_refused(widget):
+    [(reply, _)] = Recorder(widget).ask(type="fetch", id="x", trace_id=widget._trace_id, source=3,
+                                        key="head/0/0")
+    assert reply["message"] == "source must be 0..0; got 3"
+
+
+def test_grid_fetch_carries_the_analysis_badges(trace):
+    w = AttentionWidget(trace, send_all_below=0)
+    [(reply, buffers)] = Recorder(w).ask(type="fetch", id="g", trace_id=w._trace_id, source=0, key="grid")
+    header, arrays = encoding.decode_payload(buffers[0])
+    assert arrays[(0, "thumbs")].shape[:2] == (3, 4)
+    from attn_widget import analysis
+
+    scores = analysis.head_scores(trace)
+    assert np.allclose(arrays[(0, "metric/sink_score")], scores.sink_score, equal_nan=True)
+    assert "sink_score" in header["metrics"]
+
+
+def test_unknown_requests_get_an_error_not_an_exception(widget):
+    [(reply, _)] = Recorder(widget).ask(type="explode", id="z")
+    assert reply["type"] == "error" and "unknown request type 'explode'" in reply["message"]
+
+
+def test_bokeh_request_sends_the_installed_bokeh_min_js(widget):
+    import bokeh
+
+    [(reply, buffers)] = Recorder(widget).ask(type="bokeh", id="b", version=bokeh.__version__)
+    assert reply == {"type": "bokeh", "id": "b", "version": bokeh.__version__}
+    assert len(buffers[0]) > 1_000_000
+    assert f'"{bokeh.__version__}"'.encode() in buffers[0] or bokeh.__version__.encode() in buffers[0]
+
+
+def test_small_traces_send_everything_and_large_ones_only_the_view(trace):
+    small = AttentionWidget(trace)
+    large = AttentionWidget(trace, layer=1, head=2, send_all_below=100)
+    small_keys = {k for _, k in encoding.decode_payload(small._payload)[1]}
+    large_keys = {k for _, k in encoding.decode_payload(large._payload)[1]}
+    assert "head/2/3" in small_keys and "thumbs" in small_keys
+    assert large_keys == {"head/1/2", "mean/1"}
+
+
+def test_run_without_a_session_explains_what_is_needed(widget):
+    [(reply, _)] = Recorder(widget).ask(type="run", id="r", prompt="hello")
+    assert reply["state"] == "error" and "AttentionSession" in reply["message"]
+    assert widget._live is False
+
+
+def test_run_replaces_the_trace_in_place(trace):
+    other = random_trace(t=15, prompt_len=10, seed=3)
+    w = AttentionWidget(trace, layer=2, head=1, run=lambda prompt: other, prompt="first")
+    old_payload = w._payload
+    replies = Recorder(w).ask(type="run", id="r", prompt="second")
+    assert [c["state"] for c, _ in replies] == ["running", "done"]
+    assert w.trace is other and w.prompt == "second" and w._payload != old_payload
+    assert (w.layer, w.head) == (2, 1)
+    assert encoding.decode_payload(w._payload)[0]["sources"][0]["n_queries"] == 15
+
+
+def test_a_failing_run_reports_the_error_and_keeps_the_old_trace(trace):
+    def boom(prompt):
+        raise RuntimeError("model exploded")
+
+    w = AttentionWidget(trace, run=boom)
+    replies = Recorder(w).ask(type="run", id="r", prompt="x")
+    assert replies[-1][0] == {"type": "run", "id": "r", "state": "error",
+                              "message": "RuntimeError: model exploded"}
+    assert w.trace is trace
+
+
+def test_compare_shows_common_layers_and_heads():
+    a = random_trace(heads=[0, 1, 2, 3])
+    b = random_trace(heads=[1, 2, 3], seed=1)
+    w = compare_widget(a, b, head=1)
+    header, arrays = encoding.decode_payload(w._payload)
+    assert header["mode"] == "compare" and [s["label"] for s in header["sources"]] == ["A", "B"]
+    assert (0, "head/0/1") in arrays and (1, "head/0/1") in arrays
+    with pytest.raises(traitlets.TraitError):
+        w.head = 0  # only in A
+
+
+def test_compare_of_traces_with_nothing_in_common_is_refused():
+    with pytest.raises(ValueError, match="share no captured layer and head"):
+        compare_widget(random_trace(heads=[0]), random_trace(heads=[1]))
+
+
+def test_widget_refuses_what_is_not_a_trace():
+    with pytest.raises(TypeError, match="trace must be an AttentionTrace; got ndarray"):
+        AttentionWidget(np.zeros((1, 1, 2, 2)))
+
+
+def test_figure_skeletons_name_the_models_the_front_end_drives():
+    items = figure_items(40)
+    text = str(items["heatmap"])
+    for name in ("heat_source", "x_ticker", "y_ticker", "colour_bar", "linear_mapper", "log_mapper",
+                 "hover_row", "pin_col", "step_row"):
+        assert f"'{name}'" in text
+    assert "'bars_source'" in str(items["bars"])
+
+
+def test_importing_the_widget_does_not_import_torch():
+    code = "import attn_widget.widget, sys; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         check=True)
+    assert out.stdout.strip() == "False"
