@@ -178,7 +178,8 @@ def capture(model, tokenizer, prompt: str | Sequence[dict], *, max_new_tokens: i
     }
     import transformers
 
-    options = {"max_new_tokens": max_new_tokens, "layers": None if layers is None else list(layers),
+    options = {"prompt": prompt if isinstance(prompt, (str, list, tuple)) else prompt.tolist(),
+               "max_new_tokens": max_new_tokens, "layers": None if layers is None else list(layers),
                "heads": None if heads is None else list(heads), "chat": chat,
                "generate_kwargs": generate_kwargs, "torch": torch.__version__,
                "transformers": transformers.__version__}
