@@ -21,8 +21,13 @@ $(VENV)/.setup-test: $(VENV)/.setup
 	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
 	touch $@
 
-setup: $(VENV)/.setup
-setup-test: $(VENV)/.setup-test
+# The front end: ES modules in js/src bundled by esbuild into the package (generated, not in git).
+ESM := attn_widget/static/widget.js
+$(ESM): js/package.json js/package-lock.json $(wildcard js/src/*)
+	cd js && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build
+
+setup: $(VENV)/.setup $(ESM)
+setup-test: $(VENV)/.setup-test $(ESM)
 
 demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/attn-widget snapshot --model smollm2 --chat --max-new-tokens 24 \
@@ -32,10 +37,15 @@ lint: setup-test
 	$(BIN)/ruff check attn_widget tests benchmarks
 
 test: setup-test lint
+	cd js && npm test --silent
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra tests
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra --nbval-lax notebooks
 
 bench: setup-test
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_capture.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_analysis.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_widget.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_snapshot.py
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache
