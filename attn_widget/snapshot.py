@@ -24,7 +24,6 @@ import base64
 import html
 import json
 import os
-import tempfile
 import uuid
 import zlib
 from collections.abc import Callable, Iterable, Sequence
@@ -33,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .trace import write_atomically
 
 # --------------------------------------------------------------------------- binary blocks
 # Inside a <script> element's text the HTML parser replaces NUL, folds CR into LF and ends the
@@ -389,33 +390,6 @@ def _record_reply(widget, request: dict[str, Any]) -> tuple[dict[str, Any], list
     return sent[0]
 
 
-def _write_atomic(path: Path, data: bytes) -> Path:
-    directory = path.parent if str(path.parent) else Path(".")
-    try:
-        if path.is_dir():
-            raise IsADirectoryError(21, "it is a folder")
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    except OSError as e:
-        reason = e.strerror or str(e)
-        if isinstance(e, FileNotFoundError):
-            reason = f"folder {str(directory)!r} does not exist"
-        raise type(e)(f"cannot write snapshot to {str(path)!r}: {reason}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-
-
 # --------------------------------------------------------------------------- attention snapshots
 MB = 1_000_000
 _MIN_MEAN_BITS = 4
@@ -519,7 +493,7 @@ def save_snapshot(source, path: str | os.PathLike | None = None, *, layers: Sequ
         widget.close()
     if path is None:
         return data.decode("ascii")
-    path = _write_atomic(Path(path), data)
+    path = write_atomically(path, lambda f: f.write(data), "snapshot")
     b = widget.trace.block()
     return Snapshot(path, len(data), tuple(included), tuple(left_out), len(b.layers),
                     b.n_queries * b.n_keys, len(widget.traces), float(budget_mb), mean_bits)

@@ -415,28 +415,18 @@ class AttentionTrace:
         blob = json.dumps(meta, ensure_ascii=False).encode("utf-8")
         data_start = _aligned(_HEADER.size + len(blob))
         meta_total = data_start + offset
-        directory = path.parent if str(path.parent) else Path(".")
-        if not directory.is_dir():
-            raise FileNotFoundError(f"cannot save trace to {str(path)!r}: folder {str(directory)!r} "
-                                    "does not exist")
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(_HEADER.pack(MAGIC, FORMAT_VERSION, len(blob)))
-                f.write(blob)
-                f.write(b"\0" * (data_start - _HEADER.size - len(blob)))
-                for data in arrays:
-                    f.write(memoryview(data).cast("B"))
-                    f.write(b"\0" * (_aligned(data.nbytes) - data.nbytes))
-                f.flush()
-                os.fsync(f.fileno())
-            assert os.path.getsize(tmp) == meta_total
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return path
+
+        def write(f) -> None:
+            f.write(_HEADER.pack(MAGIC, FORMAT_VERSION, len(blob)))
+            f.write(blob)
+            f.write(b"\0" * (data_start - _HEADER.size - len(blob)))
+            for data in arrays:
+                f.write(memoryview(data).cast("B"))
+                f.write(b"\0" * (_aligned(data.nbytes) - data.nbytes))
+            if f.tell() != meta_total:
+                raise RuntimeError(f"wrote {f.tell()} bytes, expected {meta_total}")
+
+        return write_atomically(path, write, "trace")
 
 
 def load_trace(path: str | os.PathLike) -> AttentionTrace:
@@ -488,6 +478,38 @@ def load_trace(path: str | os.PathLike) -> AttentionTrace:
     return AttentionTrace(TokenTable.from_json(meta["tokens"]), blocks,
                           {k: tuple(v) for k, v in meta["spans"].items()}, meta["model"],
                           meta.get("options"), None if src is None else TokenTable.from_json(src))
+
+
+def write_atomically(path: str | os.PathLike, write, what: str) -> Path:
+    """Write a file through ``write(f)`` into a temporary file beside it, then rename it.
+
+    A reader never sees a half-written file, and a failure leaves any old file as it was.
+    An unwritable place raises the ``OSError`` it gives, with one message naming ``what``,
+    the path and the reason.
+    """
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(21, "it is a folder")
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    except OSError as e:
+        reason = e.strerror or str(e)
+        if isinstance(e, FileNotFoundError):
+            reason = f"folder {str(directory)!r} does not exist"
+        raise type(e)(f"cannot write {what} to {str(path)!r}: {reason}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would make saved files private by surprise
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
 
 
 # --------------------------------------------------------------------- packing helpers

@@ -151,3 +151,9 @@ def test_importing_the_package_and_loading_a_trace_does_not_import_torch(tmp_pat
             "aw.AttentionTrace; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_saved_trace_is_readable_by_others(tmp_path):
+    _, trace = make_trace()
+    path = trace.save(tmp_path / "run.attn")
+    assert path.stat().st_mode & 0o777 == 0o644
