@@ -22,7 +22,7 @@ from pathlib import Path
 
 import attn_widget as aw
 
-SEED = Path(__file__).resolve().parents[2] / "shared" / "SEED.txt"
+LONG_TEXT = Path(__file__).resolve().parents[1] / "tests" / "data" / "long_text.txt"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]
@@ -82,7 +82,7 @@ def main() -> None:
     args = parser.parse_args()
 
     model, tokenizer = aw.load_model("smollm2")
-    ids = tokenizer(SEED.read_text()).input_ids[:args.tokens]
+    ids = tokenizer(LONG_TEXT.read_text() * 4).input_ids[:args.tokens]
     trace = aw.capture(model, tokenizer, tokenizer.decode(ids))
     del model  # its idle threads would compete with Chromium for the CPU
     t = len(trace.tokens)

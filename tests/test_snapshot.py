@@ -20,7 +20,7 @@ from attn_widget import snapshot
 from attn_widget.encoding import decode_payload
 from attn_widget.trace import AttentionTrace
 
-SEED = Path(__file__).resolve().parents[2] / "shared" / "SEED.txt"
+LONG_TEXT = Path(__file__).resolve().parent / "data" / "long_text.txt"  # 1,182 SmolLM2 tokens
 _BLOCK = re.compile(rb'<script type="application/x-attn-widget-block" id="aw-b(\d+)" '
                     rb'data-enc="(raw|b64)">(.*?)</script>', re.S)
 
@@ -300,29 +300,29 @@ def test_static_is_a_sandboxed_iframe_holding_the_page():
 
 # --------------------------------------------------------------------------- SmolLM2
 @pytest.fixture(scope="module")
-def seed_256(smollm2):
-    """SmolLM2 over the first 256 tokens of the seed article: one forward pass, all heads."""
+def text_256(smollm2):
+    """SmolLM2 over the first 256 tokens of tests/data/long_text.txt: one forward pass, all heads."""
     model, tokenizer = smollm2
-    ids = tokenizer(SEED.read_text()).input_ids[:256]
-    trace = aw.capture(model, tokenizer, tokenizer.decode(ids))
+    ids = tokenizer(LONG_TEXT.read_text()).input_ids[:256]
+    trace = aw.capture(model, tokenizer, ids)
     assert len(trace.tokens) == 256
     return trace
 
 
 @pytest.mark.smollm2
-def test_smollm2_256_tokens_all_heads_is_at_most_one_byte_per_cell(seed_256, tmp_path):
-    info = aw.save_snapshot(seed_256, tmp_path / "run.html")
+def test_smollm2_256_tokens_all_heads_is_at_most_one_byte_per_cell(text_256, tmp_path):
+    info = aw.save_snapshot(text_256, tmp_path / "run.html")
     assert len(info.heads) == 270 and info.left_out == ()
     assert info.bytes_per_cell <= 1.0
     page = Page(info.path.read_bytes())
-    assert_exact(page, seed_256, info.heads)
+    assert_exact(page, text_256, info.heads)
 
 
 @pytest.mark.smollm2
 def test_smollm2_1024_tokens_all_heads_stays_under_budget_and_lists_left_out(smollm2, tmp_path):
     model, tokenizer = smollm2
-    ids = tokenizer(SEED.read_text()).input_ids[:1024]
-    trace = aw.capture(model, tokenizer, tokenizer.decode(ids))
+    ids = tokenizer(LONG_TEXT.read_text()).input_ids[:1024]
+    trace = aw.capture(model, tokenizer, ids)
     info = aw.save_snapshot(trace, tmp_path / "run.html", budget_mb=25)
     assert info.nbytes <= 25_000_000
     assert info.left_out and len(info.heads) + len(info.left_out) == 270
