@@ -421,8 +421,11 @@ def _figure_json(t: int, compact: bool) -> str:
                 toolbar_location="above", output_backend="canvas")
     source = ColumnDataSource({"image": [np.zeros((1, 1), np.uint32)], "x": [0], "y": [0],
                                "dw": [t], "dh": [t]}, name="heat_source")
-    heat.renderers.append(GlyphRenderer(data_source=source, glyph=ImageRGBA(
-        image="image", x="x", y="y", dw="dw", dh="dh")))
+    # The image and the highlight boxes live on Bokeh's "overlay" canvas layer: a new image then
+    # repaints that layer alone, not the axes, token labels and colour bar under it (the front
+    # end clips the image to the frame, as Bokeh does for the lower levels).
+    heat.renderers.append(GlyphRenderer(data_source=source, name="heat_image", level="overlay",
+                                        glyph=ImageRGBA(image="image", x="x", y="y", dw="dw", dh="dh")))
     for place, name, label in (("above", "x", "key (attended to)"), ("left", "y", "query (attending)")):
         axis = LinearAxis(ticker=FixedTicker(ticks=[], name=f"{name}_ticker"), axis_label=label,
                           name=f"{name}_axis", major_label_text_font_size="10px",
@@ -436,7 +439,7 @@ def _figure_json(t: int, compact: bool) -> str:
     heat.add_layout(ColorBar(color_mapper=linear, name="colour_bar", width=10,
                              major_label_text_font_size="10px", title_text_font_size="10px",
                              title_text_font_style="normal", padding=4), "right")
-    box = dict(fill_alpha=0.12, line_alpha=0.9, line_width=1, visible=False)
+    box = dict(fill_alpha=0.12, line_alpha=0.9, line_width=1, visible=False, level="overlay")
     for name, colour in (("hover_row", "#ffffff"), ("hover_col", "#ffffff"),
                          ("pin_row", "#ff4f9a"), ("pin_col", "#ff4f9a"), ("step_row", "#ffb000")):
         heat.add_layout(BoxAnnotation(name=name, fill_color=colour, line_color=colour, **box))

@@ -2,7 +2,10 @@
 
 - slider move → heatmap painted, at 1024² and 4096² (synthetic traces, every head already in
   the browser): from the slider's input event to the end of Bokeh's next canvas paint, and to
-  the frame after it;
+  the frame after it. Alternating clicks mostly revisit heads whose coloured image the widget
+  keeps (cache hits); a sweep visiting each of 16 heads of a 1000² trace once shows the moves
+  to heads never shown before (their images are pre-rendered while the page is idle; not
+  1024²: two widgets of one size share Bokeh model ids, which trips up `Bokeh.index`);
 - first paint of a 1024-token SmolLM2 widget, from pressing Ctrl+Enter on the cell to the
   heatmap's first paint, on a fresh page (BokehJS not loaded yet) and, once that widget has
   settled, for a second widget of the same trace;
@@ -46,7 +49,7 @@ HOOK_JS = """
   const root = document.querySelectorAll('.aw-root')[rootIndex];
   const view = Object.values(Bokeh.index).find((v) => v.model.name === 'heatmap' && root.contains(v.el));
   const paint = view.paint.bind(view);
-  const results = (window.__awBench = { toPaint: [], toFrame: [], shown: [] });
+  const results = (window.__awBench = { toPaint: [], toFrame: [], shown: [], cache: [] });
   let t0 = null;
   root.addEventListener('input', (e) => { t0 = e.timeStamp; }, { capture: true });
   view.paint = () => {
@@ -57,6 +60,7 @@ HOOK_JS = """
     const painted = performance.now();
     results.toPaint.push(painted - start);
     results.shown.push(root.dataset.shown);
+    results.cache.push(root.dataset.imageCache);
     requestAnimationFrame(() => results.toFrame.push(performance.now() - start));
   };
 }
@@ -67,8 +71,14 @@ def median_ms(xs):
     return f"{statistics.median(xs):6.1f} ms (n={len(xs)}, min {min(xs):.1f}, max {max(xs):.1f})"
 
 
-def slider_bench(nb: NotebookPage, cell: int, widget_index: int, n_heads: int, repeats: int):
-    """Click the head slider at alternating positions; each click is one input event."""
+def slider_bench(nb: NotebookPage, cell: int, widget_index: int, n_heads: int, repeats: int,
+                 sweep: bool = False):
+    """Click the head slider at alternating positions; each click is one input event.
+
+    The widget keeps coloured images of heads it has shown, so alternating clicks mostly revisit
+    (cache hits); ``sweep`` clicks heads 1, 2, … once each instead: every move a first visit.
+    Returns the times to paint and to the next frame, and whether each move's image was cached.
+    """
     nb.run(cell, timeout=600_000)
     root = nb.widget(cell)
     nb.page.evaluate(HOOK_JS, [widget_index])
@@ -77,8 +87,9 @@ def slider_bench(nb: NotebookPage, cell: int, widget_index: int, n_heads: int, r
     box = slider.bounding_box()
     thumb = 8  # the range thumb's half width: value v sits at this inset from either end
     expected = []
-    for i in range(repeats):
-        v = (i % (n_heads - 1)) + 1 if i % 2 == 0 else 0
+    values = (list(range(1, n_heads)) if sweep else
+              [(i % (n_heads - 1)) + 1 if i % 2 == 0 else 0 for i in range(repeats)])
+    for i, v in enumerate(values):
         x = box["x"] + thumb + v / (n_heads - 1) * (box["width"] - 2 * thumb)
         nb.page.mouse.click(x, box["y"] + box["height"] / 2)
         expected.append(f"head/0/{v}:linear")
@@ -87,7 +98,17 @@ def slider_bench(nb: NotebookPage, cell: int, widget_index: int, n_heads: int, r
     result = nb.page.evaluate("window.__awBench")
     if result["shown"] != expected:
         raise RuntimeError(f"the clicks showed {result['shown']}, expected {expected}")
-    return result["toPaint"], result["toFrame"]
+    return result["toPaint"], result["toFrame"], result["cache"]
+
+
+def report(label, paint, frame, cache):
+    print(f"slider → painted, {label}: {median_ms(paint)}; → next frame {median_ms(frame)}")
+    misses = [i for i, c in enumerate(cache) if c == "miss"]
+    line = (f"    image already coloured (cached or pre-rendered while idle) for "
+            f"{len(cache) - len(misses)} of {len(cache)} moves")
+    if misses:
+        line += f"; the others → painted {median_ms([paint[i] for i in misses])}"
+    print(line)
 
 
 def main() -> None:
@@ -101,14 +122,16 @@ def main() -> None:
              "w1k = aw.AttentionWidget(synthetic(1024, 4), send_all_below=2**31)\nw1k",
              "w4k = aw.AttentionWidget(synthetic(4096, 3), send_all_below=2**31)\nw4k",
              # Closed, so that a fresh page does not restore them (and BokehJS with them).
-             "for x in [globals().get('w1k'), globals().get('w4k')]:\n    x is not None and x.close()",
+             "for n in ('w1k', 'w4k', 'w1k_sweep'):\n"
+             "    globals().get(n) is not None and globals()[n].close()",
              "import json\nmodel, tok = aw.load_model('smollm2')\n"
              "text = ' '.join(['The capital of France is Paris. What is the capital of France?'] * 120)\n"
              "prompt = tok.decode(tok(text).input_ids[:1024])\n"
              "long = aw.capture(model, tok, prompt)\nprint('TOKENS', len(long.tokens))",
              "w = aw.AttentionWidget(long, layer=15, head=4)\nw",
              "print('PAYLOAD', len(w._payload), 'FIGURES', len(json.dumps(w._figures)))",
-             "w_again = aw.AttentionWidget(long, layer=15, head=4)\nw_again"]
+             "w_again = aw.AttentionWidget(long, layer=15, head=4)\nw_again",
+             "w1k_sweep = aw.AttentionWidget(synthetic(1000, 16), send_all_below=2**31)\nw1k_sweep"]
     with tempfile.TemporaryDirectory(prefix="attn-bench-") as tmp:
         lab = start_lab(Path(tmp))
         try:
@@ -126,11 +149,12 @@ def main() -> None:
                 nb = NotebookPage(page, lab, "bench.ipynb")
                 nb.run(0)
                 print("machine: 2 shared CPU cores; Chromium headless, no GPU; JupyterLab 4")
-                paint, frame = slider_bench(nb, 1, 0, 4, args.repeats)
-                print(f"slider → painted, 1024×1024: {median_ms(paint)}; → next frame {median_ms(frame)}")
+                report("1024×1024", *slider_bench(nb, 1, 0, 4, args.repeats))
                 if not args.quick:
-                    paint, frame = slider_bench(nb, 2, 1, 3, args.repeats)
-                    print(f"slider → painted, 4096×4096: {median_ms(paint)}; → next frame {median_ms(frame)}")
+                    report("4096×4096", *slider_bench(nb, 2, 1, 3, args.repeats))
+                report("1000×1000, sweep visiting each of 16 heads once",
+                       *slider_bench(nb, 8, 1 if args.quick else 2, 16, 0, sweep=True))
+                if not args.quick:
                     nb.run(3)
                     page.close()
                     page = new_page(browser, width=1400, height=1000)

@@ -4,7 +4,7 @@ import css from "./style.css";
 import { loadBokeh } from "./bokeh.js";
 import { LOG_LOW, colorize, paletteLUT, poolDiff, poolSection, scaleMapping } from "./colour.js";
 import { asBytes, column, decodeHeader, decodePayload, matrixShape, row, valueAt } from "./payload.js";
-import { SectionStore, matrixKey, neighbourKeys } from "./store.js";
+import { ImageCache, SectionStore, matrixKey, neighbourKeys } from "./store.js";
 import { axisTicks, quoted, tokenLabel } from "./tokens.js";
 
 const MEAN = -1;
@@ -18,6 +18,7 @@ const THEME = {
 };
 const COLOURS = { prompt: "#4c78a8", generated: "#e45756", promptDark: "#79a6dc", generatedDark: "#ff8a80" };
 let viewCounter = 0;
+const IMAGE_CACHE_BYTES = 48 * 2 ** 20; // per view: a dozen 1024² images
 
 function h(tag, props = {}, ...children) {
   const node = document.createElement(tag);
@@ -41,6 +42,7 @@ class AttentionView {
     this.hover = null; // {q, k} or {token}
     this.shadeDirection = "from";
     this.metric = null;
+    this.images = new ImageCache(IMAGE_CACHE_BYTES);
     this.store = new SectionStore({
       send: (msg) => this.send(msg),
       newId: () => this.newId(),
@@ -113,6 +115,7 @@ class AttentionView {
     this.destroyed = true;
     for (const d of this.disposers.splice(0)) d();
     this.removePlots();
+    this.images.clear();
     this.el.replaceChildren();
   }
 
@@ -133,6 +136,7 @@ class AttentionView {
     const payload = decodePayload(asBytes(this.model.get("_payload")));
     this.header = payload.header;
     this.store.reset(payload);
+    this.images.clear();
     this.sources = this.header.sources;
     this.compare = this.header.mode === "compare";
     this.layers = this.sources[0].layers.filter((l) => this.sources.every((s) => s.layers.includes(l)));
@@ -353,6 +357,18 @@ class AttentionView {
         boxes: Object.fromEntries(["hover_row", "hover_col", "pin_row", "pin_col", "step_row"]
           .map((n) => [n, doc.get_model_by_name(n)])),
       });
+      // The image sits on Bokeh's overlay layer (figure_items), so a new image repaints that
+      // layer alone; the lower levels are clipped to the frame by Bokeh, this one by us.
+      const image = doc.get_model_by_name("heat_image") ?? root.model.renderers.find((r) => r.data_source === panel.cds);
+      const imageView = image && root.renderer_views?.get(image);
+      if (imageView) Object.defineProperty(imageView, "needs_clip", { configurable: true, get: () => true });
+      // Every new image marks the plot's data ranges stale, and the next paint then re-measures
+      // the axes' and colour bar's labels (a forced page layout, 3+ ms in JupyterLab). Both
+      // ranges are fixed Range1d, so data ranges never apply: keep the flag down.
+      const ranges = root._range_manager;
+      if (ranges && "invalidate_dataranges" in ranges) {
+        Object.defineProperty(ranges, "invalidate_dataranges", { configurable: true, get: () => false, set: () => {} });
+      }
       this.lut ??= paletteLUT(panel.linear.palette);
       const redraw = () => this.scheduleImages();
       for (const r of [panel.xRange, panel.yRange]) {
@@ -386,8 +402,26 @@ class AttentionView {
   // ------------------------------------------------------------------ traits
   setTrait(name, value) {
     if (this.model.get(name) === value) return;
-    this.model.set(name, value);
-    this.model.save_changes();
+    this.model.set(name, value); // the view follows at once, from the change event
+    this.saveAfterPaint();
+  }
+
+  /**
+   * Tell the kernel after the frame that paints the change: sent at once, the kernel's reply
+   * traffic (the echo, busy/idle status and JupyterLab's toolbar updates, ~5–10 ms of main
+   * thread) lands before Bokeh's paint and delays it. The timer covers hidden pages (no frames).
+   */
+  saveAfterPaint() {
+    if (this.saveQueued) return;
+    this.saveQueued = true;
+    const flush = () => {
+      if (!this.saveQueued) return;
+      this.saveQueued = false;
+      clearTimeout(timer);
+      this.model.save_changes();
+    };
+    const timer = setTimeout(flush, 100);
+    requestAnimationFrame(() => setTimeout(flush));
   }
 
   onViewChange() {
@@ -455,26 +489,14 @@ class AttentionView {
 
   drawImages() {
     const scale = this.model.get("scale");
-    const { ndarray } = this.bokeh.require("core/util/ndarray");
+    let cached = true;
     for (const p of this.panels) {
-      const [nq, nk] = p.kind === "diff"
-        ? this.sections.map(matrixShape).reduce((a, b) => [Math.min(a[0], b[0]), Math.min(a[1], b[1])])
-        : matrixShape(this.sections[p.source]);
-      const region = visibleRegion(p, nq, nk);
-      const frame = p.view.frame?.bbox;
-      const maxPixels = Math.min(1024, Math.ceil((frame ? Math.max(frame.width, frame.height) : 500) * (globalThis.devicePixelRatio || 1)));
-      let pooled;
-      let mapping;
-      if (p.kind === "diff") {
-        pooled = poolDiff(this.sections[0], this.sections[1], region, maxPixels);
-        mapping = scaleMapping("diff", pooled.max);
-      } else {
-        pooled = poolSection(this.sections[p.source], region, maxPixels, scale === "row");
-        mapping = scaleMapping(scale);
-      }
-      const rgba = colorize(pooled.values, mapping, this.lut);
+      const { entry, region, hit } = this.imageFor(p, this.currentKey(), this.sections, scale);
+      if (!hit) cached = false;
+      const pooled = entry;
+      const mapping = entry.mapping;
       p.cds.data = {
-        image: [ndarray(rgba, { shape: [pooled.h, pooled.w], dtype: "uint32" })],
+        image: [entry.image],
         x: [region.k0], y: [region.q0], dw: [pooled.w * pooled.block], dh: [pooled.h * pooled.block],
       };
       p.block = pooled.block;
@@ -491,8 +513,69 @@ class AttentionView {
     }
     const shown = `${this.currentKey()}:${scale}`;
     this.root.dataset.shown = shown;
+    this.root.dataset.imageCache = cached ? "hit" : "miss"; // for benchmarks and tests
     this.paints = (this.paints ?? 0) + 1;
     this.root.dataset.paints = this.paints;
+  }
+
+  /**
+   * The coloured image of `key` (sections `secs`, one per source) for panel `p` at its visible
+   * region and pixel size: from the image cache, or pooled and coloured now and cached.
+   */
+  imageFor(p, key, secs, scale) {
+    const [nq, nk] = p.kind === "diff"
+      ? secs.map(matrixShape).reduce((a, b) => [Math.min(a[0], b[0]), Math.min(a[1], b[1])])
+      : matrixShape(secs[p.source]);
+    const region = visibleRegion(p, nq, nk);
+    const frame = p.view.frame?.bbox;
+    const maxPixels = Math.min(1024, Math.ceil((frame ? Math.max(frame.width, frame.height) : 500) * (globalThis.devicePixelRatio || 1)));
+    const used = p.kind === "diff" ? secs : [secs[p.source]];
+    const cacheKey = `${p.kind}|${p.source}|${key}|${scale}|${region.q0},${region.q1},${region.k0},${region.k1}|${maxPixels}`;
+    const entry = this.images.get(cacheKey, used);
+    if (entry) return { entry, region, hit: true };
+    let pooled;
+    let mapping;
+    if (p.kind === "diff") {
+      pooled = poolDiff(secs[0], secs[1], region, maxPixels);
+      mapping = scaleMapping("diff", pooled.max);
+    } else {
+      pooled = poolSection(secs[p.source], region, maxPixels, scale === "row");
+      mapping = scaleMapping(scale);
+    }
+    const rgba = colorize(pooled.values, mapping, this.lut);
+    const { ndarray } = this.bokeh.require("core/util/ndarray");
+    const made = {
+      image: ndarray(rgba, { shape: [pooled.h, pooled.w], dtype: "uint32" }),
+      w: pooled.w, h: pooled.h, block: pooled.block, max: pooled.max, mapping,
+    };
+    this.images.set(cacheKey, used, made, rgba.byteLength);
+    return { entry: made, region, hit: false };
+  }
+
+  /**
+   * Colour the neighbours a slider move goes to next (already in the browser) while the page is
+   * idle, one per idle slice with room to spare, so that the move finds its image cached. Only
+   * for matrices up to 2048² cells: pooling a larger one takes longer than an idle slice.
+   */
+  prerender(keys) {
+    const idle = globalThis.requestIdleCallback;
+    if (!idle || !this.panels?.length) return;
+    const generation = this.generation;
+    const scale = this.model.get("scale");
+    const todo = [...keys];
+    const step = (deadline) => {
+      if (this.destroyed || this.generation !== generation || this.model.get("scale") !== scale) return;
+      while (todo.length && deadline.timeRemaining() > 12) {
+        const key = todo.shift();
+        const secs = this.sources.map((_, i) => this.store.get(i, key));
+        if (!secs.every(Boolean)) continue;
+        const cells = Math.max(...secs.map((s) => matrixShape(s)[0] * matrixShape(s)[1]));
+        if (cells > 2048 * 2048) continue;
+        for (const p of this.panels) this.imageFor(p, key, secs, scale);
+      }
+      if (todo.length) idle(step, { timeout: 1000 });
+    };
+    idle(step, { timeout: 1000 });
   }
 
   updateTicks() {
@@ -517,6 +600,7 @@ class AttentionView {
     const keys = neighbourKeys(layer, head, this.layers, this.heads);
     const go = () => this.sources.forEach((_, i) => this.store.prefetch(i, keys));
     (globalThis.requestIdleCallback ?? setTimeout)(go);
+    this.prerender(keys);
     if (!this.store.get(0, "thumbs")) this.sources.forEach((_, i) => this.store.want(i, "grid"));
   }
 
@@ -748,7 +832,7 @@ class AttentionView {
         cell.addEventListener("click", () => {
           this.model.set("layer", layer);
           this.model.set("head", head);
-          this.model.save_changes();
+          this.saveAfterPaint();
         });
         this.gridCells.set(`${layer}/${head}`, cell);
         table.append(cell);

@@ -147,3 +147,45 @@ export class SectionStore {
     }
   }
 }
+
+/**
+ * Coloured images already pooled, most recently used last, so that revisiting a head (slider
+ * back and forth) skips pooling and colouring. An entry is valid only for the very sections it
+ * was made from: a new payload or a refetched section misses.
+ */
+export class ImageCache {
+  constructor(maxBytes) {
+    this.maxBytes = maxBytes;
+    this.bytes = 0;
+    this.entries = new Map();
+  }
+
+  get(key, sections) {
+    const e = this.entries.get(key);
+    if (!e || e.sections.length !== sections.length || e.sections.some((s, i) => s !== sections[i])) return null;
+    this.entries.delete(key);
+    this.entries.set(key, e);
+    return e.value;
+  }
+
+  set(key, sections, value, bytes) {
+    const old = this.entries.get(key);
+    if (old) {
+      this.bytes -= old.bytes;
+      this.entries.delete(key);
+    }
+    if (bytes > this.maxBytes) return;
+    this.entries.set(key, { sections, value, bytes });
+    this.bytes += bytes;
+    for (const [k, e] of this.entries) {
+      if (this.bytes <= this.maxBytes) break;
+      this.entries.delete(k);
+      this.bytes -= e.bytes;
+    }
+  }
+
+  clear() {
+    this.entries.clear();
+    this.bytes = 0;
+  }
+}

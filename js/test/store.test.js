@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { decodePayload } from "../src/payload.js";
-import { SectionStore, matrixKey, neighbourKeys } from "../src/store.js";
+import { ImageCache, SectionStore, matrixKey, neighbourKeys } from "../src/store.js";
 import { encodePayload, f16array } from "./helpers.js";
 
 const sec = (key, values = [1, 0.5, 0.5]) => ({ key, dtype: "float16", layout: "tril", shape: [2], data: f16array(values) });
@@ -105,4 +105,26 @@ test("the cache evicts the least recently used section past its byte limit", () 
   assert.ok(store.get(0, "head/0/2"));
   assert.ok(store.get(0, "head/0/3"));
   assert.ok(store.get(0, "mean/0"), "payload sections are never evicted");
+});
+
+test("ImageCache: hits only for the same sections, evicts least recently used past its bytes", () => {
+  const a = { key: "head/0/0" };
+  const b = { key: "head/0/1" };
+  const cache = new ImageCache(10);
+  cache.set("x", [a], "img-a", 4);
+  assert.equal(cache.get("x", [a]), "img-a");
+  assert.equal(cache.get("x", [{ key: "head/0/0" }]), null, "a refetched section is another object");
+  assert.equal(cache.get("x", [a, b]), null);
+  cache.set("y", [b], "img-b", 4);
+  cache.get("x", [a]); // x is now the most recent
+  cache.set("z", [a, b], "img-ab", 4); // 12 bytes > 10: y goes
+  assert.equal(cache.get("y", [b]), null);
+  assert.equal(cache.get("x", [a]), "img-a");
+  assert.equal(cache.get("z", [a, b]), "img-ab");
+  assert.equal(cache.bytes, 8);
+  cache.set("big", [a], "too big", 11);
+  assert.equal(cache.get("big", [a]), null);
+  cache.clear();
+  assert.equal(cache.get("x", [a]), null);
+  assert.equal(cache.bytes, 0);
 });
