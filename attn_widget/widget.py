@@ -342,18 +342,11 @@ def grid_payload(trace: AttentionTrace, *, source: int, trace_id: str) -> bytes:
 
 
 def head_metrics(trace: AttentionTrace) -> dict[str, np.ndarray]:
-    """Per-head badge values ``{name: (n_layers, n_heads)}`` from :mod:`attn_widget.analysis`,
-    or ``{}`` while that module is not available."""
-    try:
-        from . import analysis
-    except ImportError:
-        return {}
+    """Per-head badge values ``{name: (n_layers, n_heads)}`` from :func:`analysis.head_scores`."""
+    from . import analysis
+
     scores = analysis.head_scores(trace)
-    b = trace.block()
-    shape = (len(b.layers), len(b.heads))
-    items = scores.items() if isinstance(scores, Mapping) else vars(scores).items()
-    return {k: np.asarray(v, dtype=np.float32) for k, v in items
-            if np.shape(v) == shape and np.issubdtype(np.asarray(v).dtype, np.number)}
+    return {name: np.asarray(getattr(scores, name), dtype=np.float32) for name in scores.METRICS}
 
 
 def _descriptions(metrics: Sequence[Mapping[str, np.ndarray]] | None) -> dict[str, str]:
