@@ -12,7 +12,8 @@
 - the bytes the browser received over the kernel websocket for that first paint.
 
 Run: ``python benchmarks/bench_widget.py`` (needs the built front end, Chromium, SmolLM2).
-``--quick`` skips SmolLM2 and the 4096² case.
+``--quick`` skips SmolLM2 and the 4096² case. ``--first-paint N`` runs only the SmolLM2 first
+paint, N times on fresh pages, and prints medians of its stages (performance marks ``aw:*``).
 """
 
 from __future__ import annotations
@@ -115,6 +116,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1024² slider only")
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--first-paint", type=int, default=0, metavar="N",
+                        help="only the SmolLM2 first paint, N fresh pages, with a stage breakdown")
+    parser.add_argument("--setup-extra", default="", help="code appended to the setup cell "
+                        "(experiments with --first-paint)")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -146,6 +151,11 @@ def main() -> None:
                           lambda payload: received.append((time.perf_counter(), len(payload))))
 
                 page.on("websocket", on_ws)
+                if args.first_paint:
+                    setup = cells[0] + (args.setup_extra or "")
+                    first_paint_only(browser, lab, [setup] + cells[1:], args.first_paint)
+                    browser.close()
+                    return
                 nb = NotebookPage(page, lab, "bench.ipynb")
                 nb.run(0)
                 print("machine: 2 shared CPU cores; Chromium headless, no GPU; JupyterLab 4")
@@ -176,10 +186,79 @@ def main() -> None:
             lab.stop()
 
 
+MARKS = ("aw:initialize", "aw:render", "aw:build", "aw:decoded", "aw:bokeh-request",
+         "aw:bokeh-received", "aw:bokeh-eval", "aw:bokeh-ready", "aw:dom", "aw:embedded",
+         "aw:first-image")
+FRAMES_JS = """
+(() => {
+  const Native = window.WebSocket;
+  const frames = (window.__awFrames = []);
+  window.WebSocket = class extends Native {
+    constructor(...args) {
+      super(...args);
+      this.addEventListener("message", (e) => {
+        const d = e.data;
+        frames.push([performance.now(), typeof d === "string" ? d.length : (d.byteLength ?? d.size ?? 0)]);
+      });
+    }
+  };
+})();
+"""
+KERNEL_CELL = ("import time\nt0 = time.perf_counter()\n_w = aw.AttentionWidget(long, layer=15, head=4)\n"
+               "t1 = time.perf_counter()\n_w._repr_mimebundle_()\nt2 = time.perf_counter()\n_w.close()\n"
+               "print(f'KERNEL construct {t1 - t0:.3f} s, display bundle {t2 - t1:.3f} s')")
+
+
+def first_paint_only(browser, lab, cells, n):
+    """The SmolLM2 first paint on ``n`` fresh pages: medians of the total and of each stage."""
+    lab.write_notebook("fp.ipynb", [cells[0], cells[4], cells[5], "w.close()", KERNEL_CELL])
+    page = new_page(browser, width=1400, height=1000)
+    nb = NotebookPage(page, lab, "fp.ipynb")
+    nb.run(0)
+    print(nb.run(1, timeout=900_000).strip().splitlines()[-1])
+    for _ in range(3):
+        print(nb.run(4).strip())
+    page.context.close()
+    totals, painted, stages = [], [], {}
+    for i in range(n):
+        page = new_page(browser, width=1400, height=1000)
+        # Bytes counted in the page: Playwright's own frame events would ship every frame's
+        # payload to Python, base64, on the same two cores, during the first paint.
+        page.add_init_script(FRAMES_JS)
+        nb = NotebookPage(page, lab, "fp.ipynb")
+        # The page's own clock: the Ctrl+Enter keydown's timestamp is the start.
+        page.evaluate("document.addEventListener('keydown', (e) => { if (e.key === 'Enter' && e.ctrlKey)"
+                      " window.__awKey = e.timeStamp; }, { capture: true })")
+        elapsed, _ = _first_paint_seconds(nb, 2, [])
+        marks = page.evaluate("Object.fromEntries(performance.getEntriesByType('mark')"
+                              ".filter(m => m.name.startsWith('aw:')).map(m => [m.name, m.startTime]))")
+        start = page.evaluate("window.__awKey ?? window.__awPress")
+        rel = {k: v - start for k, v in marks.items()}
+        nbytes = page.evaluate("([t0, t1]) => window.__awFrames.filter(([t]) => t >= t0 && t <= t1)"
+                               ".reduce((a, [, n]) => a + n, 0)", [start, marks.get("aw:painted", 1e12)])
+        totals.append(elapsed)
+        painted.append(rel.get("aw:painted", float("nan")) / 1000)
+        for k, v in rel.items():
+            stages.setdefault(k, []).append(v)
+        print(f"run {i}: {elapsed:.2f} s, {nbytes / 2**20:.2f} MiB; " +
+              ", ".join(f"{k[3:]} {v:.0f}" for k, v in sorted(rel.items(), key=lambda kv: kv[1])))
+        nb.run(3)
+        page.context.close()
+    print(f"first paint, fresh page, as Playwright sees it (Python clock, from before the "
+          f"prompt click): median {statistics.median(totals):.2f} s "
+          f"(n={n}, min {min(totals):.2f}, max {max(totals):.2f})")
+    print(f"first paint, fresh page, page clock (Ctrl+Enter keydown → frame after Bokeh's "
+          f"paint): median {statistics.median(painted):.2f} s "
+          f"(n={n}, min {min(painted):.2f}, max {max(painted):.2f})")
+    for k in sorted(stages, key=lambda k: statistics.median(stages[k])):
+        print(f"    {k:22s} median {statistics.median(stages[k]):7.0f} ms after Ctrl+Enter")
+
+
 def _first_paint_seconds(nb, cell, received):
     start = time.perf_counter()
     nb.cell(cell).locator(".jp-InputPrompt").click()
     mark = len(received)
+    nb.page.evaluate("window.__awPress = performance.now()")
     nb.page.keyboard.press("Control+Enter")
     nb.widget(cell)
     elapsed = time.perf_counter() - start

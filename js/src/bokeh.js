@@ -17,6 +17,7 @@ export function loadBokeh(version, request) {
         const script = document.createElement("script");
         script.textContent = source;
         document.head.appendChild(script);
+        globalThis.performance?.mark?.("aw:bokeh-eval");
       }
       const bokeh = globalThis.Bokeh && globalThis.Bokeh[version];
       if (!bokeh) throw new Error(`BokehJS ${version} did not register itself`);

@@ -133,7 +133,9 @@ class AttentionView {
   }
 
   async build() {
+    markTime("aw:build");
     const payload = decodePayload(asBytes(this.model.get("_payload")));
+    markTime("aw:decoded");
     this.header = payload.header;
     this.store.reset(payload);
     this.images.clear();
@@ -144,16 +146,21 @@ class AttentionView {
     this.tokens = this.sources[0].tokens.text;
     const version = this.header.bokeh_version;
     this.bokeh = await loadBokeh(version, () => requestBokeh(this.model, version));
+    markTime("aw:bokeh-ready");
     if (this.destroyed) return;
     this.removePlots();
     this.buildDom();
     const generation = (this.generation = (this.generation ?? 0) + 1);
     const current = () => !this.destroyed && this.generation === generation;
+    markTime("aw:dom");
     await this.embedPlots();
+    markTime("aw:embedded");
     if (!current()) return;
     this.applyTheme();
     this.onViewChange();
     this.updateStep();
+    markTime("aw:first-image");
+    requestAnimationFrame(() => markTime("aw:painted")); // after Bokeh's own frame callback
     // The heatmap first; the grid and the bar chart once it is on screen.
     await new Promise((resolve) => requestAnimationFrame(() => setTimeout(resolve)));
     if (!current()) return;
@@ -955,23 +962,31 @@ function formatMetric(v) {
   return a >= 100 ? v.toFixed(0) : a >= 10 ? v.toFixed(1) : v.toFixed(2);
 }
 
+/** A performance mark (for benchmarks: benchmarks/bench_widget.py --first-paint). */
+function markTime(name) {
+  globalThis.performance?.mark?.(name);
+}
+
 /** BokehJS source text from the host (PROTOCOL.md: the `bokeh` request). */
 function requestBokeh(model, version) {
   return new Promise((resolve, reject) => {
     const id = `bokeh-${Math.random().toString(36).slice(2)}-${++viewCounter}`;
     const onMessage = (msg, buffers) => {
       if (!msg || msg.id !== id) return;
+      markTime("aw:bokeh-received");
       model.off("msg:custom", onMessage);
       if (msg.type === "bokeh" && buffers?.length) resolve(new TextDecoder().decode(asBytes(buffers[0])));
       else reject(new Error(msg.message || "the host sent no BokehJS"));
     };
     model.on("msg:custom", onMessage);
+    markTime("aw:bokeh-request");
     model.send({ type: "bokeh", id, version });
   });
 }
 
 /** Ask for BokehJS as soon as the model exists, before any view renders. */
 function initialize({ model }) {
+  markTime("aw:initialize");
   let version;
   try {
     version = decodeHeader(model.get("_payload")).bokeh_version;
@@ -982,6 +997,7 @@ function initialize({ model }) {
 }
 
 async function render({ model, el }) {
+  markTime("aw:render");
   const view = new AttentionView(model, el);
   try {
     await view.start();
