@@ -320,25 +320,29 @@ def _available_bytes() -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+def _estimate(kinds, lengths, causal, prompt_len: int) -> tuple[int, int]:
+    """(float16 store, largest float32 transient) bytes of a capture: the store holds every kept
+    row; the transient is one layer's prompt pass while it is taken (scores, weights, a copy)."""
+    store = transient = 0
+    for kind, (ls, hs, n_heads) in kinds.items():
+        q, k = lengths[kind]
+        store += len(ls) * len(hs) * (tril_offset(q) if causal[kind] else q * k) * 2
+        rows = prompt_len if kind in ("self", "encoder") else 1
+        keys = 1 if kind == "decoder" else prompt_len
+        transient = max(transient, 3 * n_heads * rows * keys * 4)
+    return store, transient
+
+
 def estimate_bytes(n_layers: int, n_heads: int, n_tokens: int, prompt_tokens: int,
                    all_heads: int | None = None) -> int:
-    """Bytes a decoder-only capture needs: the packed float16 store plus the float32
-    attention one layer's prompt pass holds while it is taken (scores, weights, a copy)."""
-    store = n_layers * n_heads * tril_offset(n_tokens) * 2
-    transient = 3 * (all_heads or n_heads) * prompt_tokens * prompt_tokens * 4
-    return store + transient
+    """Bytes a decoder-only capture of ``n_layers`` × ``n_heads`` over ``n_tokens`` needs."""
+    kinds = {"self": (range(n_layers), range(n_heads), all_heads or n_heads)}
+    return sum(_estimate(kinds, {"self": (n_tokens, n_tokens)}, {"self": True}, prompt_tokens))
 
 
 def _check_budget(kinds, lengths, causal, budget, prompt_len, max_new_tokens) -> None:
-    need = 0
-    transient = 0
-    for kind, (ls, hs, n_heads) in kinds.items():
-        q, k = lengths[kind]
-        cells = tril_offset(q) if causal[kind] else q * k
-        need += len(ls) * len(hs) * cells * 2
-        pq = prompt_len if kind in ("self", "encoder") else 1
-        transient = max(transient, 3 * n_heads * pq * (prompt_len if kind != "decoder" else 1) * 4)
-    need += transient
+    store, transient = _estimate(kinds, lengths, causal, prompt_len)
+    need = store + transient
     if budget is None:
         budget = _available_bytes() // 2
         source = "half the memory available now; set memory_budget= to change it"
@@ -384,6 +388,7 @@ class _Recorder:
             self.buffers[kind] = torch.zeros(shape, dtype=torch.float16)
             self.rows_done[kind] = np.zeros(len(ls), dtype=np.int64)
         self.head_index = {kind: torch.tensor(hs) for kind, (_, hs, _) in kinds.items()}
+        self.all_heads = {kind: hs == list(range(n)) for kind, (_, hs, n) in kinds.items()}
         self.bar = None
         self.first_kind = "decoder" if "decoder" in kinds else "self"
 
@@ -405,7 +410,7 @@ class _Recorder:
         index = self.head_index[kind]
         if index.device != weights.device:  # models on an accelerator: select there, store here
             index = self.head_index[kind] = index.to(weights.device)
-        all_heads = len(index) == weights.shape[1] and self.kinds[kind][1] == list(range(len(index)))
+        all_heads = self.all_heads[kind] and len(index) == weights.shape[1]
         q, k = weights.shape[-2:]
         buf = self.buffers[kind]
         causal = self.causal[kind]
@@ -477,14 +482,13 @@ class _Recorder:
 
     def check_complete(self, n_rows: int) -> None:
         for kind, done in self.rows_done.items():
-            expected = n_rows if kind in ("self", "decoder", "cross") else None
-            if kind == "self" and not self.causal[kind]:
-                expected = None
-            if expected is not None and (done < expected).any():
+            if kind == "encoder" or (kind == "self" and not self.causal[kind]):
+                continue  # bidirectional blocks come from one pass, not steps
+            if (done < n_rows).any():
                 li = int(np.argmin(done))
                 raise CaptureError(
                     f"{kind} attention layer {self.kinds[kind][0][li]} produced rows for "
-                    f"{int(done[li])} of {expected} positions; the model's forward hooks did not "
+                    f"{int(done[li])} of {n_rows} positions; the model's forward hooks did not "
                     "see every step")
 
     def result(self, kind: str, n: int) -> np.ndarray:
