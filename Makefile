@@ -23,7 +23,7 @@ $(VENV)/.setup-test: $(VENV)/.setup
 
 # The front end: ES modules in js/src bundled by esbuild into the package (generated, not in git).
 ESM := attn_widget/static/widget.js
-$(ESM): js/package.json js/package-lock.json $(wildcard js/src/*)
+$(ESM): js/package.json js/package-lock.json js/scripts/wasm.mjs $(wildcard js/src/*)
 	cd js && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build
 
 setup: $(VENV)/.setup $(ESM)

@@ -2,7 +2,8 @@
 
 import css from "./style.css";
 import { loadBokeh } from "./bokeh.js";
-import { LOG_LOW, colorize, paletteLUT, poolDiff, poolSection, scaleMapping } from "./colour.js";
+import { LOG_LOW, bitsLUT, colorize, paletteLUT, poolDiff, poolSection, scaleMapping } from "./colour.js";
+import { poolColourFast, wasmEngine } from "./fastpool.js";
 import { asBytes, column, decodeHeader, decodePayload, matrixShape, row, valueAt } from "./payload.js";
 import { ImageCache, SectionStore, matrixKey, neighbourKeys } from "./store.js";
 import { axisTicks, quoted, tokenLabel } from "./tokens.js";
@@ -43,6 +44,7 @@ class AttentionView {
     this.shadeDirection = "from";
     this.metric = null;
     this.images = new ImageCache(IMAGE_CACHE_BYTES);
+    this.unsaved = new Map(); // traits set here and not yet sent to the kernel
     this.store = new SectionStore({
       send: (msg) => this.send(msg),
       newId: () => this.newId(),
@@ -82,9 +84,10 @@ class AttentionView {
     this.root = h("div", { class: "aw-root", "data-lm-suppress-shortcuts": "true" });
     this.el.replaceChildren(h("style", { text: css }), this.root);
     this.listen("msg:custom", (msg, buffers) => this.onMessage(msg, buffers));
-    for (const name of ["layer", "head", "scale"]) this.listen(`change:${name}`, () => this.onViewChange());
-    this.listen("change:selected_token", () => this.updateHighlights());
-    this.listen("change:step", () => this.updateStep());
+    const follow = (name, fn) => this.listen(`change:${name}`, (m, value) => this.staleEcho(name, m, value) || fn());
+    for (const name of ["layer", "head", "scale"]) follow(name, () => this.onViewChange());
+    follow("selected_token", () => this.updateHighlights());
+    follow("step", () => this.updateStep());
     this.listen("change:theme", () => this.applyTheme());
     this.listen("change:prompt", () => this.promptBox && (this.promptBox.value = this.model.get("prompt")));
     let reloadQueued = false;
@@ -410,7 +413,25 @@ class AttentionView {
   setTrait(name, value) {
     if (this.model.get(name) === value) return;
     this.model.set(name, value); // the view follows at once, from the change event
+    this.unsaved.set(name, value);
     this.saveAfterPaint();
+  }
+
+  /**
+   * True (and the user's value set again) when a change from the kernel would undo a value set
+   * here and not yet sent: the kernel's echo of an earlier move (ipywidgets applies the echo of
+   * the last message sent, whatever was set since). Fast key presses on a slider otherwise lose
+   * moves. `m` is the Backbone model; `_state_lock` is set while it applies kernel state.
+   */
+  staleEcho(name, m, value) {
+    const mine = this.unsaved.get(name);
+    if (mine === undefined || mine === value || !m || m._state_lock == null) return false;
+    queueMicrotask(() => {
+      if (this.destroyed || this.unsaved.get(name) !== mine) return;
+      this.model.set(name, mine);
+      this.saveAfterPaint();
+    });
+    return true;
   }
 
   /**
@@ -426,6 +447,7 @@ class AttentionView {
       this.saveQueued = false;
       clearTimeout(timer);
       this.model.save_changes();
+      this.unsaved.clear();
     };
     const timer = setTimeout(flush, 100);
     requestAnimationFrame(() => setTimeout(flush));
@@ -538,18 +560,24 @@ class AttentionView {
     const maxPixels = Math.min(1024, Math.ceil((frame ? Math.max(frame.width, frame.height) : 500) * (globalThis.devicePixelRatio || 1)));
     const used = p.kind === "diff" ? secs : [secs[p.source]];
     const cacheKey = `${p.kind}|${p.source}|${key}|${scale}|${region.q0},${region.q1},${region.k0},${region.k1}|${maxPixels}`;
-    const entry = this.images.get(cacheKey, used);
+    // Benchmarks set __awColdImages to time pooling and colouring on every move.
+    const entry = globalThis.__awColdImages ? null : this.images.get(cacheKey, used);
     if (entry) return { entry, region, hit: true };
     let pooled;
     let mapping;
+    let rgba;
     if (p.kind === "diff") {
       pooled = poolDiff(secs[0], secs[1], region, maxPixels);
       mapping = scaleMapping("diff", pooled.max);
-    } else {
-      pooled = poolSection(secs[p.source], region, maxPixels, scale === "row");
+    } else if (scale === "row") {
+      pooled = poolSection(secs[p.source], region, maxPixels, true);
       mapping = scaleMapping(scale);
+    } else {
+      mapping = scaleMapping(scale);
+      pooled = poolColourFast(secs[p.source], region, maxPixels, this.coloursFor(mapping));
+      rgba = pooled.rgba;
     }
-    const rgba = colorize(pooled.values, mapping, this.lut);
+    rgba ??= colorize(pooled.values, mapping, this.lut);
     const { ndarray } = this.bokeh.require("core/util/ndarray");
     const made = {
       image: ndarray(rgba, { shape: [pooled.h, pooled.w], dtype: "uint32" }),
@@ -559,14 +587,24 @@ class AttentionView {
     return { entry: made, region, hit: false };
   }
 
+  /** The float16-pattern → colour table (bitsLUT) of a mapping, made once per view. */
+  coloursFor(mapping) {
+    const key = `${mapping.kind}|${mapping.low}|${mapping.high}`;
+    this.colourTables ??= new Map();
+    let table = this.colourTables.get(key);
+    if (!table) this.colourTables.set(key, (table = bitsLUT(mapping, this.lut)));
+    return table;
+  }
+
   /**
    * Colour the neighbours a slider move goes to next (already in the browser) while the page is
    * idle, one per idle slice with room to spare, so that the move finds its image cached. Only
-   * for matrices up to 2048² cells: pooling a larger one takes longer than an idle slice.
+   * for matrices that pool within an idle slice: up to 4096² cells with WebAssembly (~10 ms),
+   * 2048² without.
    */
   prerender(keys) {
     const idle = globalThis.requestIdleCallback;
-    if (!idle || !this.panels?.length) return;
+    if (!idle || !this.panels?.length || globalThis.__awColdImages) return;
     const generation = this.generation;
     const scale = this.model.get("scale");
     const todo = [...keys];
@@ -577,7 +615,7 @@ class AttentionView {
         const secs = this.sources.map((_, i) => this.store.get(i, key));
         if (!secs.every(Boolean)) continue;
         const cells = Math.max(...secs.map((s) => matrixShape(s)[0] * matrixShape(s)[1]));
-        if (cells > 2048 * 2048) continue;
+        if (cells > (wasmEngine() && scale !== "row" ? 4096 * 4096 : 2048 * 2048)) continue;
         for (const p of this.panels) this.imageFor(p, key, secs, scale);
       }
       if (todo.length) idle(step, { timeout: 1000 });
@@ -837,8 +875,10 @@ class AttentionView {
           title: `layer ${layer}, head ${head}${metric ? ` · ${this.metric} ${formatMetric(value)}` : ""}`,
         }, canvas, metric ? h("span", { class: "aw-badge", text: formatMetric(value) }) : null);
         cell.addEventListener("click", () => {
-          this.model.set("layer", layer);
-          this.model.set("head", head);
+          for (const [name, value] of [["layer", layer], ["head", head]]) {
+            this.model.set(name, value);
+            this.unsaved.set(name, value);
+          }
           this.saveAfterPaint();
         });
         this.gridCells.set(`${layer}/${head}`, cell);

@@ -123,3 +123,85 @@ test("|A − B| is the block max of the absolute difference, with its overall ma
   assert.deepEqual([...values].map((v) => (Number.isNaN(v) ? null : v)), [0, null, 0.25, 0.25]);
   assert.equal(max, 0.25);
 });
+
+// ------------------------------------------------------------------ fused pooling + colouring
+
+import { bitsLUT, poolColour } from "../src/colour.js";
+import { poolColourFast, useWasm, wasmEngine } from "../src/fastpool.js";
+
+function denseSection(dense, rows, cols) {
+  return { layout: "dense", dtype: "float16", shape: [rows, cols], data: f16array(dense) };
+}
+
+/** The reference: pool to values, then colour them (the path the row scale still takes). */
+function reference(sec, region, maxPixels, mapping, lut) {
+  const pooled = poolSection(sec, region, maxPixels);
+  return { ...pooled, rgba: colorize(pooled.values, mapping, lut) };
+}
+
+const CASES = [
+  ["whole causal head, block 1", 37, { q0: 0, q1: 37, k0: 0, k1: 37 }, 100],
+  ["whole causal head, block 4", 37, { q0: 0, q1: 37, k0: 0, k1: 37 }, 10],
+  ["whole causal head, block 3 (not a power of two)", 64, { q0: 0, q1: 64, k0: 0, k1: 64 }, 22],
+  ["zoomed region straddling the diagonal", 64, { q0: 5, q1: 41, k0: 17, k1: 60 }, 9],
+  ["zoomed region, one cell a pixel", 64, { q0: 5, q1: 41, k0: 17, k1: 60 }, 100],
+  ["zoomed region above the diagonal only", 64, { q0: 0, q1: 10, k0: 20, k1: 40 }, 4],
+  ["single row", 40, { q0: 39, q1: 40, k0: 0, k1: 40 }, 7],
+];
+
+test("the colour table gives the colour colorize gives for every float16 weight, marker transparent", () => {
+  const lut = paletteLUT(grey);
+  for (const mapping of [scaleMapping("linear"), scaleMapping("log")]) {
+    const table = bitsLUT(mapping, lut);
+    const values = F16.subarray(0, 0x7c00);
+    const expected = colorize(values, mapping, lut);
+    assert.deepEqual(table.subarray(0, 0x7c00), expected);
+    assert.equal(table[0x8000], 0, "the pooling's empty marker is transparent");
+    assert.equal(table[0x7e00], 0, "NaN is transparent");
+  }
+});
+
+for (const engine of ["JavaScript", "WebAssembly"]) {
+  test(`${engine} pooling + colouring equals pooling then colouring`, () => {
+    useWasm(engine === "WebAssembly");
+    try {
+      if (engine === "WebAssembly") assert.ok(wasmEngine(), "Node has WebAssembly SIMD");
+      const lut = paletteLUT(grey);
+      const pool = engine === "WebAssembly" ? poolColourFast : poolColour;
+      for (const [name, t, region, maxPixels] of CASES) {
+        for (const scale of ["linear", "log"]) {
+          const mapping = scaleMapping(scale);
+          const sec = causalSection(randomCausal(t), t);
+          const want = reference(sec, region, maxPixels, mapping, lut);
+          const got = pool(sec, region, maxPixels, bitsLUT(mapping, lut));
+          assert.deepEqual([got.w, got.h, got.block], [want.w, want.h, want.block], `${name}, ${scale}: grid`);
+          assert.deepEqual(got.rgba, want.rgba, `${name}, ${scale}: pixels`);
+        }
+      }
+      // A dense (non-causal, e.g. encoder or cross-attention) matrix, rows ≠ columns.
+      const dense = Array.from({ length: 13 * 29 }, (_, i) => ((i * 7919) % 101) / 100);
+      const sec = denseSection(dense, 13, 29);
+      for (const maxPixels of [100, 5]) {
+        const region = { q0: 1, q1: 13, k0: 3, k1: 29 };
+        const want = reference(sec, region, maxPixels, scaleMapping("linear"), lut);
+        const got = pool(sec, region, maxPixels, bitsLUT(scaleMapping("linear"), lut));
+        assert.deepEqual(got.rgba, want.rgba, `dense, maxPixels ${maxPixels}`);
+      }
+    } finally {
+      useWasm(true);
+    }
+  });
+}
+
+test("WebAssembly pooling survives a memory grow and a change of colours between calls", () => {
+  const lut = paletteLUT(grey);
+  const small = causalSection(randomCausal(16), 16);
+  const big = causalSection(randomCausal(300), 300);
+  const lin = bitsLUT(scaleMapping("linear"), lut);
+  const log = bitsLUT(scaleMapping("log"), lut);
+  const region = (t) => ({ q0: 0, q1: t, k0: 0, k1: t });
+  for (const [sec, t, table, mapping] of [[small, 16, lin, "linear"], [big, 300, log, "log"], [small, 16, log, "log"], [big, 300, lin, "linear"]]) {
+    const want = reference(sec, region(t), 64, scaleMapping(mapping), lut);
+    assert.deepEqual(poolColourFast(sec, region(t), 64, table).rgba, want.rgba, `${t}, ${mapping}`);
+  }
+});

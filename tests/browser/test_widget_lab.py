@@ -97,8 +97,11 @@ def test_moving_the_layer_slider_repaints_and_python_reads_the_layer(nb):
     host = root.locator(".aw-plot-host").first
     before = pixels(host)
     root.locator(".aw-layer").focus()
+    # Presses ~30 ms apart land while the kernel's echo of the previous move is on its way;
+    # no move may be lost to it (the view must not jump back to an echoed older layer).
     for _ in range(3):
         nb.page.keyboard.press("ArrowRight")
+        nb.page.wait_for_timeout(30)
     wait_shown(nb, root, "head/3/0:linear")
     assert changed_fraction(before, pixels(host)) > 0.01
     assert view(nb, 3, "VIEW") == [3, 0]

@@ -1,0 +1,88 @@
+// Block max pooling and colouring with WebAssembly SIMD (src/pool.wat): the heatmap of a head
+// never shown before, at 4096 tokens, is 8 M float16 cells to fold on every slider move, and a
+// JavaScript compare-and-store loop over random-looking weights runs at branch-mispredict
+// speed. Same output as colour.js's poolColour, which it falls back to without WebAssembly.
+
+import { POOL_WASM } from "../gen/pool_wasm.js";
+import { pixelGrid, poolColour } from "./colour.js";
+
+const LUT = 0; // 65536 uint32 colours
+const ACC = 65536 * 4;
+const EMPTY = 0x8000; // -32768 as int16: below every pattern the pooling compares
+const align16 = (n) => Math.ceil(n / 16) * 16;
+
+let engine; // undefined: not tried yet; null: unavailable here
+
+/** The instantiated module, or null where WebAssembly SIMD is unavailable. */
+export function wasmEngine() {
+  if (engine !== undefined) return engine;
+  try {
+    const bytes = Uint8Array.from(atob(POOL_WASM), (c) => c.charCodeAt(0));
+    if (typeof WebAssembly !== "object" || !WebAssembly.validate(bytes)) throw new Error("no SIMD");
+    const { exports } = new WebAssembly.Instance(new WebAssembly.Module(bytes), {});
+    engine = { exports, colours: null };
+  } catch {
+    engine = null;
+  }
+  return engine;
+}
+
+/** For tests: run without WebAssembly (false) or with it again (true). */
+export function useWasm(on) {
+  engine = on ? undefined : null;
+}
+
+/**
+ * {rgba, w, h, block}: `region` of a float16 section pooled to at most `maxPixels` a side (each
+ * pixel the max of its block × block cells) and coloured through `colours` (bitsLUT).
+ */
+export function poolColourFast(section, region, maxPixels, colours) {
+  const e = wasmEngine();
+  if (!e) return poolColour(section, region, maxPixels, colours);
+  const { block, w, h } = pixelGrid(region, maxPixels);
+  const tril = section.layout === "tril";
+  const nk = tril ? section.shape[0] : section.shape[1];
+  const { q0, q1, k0, k1 } = region;
+  const span = Math.max(0, k1 - k0);
+  const OUT = ACC + align16(span * 2);
+  const SCRATCH = OUT + align16(w * h * 4);
+  const need = SCRATCH + align16(block * (nk + block) * 2);
+  const memory = e.exports.memory;
+  if (memory.buffer.byteLength < need) {
+    memory.grow(Math.ceil((need - memory.buffer.byteLength) / 65536));
+    e.colours = null; // a fresh buffer: upload the colours again
+  }
+  const heap16 = new Uint16Array(memory.buffer);
+  const heap32 = new Uint32Array(memory.buffer);
+  if (e.colours !== colours) {
+    heap32.set(colours, LUT / 4);
+    e.colours = colours;
+  }
+  heap32.fill(0, OUT / 4, OUT / 4 + w * h);
+  const { vmax, hfold, colour } = e.exports;
+  const data = section.data;
+  const rowStart = (q) => (tril ? (q * (q + 1)) >>> 1 : q * nk);
+  const rowEnd = (q) => Math.min(k1, tril ? q + 1 : nk); // keys of row q inside the region
+  for (let r = 0; r < h; r++) {
+    const qa = q0 + r * block;
+    const qb = Math.min(q1, qa + block);
+    const c0 = rowStart(qa);
+    heap16.set(data.subarray(c0, rowStart(qb)), SCRATCH / 2); // the block's rows are contiguous
+    const out = OUT + r * w * 4;
+    if (block === 1) {
+      const n = rowEnd(qa) - k0;
+      if (n > 0) colour(SCRATCH + k0 * 2, n, LUT, out);
+      continue;
+    }
+    heap16.fill(EMPTY, ACC / 2, ACC / 2 + span);
+    let width = 0;
+    for (let q = qa; q < qb; q++) {
+      const n = rowEnd(q) - k0;
+      if (n <= 0) continue;
+      if (n > width) width = n;
+      vmax(SCRATCH + (rowStart(q) - c0 + k0) * 2, ACC, n);
+    }
+    if (width > 0) hfold(ACC, width, block, LUT, out);
+  }
+  return { rgba: heap32.slice(OUT / 4, OUT / 4 + w * h), w, h, block };
+}
