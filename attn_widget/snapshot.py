@@ -625,8 +625,8 @@ def _attention_page(widget, candidates: list[tuple[int, int]], budget_mb: float,
                            "message": "{type} needs a live kernel; this is an offline snapshot"}})
     page.scripts = [page.add_bytes(bokeh_source())]
     page.esm = page.add_text(str(widget._esm))
-    page.add_state({k: v for k, v in widget.get_state().items() if k not in ("_esm", "_css")},
-                   itemsize=lambda name: 2 if name == "_payload" else 1)
+    state = {k: v for k, v in widget.get_state().items() if k not in ("_esm", "_css", "_bokeh_js")}
+    page.add_state(state, itemsize=lambda name: 2 if name == "_payload" else 1)
 
     def fetch(source: int, key: str) -> dict[str, Any]:
         return {"type": "fetch", "id": 0, "trace_id": trace_id, "source": source, "key": key}

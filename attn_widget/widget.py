@@ -82,6 +82,10 @@ class AttentionWidget(anywidget.AnyWidget):
     _live = traitlets.Bool(False).tag(sync=True)
     _payload = traitlets.Bytes(b"").tag(sync=True)
     _figures = traitlets.Dict().tag(sync=True)
+    # BokehJS (bokeh.min.js) with the first widget of a kernel, so that a fresh page need not
+    # ask for it (a round trip of ~0.1–0.15 s before the first paint); empty for later widgets,
+    # whose page asks only if it lacks BokehJS (a reloaded page, a second tab).
+    _bokeh_js = traitlets.Bytes(b"").tag(sync=True)
 
     def __init__(self, trace: AttentionTrace, *, compare: AttentionTrace | None = None,
                  layer: int | None = None, head: int | str | None = None, scale: str = "linear",
@@ -98,7 +102,8 @@ class AttentionWidget(anywidget.AnyWidget):
         payload, figures = self._encode(layer, head)
         super().__init__(layer=layer, head=head, scale=scale, theme=theme,
                          step=0 if self.trace.n_generated else -1, prompt=prompt,
-                         _live=run is not None, _payload=payload, _figures=figures, **kwargs)
+                         _live=run is not None, _payload=payload, _figures=figures,
+                         _bokeh_js=_bokeh_once(), **kwargs)
         self.on_msg(_on_message)
 
     # ----------------------------------------------------------------- public
@@ -355,19 +360,39 @@ def _descriptions(metrics: Sequence[Mapping[str, np.ndarray]] | None) -> dict[st
 
 
 # --------------------------------------------------------------------- Bokeh
+# Neither needs ``import bokeh`` (≈0.3 s) and the figure skeletons are cached on disk, so the
+# first widget of a fresh kernel does not pay for importing Bokeh's Python models (1–2 s).
 @lru_cache(maxsize=1)
 def _bokeh_version() -> str:
-    import bokeh
+    from importlib.metadata import version
 
-    return bokeh.__version__
+    return version("bokeh")
+
+
+def _bokeh_dir() -> Path:
+    from importlib.util import find_spec
+
+    spec = find_spec("bokeh")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("bokeh is not installed: pip install bokeh")
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 @lru_cache(maxsize=1)
 def bokeh_source() -> bytes:
     """The installed bokeh's own ``bokeh.min.js`` (so the JS and Python versions match)."""
-    import bokeh
+    return (_bokeh_dir() / "server" / "static" / "js" / "bokeh.min.js").read_bytes()
 
-    return (Path(bokeh.__file__).parent / "server" / "static" / "js" / "bokeh.min.js").read_bytes()
+
+_BOKEH_PUSHED = threading.Event()
+
+
+def _bokeh_once() -> bytes:
+    """BokehJS for the first widget made in this process, nothing for the others."""
+    if _BOKEH_PUSHED.is_set():
+        return b""
+    _BOKEH_PUSHED.set()
+    return bokeh_source()
 
 
 def figure_items(n_tokens: int, *, compact: bool = False) -> dict[str, Any]:
@@ -376,15 +401,70 @@ def figure_items(n_tokens: int, *, compact: bool = False) -> dict[str, Any]:
     ``heatmap``: an image_rgba glyph over queries (y, downwards) × keys (x), a colour bar,
     row/column highlight boxes; ``bars``: the chosen output token's attention over earlier
     tokens. Models the front end drives carry names (``heat_source``, ``x_ticker``…).
-    Each call returns a fresh copy; building one costs about 0.2 s, so they are cached.
+    Each call returns a fresh copy, sized for ``n_tokens`` (the axis ranges).
     """
-    return json.loads(_figure_json(max(int(n_tokens), 1), bool(compact)))
+    t = max(int(n_tokens), 1)
+    items = json.loads(_skeleton_json(bool(compact)))
+    ranges = {"x_range": (0, t), "y_range": (t, 0), "bars_x_range": (0, t)}
+    for model in _named_models(items):
+        name = model["attributes"].get("name")
+        if name in ranges:
+            start, end = ranges[name]
+            model["attributes"].update(start=start, end=end, bounds=[0, t])
+    return items
 
 
-@lru_cache(maxsize=32)
-def _figure_json(t: int, compact: bool) -> str:
+def _named_models(node: Any):
+    """Every serialised Bokeh model (``{"type": "object", "attributes": {"name": ...}}``) in a
+    json_item tree."""
+    stack = [node]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if node.get("type") == "object" and isinstance(node.get("attributes"), dict) \
+                    and "name" in node["attributes"]:
+                yield node
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
+@lru_cache(maxsize=2)
+def _skeleton_json(compact: bool) -> str:
+    """The skeletons as JSON text, from the disk cache when this bokeh and this file made them.
+
+    Building them imports bokeh.models and bokeh.embed (1–2 s in a fresh kernel); the cache file
+    is keyed by the bokeh version and a digest of this module's source, so an upgrade or an edit
+    here rebuilds it. An unwritable cache folder only costs the rebuild.
+    """
+    import hashlib
+
+    from .models import cache_dir
+
+    digest = hashlib.sha1(Path(__file__).read_bytes()).hexdigest()[:12]
+    kind = "compact" if compact else "full"
+    path = cache_dir() / "figures" / f"bokeh-{_bokeh_version()}-{digest}-{kind}.json"
+    try:
+        text = path.read_text(encoding="utf-8")
+        json.loads(text)  # a damaged file is rebuilt
+        return text
+    except (OSError, ValueError):
+        pass
+    text = _build_skeleton_json(compact)
+    try:
+        from .trace import write_atomically
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, lambda f: f.write(text.encode("utf-8")), "figure cache")
+    except OSError:
+        pass
+    return text
+
+
+def _build_skeleton_json(compact: bool) -> str:
     # Every embed makes its own Bokeh document, so one skeleton (same model ids) can serve
-    # any number of widgets and views.
+    # any number of widgets and views. Ranges are sized per trace by figure_items.
+    t = 1
     from bokeh.embed import json_item
     from bokeh.models import (
         BoxAnnotation,
@@ -411,7 +491,9 @@ def _figure_json(t: int, compact: bool) -> str:
     heat = Plot(name="heatmap", width=size + 80, height=size + 40, min_border=6,
                 x_range=Range1d(0, t, bounds=(0, t), name="x_range"),
                 y_range=Range1d(t, 0, bounds=(0, t), name="y_range"),
-                toolbar_location="above", output_backend="canvas")
+                # No toolbar for the first paint (its buttons cost ~0.1 s of the embed); the front
+                # end adds it on the right once the heatmap is on screen (TOOLBAR in index.js).
+                toolbar_location=None, output_backend="canvas")
     source = ColumnDataSource({"image": [np.zeros((1, 1), np.uint32)], "x": [0], "y": [0],
                                "dw": [t], "dh": [t]}, name="heat_source")
     # The image and the highlight boxes live on Bokeh's "overlay" canvas layer: a new image then

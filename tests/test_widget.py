@@ -241,3 +241,67 @@ def test_importing_the_widget_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_figure_skeletons_are_sized_for_the_trace():
+    from attn_widget.widget import _named_models
+
+    for n in (7, 1024):
+        ranges = {m["attributes"]["name"]: m["attributes"] for m in _named_models(figure_items(n))
+                  if m["attributes"]["name"].endswith("range")}
+        assert ranges["x_range"]["start"] == 0 and ranges["x_range"]["end"] == n
+        assert (ranges["y_range"]["start"], ranges["y_range"]["end"]) == (n, 0)  # queries downwards
+        assert ranges["x_range"]["bounds"] == ranges["y_range"]["bounds"] == [0, n]
+        assert ranges["bars_x_range"]["end"] == n
+
+
+def test_figure_skeletons_come_from_the_disk_cache_and_a_damaged_file_is_rebuilt(tmp_path, monkeypatch):
+    import json
+
+    from attn_widget import widget
+
+    monkeypatch.setenv("ATTN_WIDGET_CACHE", str(tmp_path))
+    widget._skeleton_json.cache_clear()
+    build = widget._build_skeleton_json
+    built = []
+    monkeypatch.setattr(widget, "_build_skeleton_json",
+                        lambda compact: built.append(compact) or build(compact))
+    try:
+        first = figure_items(30)
+        files = list((tmp_path / "figures").glob("bokeh-*-full.json"))
+        assert len(files) == 1 and built == [False]
+        widget._skeleton_json.cache_clear()
+        assert figure_items(30) == first and built == [False]  # read back, not rebuilt
+        files[0].write_text('{"heatmap": ')  # damaged
+        widget._skeleton_json.cache_clear()
+        assert figure_items(30)["heatmap"]["doc"]["roots"][0]["attributes"]["name"] == "heatmap"
+        assert built == [False, False]
+        assert json.loads(files[0].read_text())["heatmap"]  # and written again
+    finally:
+        widget._skeleton_json.cache_clear()
+
+
+def test_a_widget_in_a_fresh_kernel_skips_importing_bokeh_once_the_skeletons_are_cached(tmp_path):
+    # The first widget of every kernel would otherwise pay 1–2 s importing Bokeh's Python models.
+    code = ("import sys, numpy as np, attn_widget as aw\n"
+            "a = np.tril(np.ones((1, 2, 6, 6), np.float32)); a /= a.sum(-1, keepdims=True)\n"
+            "w = aw.AttentionWidget(aw.AttentionTrace.from_dense(a, list('abcdef'), prompt_len=4))\n"
+            "print(sorted(m for m in sys.modules if m == 'bokeh' or m.startswith('bokeh.')))")
+    env = {**__import__("os").environ, "ATTN_WIDGET_CACHE": str(tmp_path)}
+    run = [sys.executable, "-c", code]
+    cold = subprocess.run(run, capture_output=True, text=True, timeout=120, check=True, env=env)
+    assert "bokeh.models" in cold.stdout  # the first one builds and caches them
+    warm = subprocess.run(run, capture_output=True, text=True, timeout=120, check=True, env=env)
+    assert warm.stdout.strip() == "[]", warm.stdout
+
+
+def test_bokehjs_travels_with_the_first_widget_of_a_kernel_only():
+    code = ("import numpy as np, attn_widget as aw\n"
+            "from attn_widget.widget import bokeh_source\n"
+            "a = np.tril(np.ones((1, 1, 4, 4), np.float32)); a /= a.sum(-1, keepdims=True)\n"
+            "t = aw.AttentionTrace.from_dense(a, list('abcd'), prompt_len=2)\n"
+            "first, second = aw.AttentionWidget(t), aw.AttentionWidget(t)\n"
+            "print(first._bokeh_js == bokeh_source(), len(second._bokeh_js))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         check=True)
+    assert out.stdout.split() == ["True", "0"]

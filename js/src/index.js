@@ -20,6 +20,7 @@ const THEME = {
 const COLOURS = { prompt: "#4c78a8", generated: "#e45756", promptDark: "#79a6dc", generatedDark: "#ff8a80" };
 let viewCounter = 0;
 const IMAGE_CACHE_BYTES = 48 * 2 ** 20; // per view: a dozen 1024² images
+const TOOLBAR_PX = 32; // width of Bokeh's vertical toolbar
 
 function h(tag, props = {}, ...children) {
   const node = document.createElement(tag);
@@ -128,6 +129,7 @@ class AttentionView {
   }
 
   removePlots() {
+    this.stripTokens = null;
     for (const p of this.panels ?? []) p.views?.forEach((v) => v.remove());
     for (const v of this.barViews ?? []) v.remove();
     this.panels = [];
@@ -148,7 +150,7 @@ class AttentionView {
     this.heads = this.sources[0].heads.filter((x) => this.sources.every((s) => s.heads.includes(x)));
     this.tokens = this.sources[0].tokens.text;
     const version = this.header.bokeh_version;
-    this.bokeh = await loadBokeh(version, () => requestBokeh(this.model, version));
+    this.bokeh = await loadBokeh(version, () => bokehSource(this.model, version));
     markTime("aw:bokeh-ready");
     if (this.destroyed) return;
     this.removePlots();
@@ -164,9 +166,13 @@ class AttentionView {
     this.updateStep();
     markTime("aw:first-image");
     requestAnimationFrame(() => markTime("aw:painted")); // after Bokeh's own frame callback
-    // The heatmap first; the grid and the bar chart once it is on screen.
+    // The heatmap first; the token strip (a thousand spans to style and lay out), the grid and
+    // the bar chart once it is on screen.
     await new Promise((resolve) => requestAnimationFrame(() => setTimeout(resolve)));
     if (!current()) return;
+    this.buildStrip();
+    this.updateHighlights();
+    this.showToolbars();
     this.drawGrid();
     await this.embedBars();
     if (!current()) return;
@@ -221,8 +227,7 @@ class AttentionView {
       h("div", { class: "aw-section-title" }, h("span", { text: "All heads (click to select)" }), this.gridMetric),
       this.grid);
 
-    this.strip = h("div", { class: "aw-strip" });
-    this.buildStrip();
+    this.strip = h("div", { class: "aw-strip" }); // filled after the heatmap's first paint
     const dirFrom = h("button", { type: "button", class: "aw-dir aw-on", text: "attention from" });
     const dirTo = h("button", { type: "button", class: "aw-dir", text: "attention to" });
     const setDir = (d) => {
@@ -386,6 +391,21 @@ class AttentionView {
         r.properties.end.change.connect(redraw);
       }
       this.attachHover(panel);
+    }
+  }
+
+  /**
+   * The heatmaps' toolbars (pan, zoom, reset, save), added after the first paint: the skeleton
+   * has none, since building its buttons costs ~0.1 s of the embed. On the right, with the plot
+   * widened by as much, so the heatmap itself does not move.
+   */
+  showToolbars() {
+    for (const p of this.panels) {
+      if (p.plot.toolbar_location != null) continue;
+      // Width first: the toolbar's view is built asynchronously, and a layout in between (as
+      // a width change makes) must not look for it.
+      p.plot.width += TOOLBAR_PX;
+      p.plot.toolbar_location = "right";
     }
   }
 
@@ -769,6 +789,7 @@ class AttentionView {
     }
     // Touch only the tokens whose look changes: style writes to a thousand spans would make
     // the next Bokeh paint recompute the whole page's styles.
+    if (!this.stripTokens) return;
     const shown = (this.shownShade ??= this.stripTokens.map(() => ({ w: "0", cls: 0 })));
     this.stripTokens.forEach((span, i) => {
       const w = weights && !Number.isNaN(weights[i]) ? weights[i].toFixed(2) : "0";
@@ -1015,7 +1036,7 @@ function requestBokeh(model, version) {
       if (!msg || msg.id !== id) return;
       markTime("aw:bokeh-received");
       model.off("msg:custom", onMessage);
-      if (msg.type === "bokeh" && buffers?.length) resolve(new TextDecoder().decode(asBytes(buffers[0])));
+      if (msg.type === "bokeh" && buffers?.length) resolve(asBytes(buffers[0]));
       else reject(new Error(msg.message || "the host sent no BokehJS"));
     };
     model.on("msg:custom", onMessage);
@@ -1024,7 +1045,18 @@ function requestBokeh(model, version) {
   });
 }
 
-/** Ask for BokehJS as soon as the model exists, before any view renders. */
+/** BokehJS sent with the widget (the first of a kernel), or else asked for. */
+function bokehSource(model, version) {
+  let pushed = null;
+  try {
+    pushed = asBytes(model.get("_bokeh_js") ?? new Uint8Array(0));
+  } catch {
+    pushed = null;
+  }
+  return pushed?.byteLength ? Promise.resolve(pushed) : requestBokeh(model, version);
+}
+
+/** Load BokehJS as soon as the model exists, before any view renders. */
 function initialize({ model }) {
   markTime("aw:initialize");
   let version;
@@ -1033,7 +1065,7 @@ function initialize({ model }) {
   } catch {
     return; // render() reports a bad payload
   }
-  loadBokeh(version, () => requestBokeh(model, version)).catch(() => {});
+  loadBokeh(version, () => bokehSource(model, version)).catch(() => {});
 }
 
 async function render({ model, el }) {

@@ -90,8 +90,9 @@ def test_compare_shows_a_b_and_their_difference_with_all_three_values_on_hover(s
     box = diff_host.bounding_box()
     page.mouse.move(box["x"] + 0.3 * box["width"], box["y"] + 0.8 * box["height"])
     text = page.locator(".aw-tooltip").inner_text()
-    m = re.search(r"query (\d+) .* key (\d+) .*\nA ([\d.]+) · B ([\d.]+) · \|Δ\| ([\d.]+)", text, re.S)
-    assert m, text
+    number = r"(\d+(?:\.\d+)?(?:e[-+]\d+)?)"  # 0.0123, or 8.34e-7 below 1e-3
+    m = re.search(rf"query (\d+) .* key (\d+) .*\nA {number} · B {number} · \|Δ\| {number}", text, re.S)
+    assert m, repr(text)
     q, k = int(m.group(1)), int(m.group(2))
     va, vb = a.head(1, 2)[q, k], b.head(1, 2)[q, k]
     assert float(m.group(3)) == pytest.approx(va, abs=6e-4)
