@@ -14,6 +14,8 @@ import inspect
 import logging
 import math
 import os
+import threading
+import weakref
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
@@ -68,6 +70,28 @@ def capture(model, tokenizer, prompt: str | Sequence[dict], *, max_new_tokens: i
     -------
     AttentionTrace with float16 attention; causal blocks hold (n_layers, n_heads, T(T+1)/2).
     """
+    # One capture at a time per model: the hooks of two would record each other's passes (a
+    # prompt-box run on its thread and a notebook cell, say). A second one waits its turn.
+    with _model_lock(model):
+        return _capture(model, tokenizer, prompt, max_new_tokens=max_new_tokens, layers=layers,
+                        heads=heads, chat=chat, target=target, memory_budget=memory_budget,
+                        progress=progress, **generate_kwargs)
+
+
+_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def _model_lock(model) -> threading.Lock:
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.Lock()
+        return lock
+
+
+def _capture(model, tokenizer, prompt, *, max_new_tokens, layers, heads, chat, target,
+             memory_budget, progress, **generate_kwargs) -> AttentionTrace:
     prompt_ids = _tokenize(tokenizer, prompt, chat)
     max_new_tokens = _check_count(max_new_tokens, "max_new_tokens")
     ensure_eager(model)

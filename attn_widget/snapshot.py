@@ -379,6 +379,8 @@ def _record_reply(widget, request: dict[str, Any]) -> tuple[dict[str, Any], list
     def capture_send(content, buffers=None):
         sent.append((content, [bytes(b) for b in buffers or []]))
 
+    for grid in widget._grid:  # computed on the grid thread: recorded once it is there
+        grid.result()
     widget.send = capture_send  # instance attribute shadows the method while we record
     try:
         widget._handle_custom_msg(request, [])

@@ -96,6 +96,9 @@ class AttentionWidget(anywidget.AnyWidget):
         self._labels = tuple(labels)
         self._send_all_below = int(send_all_below)
         self._run = run
+        self._running: Future[None] | None = None  # the prompt-box run in progress
+        self._later: list[Future[None]] = []  # replies to send once the grid is ready
+        self._swap = threading.RLock()  # a fetch never sees half of a trace swap
         self._grid: list[Future[bytes]] = []
         self._set_traces(trace, compare)
         layer, head = self._first_view(layer, head)
@@ -119,10 +122,11 @@ class AttentionWidget(anywidget.AnyWidget):
     def set_trace(self, trace: AttentionTrace, compare: AttentionTrace | None = None, *,
                   prompt: str | None = None) -> None:
         """Show another trace in place (keeps layer/head/scale when they still exist)."""
-        self._set_traces(trace, compare)
-        keep_head = self.head if self.head == MEAN or self.head in self._heads else None
-        layer, head = self._first_view(self.layer if self.layer in self._layers else None, keep_head)
-        payload, figures = self._encode(layer, head)
+        with self._swap:
+            self._set_traces(trace, compare)
+            keep_head = self.head if self.head == MEAN or self.head in self._heads else None
+            layer, head = self._first_view(self.layer if self.layer in self._layers else None, keep_head)
+            payload, figures = self._encode(layer, head)
         with self.hold_sync(), self.hold_trait_notifications():
             self.set_trait("layer", layer)
             self.set_trait("head", head)
@@ -257,10 +261,20 @@ class AttentionWidget(anywidget.AnyWidget):
             return value if value in THEMES else self.theme
         return value
 
-    def _reply(self, content: Mapping[str, Any]) -> tuple[dict[str, Any], list[bytes]]:
-        """The answer to one custom message from the front end (PROTOCOL.md)."""
+    def _reply(self, content: Mapping[str, Any]) -> tuple[dict[str, Any], list[bytes]] | None:
+        """The answer to one custom message from the front end (PROTOCOL.md), or None when it
+        will be sent later from another thread (the kernel is not held up meanwhile)."""
         kind, rid = content.get("type"), content.get("id")
         if kind == "fetch":
+            grid = self._grid
+            source = content.get("source", 0)
+            if (content.get("key") == "grid" and content.get("trace_id") == self._trace_id
+                    and isinstance(source, int) and 0 <= source < len(grid) and not grid[source].done()):
+                # Still being computed on the grid thread: answered from there once it is done
+                # (that thread runs one job at a time, in order).
+                self._later = [f for f in self._later if not f.done()]
+                self._later.append(_WORKER.submit(self._send_reply, content))
+                return None
             return self._fetch_reply(content)
         if kind == "bokeh":
             return {"type": "bokeh", "id": rid, "version": _bokeh_version()}, [bokeh_source()]
@@ -273,22 +287,29 @@ class AttentionWidget(anywidget.AnyWidget):
         rid, key, source = content.get("id"), content.get("key"), content.get("source", 0)
         # Errors echo the request's trace_id so that the view that asked shows them.
         base = {"id": rid, "trace_id": content.get("trace_id"), "key": key, "source": source}
-        if content.get("trace_id") != self._trace_id:
-            return {**base, "type": "error", "message": f"{key} was not sent: the trace shown was "
-                    "replaced (re-run?); the new one is on its way"}, []
         if not isinstance(source, int) or not 0 <= source < len(self._traces):
             return {**base, "type": "error", "message": f"source must be 0..{len(self._traces) - 1}; "
                     f"got {source!r}"}, []
-        trace = self._traces[source]
+        with self._swap:
+            trace, trace_id, grid = self._traces[source], self._trace_id, self._grid
+        if content.get("trace_id") != trace_id:
+            return {**base, "type": "error", "message": f"{key} was not sent: the trace shown was "
+                    "replaced (re-run?); the new one is on its way"}, []
         try:
             if key == "grid":
-                buf = (self._grid[source].result() if self._grid
-                       else grid_payload(trace, source=source, trace_id=self._trace_id))
+                buf = (grid[source].result() if grid
+                       else grid_payload(trace, source=source, trace_id=trace_id))
             else:
-                buf = encoding.fetch_payload(trace, key, source=source, trace_id=self._trace_id)
+                buf = encoding.fetch_payload(trace, key, source=source, trace_id=trace_id)
         except encoding.FetchError as e:
             return {**base, "type": "error", "message": str(e)}, []
-        return {**base, "type": "data", "trace_id": self._trace_id}, [buf]
+        return {**base, "type": "data", "trace_id": trace_id}, [buf]
+
+    def _send_reply(self, content: Mapping[str, Any]) -> None:
+        answer = self._reply(content)
+        if answer is not None:
+            reply, buffers = answer
+            self.send(reply, buffers or None)
 
     def _run_reply(self, content: Mapping[str, Any]) -> tuple[dict[str, Any], list[bytes]]:
         rid, prompt = content.get("id"), content.get("prompt")
@@ -298,21 +319,35 @@ class AttentionWidget(anywidget.AnyWidget):
                     "AttentionSession(model, tokenizer).run(...)"}, []
         if not isinstance(prompt, str) or not prompt.strip():
             return {"type": "run", "id": rid, "state": "error", "message": "the prompt is empty"}, []
+        if self._running is not None and not self._running.done():
+            return {"type": "run", "id": rid, "state": "error",
+                    "message": "a run is already in progress; wait for it to finish"}, []
         self.send({"type": "run", "id": rid, "state": "running"})
+        # Captured on a thread: the kernel stays free for the sliders' fetches and for cells
+        # (a cell that captures with the same model waits for this run: capture locks the model).
+        self._running = _RUNNER.submit(self._run_in_background, rid, prompt)
+        return None
+
+    def _run_in_background(self, rid: Any, prompt: str) -> None:
         try:
             trace = self._run(prompt)
             self.set_trace(trace, prompt=prompt)
         except Exception as e:  # shown to the user in the prompt box; the widget keeps working
-            return {"type": "run", "id": rid, "state": "error",
-                    "message": f"{type(e).__name__}: {e}"}, []
-        return {"type": "run", "id": rid, "state": "done"}, []
+            self.send({"type": "run", "id": rid, "state": "error", "message": f"{type(e).__name__}: {e}"})
+        else:
+            self.send({"type": "run", "id": rid, "state": "done"})
+
+    def wait(self, timeout: float | None = None) -> AttentionWidget:
+        """Block until a prompt-box run in progress and replies still being prepared (the
+        all-heads grid) are done and sent (for scripts and tests)."""
+        for job in [self._running, *self._later]:
+            if job is not None:
+                job.result(timeout)
+        return self
 
 
 def _on_message(widget: AttentionWidget, content: Any, buffers: list) -> None:
-    if not isinstance(content, Mapping):
-        content = {"type": None}
-    reply, reply_buffers = widget._reply(content)
-    widget.send(reply, reply_buffers or None)
+    widget._send_reply(content if isinstance(content, Mapping) else {"type": None})
 
 
 def compare_widget(a: AttentionTrace, b: AttentionTrace, *, labels: Sequence[str] = ("A", "B"),
@@ -337,6 +372,7 @@ def _lower_priority() -> None:
 
 _WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attn_widget-grid",
                              initializer=_lower_priority)
+_RUNNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attn_widget-run")
 
 
 def grid_payload(trace: AttentionTrace, *, source: int, trace_id: str) -> bytes:

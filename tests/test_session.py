@@ -47,6 +47,7 @@ def test_the_prompt_box_recaptures_with_the_same_options_and_updates_in_place(se
     w.head = 2
     rec = Recorder(w)
     w._handle_custom_msg({"type": "run", "id": "r1", "prompt": "w7 w8 w9"}, [])
+    w.wait(timeout=120)
     assert [m["state"] for m in rec.sent] == ["running", "done"]
     assert w.prompt == "w7 w8 w9"
     assert [t.strip() for t in w.trace.tokens.text[:3]] == ["w7", "w8", "w9"]
@@ -61,6 +62,47 @@ def test_an_empty_prompt_from_the_box_is_refused_with_a_message(session):
     rec = Recorder(w)
     w._handle_custom_msg({"type": "run", "id": "r2", "prompt": "   "}, [])
     assert rec.sent == [{"type": "run", "id": "r2", "state": "error", "message": "the prompt is empty"}]
+
+
+def test_a_prompt_box_run_leaves_the_kernel_free_and_a_second_run_waits_its_turn(session):
+    import threading
+
+    w = session.run(PROMPT)
+    rec = Recorder(w)
+    release = threading.Event()
+    capture = session.capture
+
+    def slow_capture(text, **kwargs):
+        assert release.wait(60)
+        return capture(text, **kwargs)
+
+    session.capture = slow_capture
+    w._handle_custom_msg({"type": "run", "id": "r3", "prompt": "w7 w8"}, [])
+    # The handler returned while the capture waits: the kernel can answer a slider's fetch.
+    assert [m["state"] for m in rec.sent] == ["running"]
+    w._handle_custom_msg({"type": "fetch", "id": "f1", "trace_id": w._trace_id, "source": 0,
+                          "key": "head/0/1"}, [])
+    assert rec.sent[-1]["type"] == "data" and rec.sent[-1]["id"] == "f1"
+    w._handle_custom_msg({"type": "run", "id": "r4", "prompt": "w9"}, [])
+    assert rec.sent[-1] == {"type": "run", "id": "r4", "state": "error",
+                            "message": "a run is already in progress; wait for it to finish"}
+    assert w.prompt == PROMPT  # nothing changed yet
+    release.set()
+    w.wait(timeout=120)
+    assert rec.sent[-1] == {"type": "run", "id": "r3", "state": "done"}
+    assert w.prompt == "w7 w8" and w.trace.tokens.text[0].strip() == "w7"
+
+
+def test_a_prompt_box_run_that_fails_reports_the_error_and_keeps_the_old_trace(session):
+    w = session.run(PROMPT)
+    before = w.trace
+    rec = Recorder(w)
+    session.capture = lambda text, **kwargs: (_ for _ in ()).throw(RuntimeError("out of memory"))
+    w._handle_custom_msg({"type": "run", "id": "r5", "prompt": "w7"}, [])
+    w.wait(timeout=120)
+    assert rec.sent[-1] == {"type": "run", "id": "r5", "state": "error",
+                            "message": "RuntimeError: out of memory"}
+    assert w.trace is before and w.prompt == PROMPT
 
 
 def test_a_prompt_that_is_not_text_is_refused(session):

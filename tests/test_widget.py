@@ -31,10 +31,13 @@ class Recorder:
         widget.send = lambda content, buffers=None: self.sent.append((content, list(buffers or [])))
         self.widget = widget
 
-    def ask(self, **content):
-        """One custom message from the front end; the widget's replies."""
+    def ask(self, wait=True, **content):
+        """One custom message from the front end; the widget's replies (with ``wait``, also
+        those it sends later from its threads: a prompt-box run, a grid being prepared)."""
         start = len(self.sent)
         self.widget._handle_custom_msg(content, [])
+        if wait:
+            self.widget.wait(timeout=120)
         return self.sent[start:]
 
 
@@ -305,3 +308,31 @@ def test_bokehjs_travels_with_the_first_widget_of_a_kernel_only():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          check=True)
     assert out.stdout.split() == ["True", "0"]
+
+
+def test_a_grid_request_before_the_grid_is_ready_is_answered_later_not_holding_the_kernel(monkeypatch):
+    import threading
+
+    from attn_widget import widget as widget_module
+
+    release = threading.Event()
+    real = widget_module.grid_payload
+
+    def slow_grid(trace, **kwargs):
+        assert release.wait(60)
+        return real(trace, **kwargs)
+
+    monkeypatch.setattr(widget_module, "grid_payload", slow_grid)
+    w = AttentionWidget(random_trace(), send_all_below=0)
+    rec = Recorder(w)
+    assert rec.ask(wait=False, type="fetch", id="g1", trace_id=w._trace_id, source=0, key="grid") == []
+    # Meanwhile the kernel answers other requests at once.
+    (reply, _), = rec.ask(wait=False, type="fetch", id="h1", trace_id=w._trace_id, source=0,
+                          key="head/1/1")
+    assert reply["type"] == "data"
+    release.set()
+    w.wait(timeout=60)
+    (reply, buffers), = [(m, b) for m, b in rec.sent if m["id"] == "g1"]
+    assert reply["type"] == "data" and reply["key"] == "grid"
+    header, sections = encoding.decode_payload(buffers[0])
+    assert any(key == "thumbs" for _, key in sections)
