@@ -205,10 +205,13 @@ def key_sections(trace: AttentionTrace, key: str, source: int = 0,
 def source_header(trace: AttentionTrace, label: str) -> dict[str, Any]:
     """What the front end needs to know about one trace besides its numbers."""
     b = trace.block()
-    return {"label": label, "model": _finite(_jsonable(trace.model)), "tokens": trace.tokens.to_json(),
-            "spans": {k: list(v) for k, v in trace.spans.items()}, "block": b.name,
-            "causal": b.causal, "n_queries": b.n_queries, "n_keys": b.n_keys,
-            "layers": list(b.layers), "heads": list(b.heads)}
+    out = {"label": label, "model": _finite(_jsonable(trace.model)), "tokens": trace.tokens.to_json(),
+           "spans": {k: list(v) for k, v in trace.spans.items()}, "block": b.name,
+           "causal": b.causal, "n_queries": b.n_queries, "n_keys": b.n_keys,
+           "layers": list(b.layers), "heads": list(b.heads)}
+    if b.keys != b.queries:  # cross-attention: keys run over the other sequence
+        out["key_tokens"] = trace._sequence(b.keys).to_json()
+    return out
 
 
 def all_bytes(trace: AttentionTrace) -> int:

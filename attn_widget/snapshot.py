@@ -628,6 +628,7 @@ def _attention_page(widget, candidates: list[tuple[int, int]], budget_mb: float,
     page.scripts = [page.add_bytes(bokeh_source())]
     page.esm = page.add_text(str(widget._esm))
     state = {k: v for k, v in widget.get_state().items() if k not in ("_esm", "_css", "_bokeh_js")}
+    state["_blocks"] = [widget.block]  # the block shown: switching re-encodes in a kernel
     page.add_state(state, itemsize=lambda name: 2 if name == "_payload" else 1)
 
     def fetch(source: int, key: str) -> dict[str, Any]:

@@ -8,6 +8,7 @@ messages are specified in ``js/PROTOCOL.md``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -79,6 +80,8 @@ class AttentionWidget(anywidget.AnyWidget):
     step = traitlets.Int(-1).tag(sync=True)
     theme = traitlets.Enum(THEMES, "auto").tag(sync=True)
     prompt = traitlets.Unicode("").tag(sync=True)
+    block = traitlets.Unicode("").tag(sync=True)
+    _blocks = traitlets.List(traitlets.Unicode()).tag(sync=True)
     _live = traitlets.Bool(False).tag(sync=True)
     _payload = traitlets.Bytes(b"").tag(sync=True)
     _figures = traitlets.Dict().tag(sync=True)
@@ -92,7 +95,7 @@ class AttentionWidget(anywidget.AnyWidget):
                  theme: str = "auto", labels: Sequence[str] = ("A", "B"),
                  send_all_below: int = 8 * 2**20,
                  run: Callable[[str], AttentionTrace] | None = None, prompt: str = "",
-                 **kwargs: Any):
+                 block: str | None = None, **kwargs: Any):
         self._labels = tuple(labels)
         self._send_all_below = int(send_all_below)
         self._run = run
@@ -100,14 +103,16 @@ class AttentionWidget(anywidget.AnyWidget):
         self._later: list[Future[None]] = []  # replies to send once the grid is ready
         self._swap = threading.RLock()  # a fetch never sees half of a trace swap
         self._grid: list[Future[bytes]] = []
-        self._set_traces(trace, compare)
+        self._set_traces(trace, compare, block)
         layer, head = self._first_view(layer, head)
         payload, figures = self._encode(layer, head)
         super().__init__(layer=layer, head=head, scale=scale, theme=theme,
                          step=0 if self.trace.n_generated else -1, prompt=prompt,
+                         block=self._block, _blocks=self._block_names,
                          _live=run is not None, _payload=payload, _figures=figures,
                          _bokeh_js=_bokeh_once(), **kwargs)
         self.on_msg(_on_message)
+        self.observe(self._on_block, names="block")
 
     # ----------------------------------------------------------------- public
     @property
@@ -121,9 +126,11 @@ class AttentionWidget(anywidget.AnyWidget):
 
     def set_trace(self, trace: AttentionTrace, compare: AttentionTrace | None = None, *,
                   prompt: str | None = None) -> None:
-        """Show another trace in place (keeps layer/head/scale when they still exist)."""
+        """Show another trace in place (keeps layer/head/scale and the attention block when
+        they still exist)."""
         with self._swap:
-            self._set_traces(trace, compare)
+            keep = self.block if all(self.block in t.blocks for t in (trace, compare) if t) else None
+            self._set_traces(trace, compare, keep)
             keep_head = self.head if self.head == MEAN or self.head in self._heads else None
             layer, head = self._first_view(self.layer if self.layer in self._layers else None, keep_head)
             payload, figures = self._encode(layer, head)
@@ -134,6 +141,26 @@ class AttentionWidget(anywidget.AnyWidget):
             self.selected_token = -1
             if prompt is not None:
                 self.prompt = prompt
+            self.set_trait("block", self._block)
+            self._blocks = self._block_names
+            self._figures = figures
+            self._payload = payload
+
+    def _on_block(self, change) -> None:
+        """Show another attention block of the same traces (encoder, decoder, cross)."""
+        if change["new"] != self._block:
+            self._show_block(change["new"])
+
+    def _show_block(self, name: str) -> None:
+        with self._swap:
+            self._set_traces(self._traces[0], self._traces[1] if len(self._traces) > 1 else None, name)
+            keep_head = self.head if self.head == MEAN or self.head in self._heads else None
+            layer, head = self._first_view(self.layer if self.layer in self._layers else None, keep_head)
+            payload, figures = self._encode(layer, head)
+        with self.hold_sync(), self.hold_trait_notifications():
+            self.set_trait("layer", layer)
+            self.set_trait("head", head)
+            self.selected_token = -1
             self._figures = figures
             self._payload = payload
 
@@ -150,13 +177,23 @@ class AttentionWidget(anywidget.AnyWidget):
         return static(self, **kwargs)
 
     # ----------------------------------------------------------------- traces and views
-    def _set_traces(self, trace: AttentionTrace, compare: AttentionTrace | None) -> None:
+    def _set_traces(self, trace: AttentionTrace, compare: AttentionTrace | None,
+                    block: str | None = None) -> None:
         traces = (trace,) if compare is None else (trace, compare)
         for i, t in enumerate(traces):
             if not isinstance(t, AttentionTrace):
                 name = "trace" if i == 0 else "compare"
                 raise TypeError(f"{name} must be an AttentionTrace; got {type(t).__name__}")
-        blocks = [t.block() for t in traces]
+        names = [n for n in trace.blocks if all(n in t.blocks for t in traces)]
+        if not names:
+            raise ValueError(f"the traces to compare share no attention block: A has {sorted(trace.blocks)}, "
+                             f"B has {sorted(traces[-1].blocks)}")
+        block = trace.default_block if block is None and trace.default_block in names else block
+        block = names[0] if block is None else block
+        if block not in names:
+            raise traitlets.TraitError(f"block must be one of {names}; got {block!r}")
+        views = tuple(_block_view(t, block) for t in traces)
+        blocks = [t.block() for t in views]
         self._layers = [x for x in blocks[0].layers if all(x in b.layers for b in blocks)]
         self._heads = [x for x in blocks[0].heads if all(x in b.heads for b in blocks)]
         if not self._layers or not self._heads:
@@ -164,6 +201,8 @@ class AttentionWidget(anywidget.AnyWidget):
                              f"{_ranges(blocks[0].layers)}, heads {_ranges(blocks[0].heads)}; B has "
                              f"layers {_ranges(blocks[1].layers)}, heads {_ranges(blocks[1].heads)}")
         self._traces = traces
+        self._views = views  # what is encoded and sent: the chosen block of each trace
+        self._block, self._block_names = block, names
 
     def _first_view(self, layer: int | None, head: int | str | None) -> tuple[int, int]:
         layer = self._layers[0] if layer is None else layer
@@ -173,11 +212,12 @@ class AttentionWidget(anywidget.AnyWidget):
         return int(layer), int(head)
 
     def _encode(self, layer: int, head: int) -> tuple[bytes, dict[str, Any]]:
-        complete = sum(encoding.all_bytes(t) for t in self._traces) <= self._send_all_below
+        views = self._views
+        complete = sum(encoding.all_bytes(t) for t in views) <= self._send_all_below
         trace_id = uuid.uuid4().hex[:12]
-        metrics = [head_metrics(t) for t in self._traces] if complete else None
+        metrics = [head_metrics(t) for t in views] if complete else None
         payload, _ = encoding.trace_payload(
-            self._traces, layer=layer, head=head, labels=self._labels, metrics=metrics,
+            views, layer=layer, head=head, labels=self._labels, metrics=metrics,
             metric_descriptions=_descriptions(metrics), send_all_below=self._send_all_below,
             bokeh_version=_bokeh_version(), trace_id=trace_id)
         self._trace_id = trace_id
@@ -186,9 +226,10 @@ class AttentionWidget(anywidget.AnyWidget):
         # and the next cell; the browser asks for it after its first paint.
         self._grid = [] if complete else [
             _WORKER.submit(grid_payload, t, source=i, trace_id=trace_id)
-            for i, t in enumerate(self._traces)]
-        n = max(max(t.block().n_queries, t.block().n_keys) for t in self._traces)
-        return payload, figure_items(n, compact=len(self._traces) > 1)
+            for i, t in enumerate(views)]
+        n_queries = max(t.block().n_queries for t in views)
+        n_keys = max(t.block().n_keys for t in views)
+        return payload, figure_items(n_queries, compact=len(views) > 1, n_keys=n_keys)
 
     @staticmethod
     def _check(name: str, value: Any, allowed: Sequence[int]) -> None:
@@ -208,6 +249,12 @@ class AttentionWidget(anywidget.AnyWidget):
         self._check("head", proposal.value, self._heads + [MEAN])
         return proposal.value
 
+    @traitlets.validate("block")
+    def _valid_block(self, proposal):
+        if proposal.value not in self._block_names:
+            raise traitlets.TraitError(f"block must be one of {self._block_names}; got {proposal.value!r}")
+        return proposal.value
+
     @traitlets.validate("step")
     def _valid_step(self, proposal):
         n = self.trace.n_generated
@@ -220,7 +267,7 @@ class AttentionWidget(anywidget.AnyWidget):
 
     @traitlets.validate("selected_token")
     def _valid_selected_token(self, proposal):
-        n = len(self.trace.tokens)
+        n = len(self._views[0].tokens)  # the shown block's queries
         if not -1 <= proposal.value < n:
             raise traitlets.TraitError(f"selected_token must be -1 (none) or a position 0..{n - 1}; "
                                        f"got {proposal.value}")
@@ -254,11 +301,13 @@ class AttentionWidget(anywidget.AnyWidget):
             n = self.trace.n_generated
             return nearest(list(range(n)) if n else [-1], self.step)
         if name == "selected_token":
-            return nearest(list(range(-1, len(self.trace.tokens))), self.selected_token)
+            return nearest(list(range(-1, len(self._views[0].tokens))), self.selected_token)
         if name == "scale":
             return value if value in SCALES else self.scale
         if name == "theme":
             return value if value in THEMES else self.theme
+        if name == "block":
+            return value if value in self._block_names else self.block
         return value
 
     def _reply(self, content: Mapping[str, Any]) -> tuple[dict[str, Any], list[bytes]] | None:
@@ -291,7 +340,7 @@ class AttentionWidget(anywidget.AnyWidget):
             return {**base, "type": "error", "message": f"source must be 0..{len(self._traces) - 1}; "
                     f"got {source!r}"}, []
         with self._swap:
-            trace, trace_id, grid = self._traces[source], self._trace_id, self._grid
+            trace, trace_id, grid = self._views[source], self._trace_id, self._grid
         if content.get("trace_id") != trace_id:
             return {**base, "type": "error", "message": f"{key} was not sent: the trace shown was "
                     "replaced (re-run?); the new one is on its way"}, []
@@ -344,6 +393,25 @@ class AttentionWidget(anywidget.AnyWidget):
             if job is not None:
                 job.result(timeout)
         return self
+
+
+def _block_view(trace: AttentionTrace, name: str) -> AttentionTrace:
+    """``trace`` with only block ``name``, on that block's query tokens: what the widget encodes.
+
+    The encoder block of an encoder-decoder trace runs over ``source_tokens``; its view has them
+    as tokens (and one ``input`` span). Cross-attention keeps the decoder tokens as queries; its
+    keys are ``source_tokens`` (sent as ``key_tokens``). Shares the arrays: no copy.
+    """
+    if list(trace.blocks) == [name]:
+        return trace
+    b = trace.blocks[name]
+    if b.queries == "source_tokens":
+        tokens, spans = trace.source_tokens, {"input": (0, len(trace.source_tokens))}
+        b = dataclasses.replace(b, queries="tokens", keys="tokens" if b.keys == b.queries else b.keys)
+    else:
+        tokens, spans = trace.tokens, dict(trace.spans)
+    return AttentionTrace(tokens, {name: b}, spans, trace.model, trace.options,
+                          source_tokens=trace.source_tokens)
 
 
 def _on_message(widget: AttentionWidget, content: Any, buffers: list) -> None:
@@ -431,22 +499,24 @@ def _bokeh_once() -> bytes:
     return bokeh_source()
 
 
-def figure_items(n_tokens: int, *, compact: bool = False) -> dict[str, Any]:
+def figure_items(n_tokens: int, *, compact: bool = False, n_keys: int | None = None) -> dict[str, Any]:
     """Bokeh skeletons (``json_item``) the front end embeds and fills with pixels.
 
     ``heatmap``: an image_rgba glyph over queries (y, downwards) × keys (x), a colour bar,
     row/column highlight boxes; ``bars``: the chosen output token's attention over earlier
     tokens. Models the front end drives carry names (``heat_source``, ``x_ticker``…).
-    Each call returns a fresh copy, sized for ``n_tokens`` (the axis ranges).
+    Each call returns a fresh copy, sized for ``n_tokens`` queries and ``n_keys`` keys (default:
+    as many as queries).
     """
-    t = max(int(n_tokens), 1)
+    q = max(int(n_tokens), 1)
+    k = q if n_keys is None else max(int(n_keys), 1)
     items = json.loads(_skeleton_json(bool(compact)))
-    ranges = {"x_range": (0, t), "y_range": (t, 0), "bars_x_range": (0, t)}
+    ranges = {"x_range": (0, k), "y_range": (q, 0), "bars_x_range": (0, k)}
     for model in _named_models(items):
         name = model["attributes"].get("name")
         if name in ranges:
             start, end = ranges[name]
-            model["attributes"].update(start=start, end=end, bounds=[0, t])
+            model["attributes"].update(start=start, end=end, bounds=[min(start, end), max(start, end)])
     return items
 
 

@@ -336,3 +336,72 @@ def test_a_grid_request_before_the_grid_is_ready_is_answered_later_not_holding_t
     assert reply["type"] == "data" and reply["key"] == "grid"
     header, sections = encoding.decode_payload(buffers[0])
     assert any(key == "thumbs" for _, key in sections)
+
+
+# --------------------------------------------------------------------- attention blocks
+@pytest.fixture(scope="module")
+def seq2seq_trace(word_tokenizer):
+    from conftest import tiny_model
+
+    import attn_widget as aw
+
+    return aw.capture(tiny_model("t5"), word_tokenizer, "w1 w2 w3 w4 w5 w6", target="w3 w8 w9")
+
+
+def test_an_encoder_decoder_trace_offers_every_block_and_shows_the_decoder_first(seq2seq_trace):
+    w = AttentionWidget(seq2seq_trace)
+    assert w._blocks == list(seq2seq_trace.blocks) and set(w._blocks) == {"encoder", "decoder", "cross"}
+    header, _ = encoding.decode_payload(w._payload)
+    src = header["sources"][0]
+    assert (w.block, src["block"], src["causal"]) == ("decoder", "decoder", True)
+    assert "key_tokens" not in src
+
+
+def test_switching_to_cross_attention_sends_decoder_queries_over_encoder_keys(seq2seq_trace):
+    from attn_widget.widget import _named_models
+
+    w = AttentionWidget(seq2seq_trace, layer=1, head=2)
+    old_id = w._trace_id
+    w.block = "cross"
+    header, arrays = encoding.decode_payload(w._payload)
+    src = header["sources"][0]
+    n_dec, n_src = len(seq2seq_trace.tokens), len(seq2seq_trace.source_tokens)
+    assert (src["block"], src["n_queries"], src["n_keys"], src["causal"]) == ("cross", n_dec, n_src, False)
+    assert src["tokens"]["text"] == seq2seq_trace.tokens.text
+    assert src["key_tokens"]["text"] == seq2seq_trace.source_tokens.text
+    expected = seq2seq_trace.head(1, 2, block="cross")
+    np.testing.assert_allclose(arrays[(0, "head/1/2")].astype(np.float32), expected, atol=1e-3)
+    ranges = {m["attributes"]["name"]: m["attributes"] for m in _named_models(w._figures)}
+    assert ranges["x_range"]["end"] == n_src and ranges["y_range"]["start"] == n_dec
+    # Fetches answer from the block shown, under the new trace id.
+    assert header["trace_id"] == w._trace_id != old_id
+    (reply, buffers), = Recorder(w).ask(type="fetch", id="f", trace_id=w._trace_id, source=0,
+                                        key="head/0/3")
+    got = encoding.decode_payload(buffers[0])[1][(0, "head/0/3")]
+    np.testing.assert_allclose(got.astype(np.float32), seq2seq_trace.head(0, 3, block="cross"), atol=1e-3)
+
+
+def test_the_encoder_block_runs_over_the_source_tokens(seq2seq_trace):
+    w = AttentionWidget(seq2seq_trace, block="encoder")
+    src = encoding.decode_payload(w._payload)[0]["sources"][0]
+    n_src = len(seq2seq_trace.source_tokens)
+    assert (src["n_queries"], src["n_keys"], src["causal"]) == (n_src, n_src, False)
+    assert src["tokens"]["text"] == seq2seq_trace.source_tokens.text
+    assert src["spans"] == {"input": [0, n_src]}
+    w.selected_token = n_src - 1  # a source position is a valid query now
+    with pytest.raises(traitlets.TraitError, match="selected_token must be -1"):
+        w.selected_token = n_src
+
+
+def test_a_bad_block_is_refused_from_python_and_clamped_from_the_front_end(seq2seq_trace):
+    with pytest.raises(traitlets.TraitError, match=r"block must be one of \['encoder', 'decoder', 'cross'\]"):
+        AttentionWidget(seq2seq_trace, block="self")
+    w = AttentionWidget(seq2seq_trace)
+    with pytest.raises(traitlets.TraitError, match="block must be one of"):
+        w.block = "self"
+    assert w.block == "decoder" and encoding.decode_payload(w._payload)[0]["sources"][0]["block"] == "decoder"
+    rec = Recorder(w)
+    w.set_state({"block": "nonsense"})
+    assert w.block == "decoder"
+    assert any(m.get("type") == "notice" and "block 'nonsense' is out of range" in m["message"]
+               for m, _ in rec.sent)

@@ -12,6 +12,12 @@ const MEAN = -1;
 const CAVEAT =
   "Attention is a debugging signal, not an explanation: it shows where the model looked, not why.";
 const MEAN_CAVEAT = "Averaging over heads hides per-head behaviour: check single heads before concluding.";
+const BLOCK_NAMES = {
+  encoder: "encoder self-attention",
+  decoder: "decoder self-attention",
+  cross: "cross-attention (decoder → encoder)",
+  self: "self-attention",
+};
 const SCALE_NAMES = { linear: "linear 0…1", log: "log 1e-4…1", row: "row-relative (÷ row max)" };
 const THEME = {
   light: { bg: "#ffffff", fg: "#1f2328", muted: "#59636e", line: "#d1d9e0" },
@@ -103,6 +109,7 @@ class AttentionView {
     this.listen("change:_payload", reload);
     this.listen("change:_figures", reload);
     this.listen("change:_live", reload);
+    this.listen("change:_blocks", reload);
     const themeWatch = new MutationObserver(() => this.applyTheme());
     themeWatch.observe(document.body, { attributes: true, attributeFilter: ["data-jp-theme-light", "class"] });
     this.disposers.push(() => themeWatch.disconnect());
@@ -148,7 +155,11 @@ class AttentionView {
     this.compare = this.header.mode === "compare";
     this.layers = this.sources[0].layers.filter((l) => this.sources.every((s) => s.layers.includes(l)));
     this.heads = this.sources[0].heads.filter((x) => this.sources.every((s) => s.heads.includes(x)));
-    this.tokens = this.sources[0].tokens.text;
+    this.tokens = this.sources[0].tokens.text; // the queries' tokens
+    // Cross-attention: keys run over the other sequence (the encoder's tokens), so a token of
+    // the strip (a query) has no column, and strip shading by attention does not apply.
+    this.cross = !!this.sources[0].key_tokens;
+    this.keyTokens = this.sources[0].key_tokens?.text ?? this.tokens;
     const version = this.header.bokeh_version;
     this.bokeh = await loadBokeh(version, () => bokehSource(this.model, version));
     markTime("aw:bokeh-ready");
@@ -189,7 +200,9 @@ class AttentionView {
     this.generated = generated;
     const name = this.compare
       ? this.sources.map((s) => `${s.label}: ${s.model.name} · ${s.tokens.text.length} tokens`).join("   ")
-      : `${src.model.name} · ${this.tokens.length} tokens (prompt ${p1 - p0}, generated ${generated[1] - generated[0]})`;
+      : this.cross
+        ? `${src.model.name} · cross-attention: ${this.tokens.length} decoder tokens (queries) → ${this.keyTokens.length} encoder tokens (keys)`
+        : `${src.model.name} · ${this.tokens.length} tokens (prompt ${p1 - p0}, generated ${generated[1] - generated[0]})`;
 
     this.layerInput = keyboardSlider(h("input", { type: "range", min: 0, max: this.layers.length - 1, step: 1, class: "aw-layer", "aria-label": "layer" }));
     this.layerOut = h("output", { class: "aw-value" });
@@ -203,6 +216,18 @@ class AttentionView {
     this.meanBox.addEventListener("change", () =>
       this.setTrait("head", this.meanBox.checked ? MEAN : this.heads[+this.headInput.value]));
     this.scaleSelect.addEventListener("change", () => this.setTrait("scale", this.scaleSelect.value));
+    // Encoder-decoder traces: which attention (the kernel re-encodes the payload on a change).
+    const blocks = this.model.get("_blocks") ?? [];
+    this.blockSelect = null;
+    if (blocks.length > 1) {
+      this.blockSelect = h("select", { class: "aw-block", "aria-label": "attention block" });
+      for (const b of blocks) this.blockSelect.append(h("option", { value: b, text: BLOCK_NAMES[b] ?? b }));
+      this.blockSelect.value = this.model.get("block");
+      this.blockSelect.addEventListener("change", () => {
+        this.root.classList.add("aw-loading");
+        this.setTrait("block", this.blockSelect.value);
+      });
+    }
 
     this.caveat = h("div", { class: "aw-caveat" }, h("span", { text: CAVEAT }), h("strong", { class: "aw-mean-caveat", text: ` ${MEAN_CAVEAT}` }));
     this.readout = h("div", { class: "aw-readout", role: "status", text: "Hover the heatmap or a token." });
@@ -240,8 +265,9 @@ class AttentionView {
     dirTo.addEventListener("click", () => setDir("to"));
     const stripBox = h("div", { class: "aw-strip-box" },
       h("div", { class: "aw-section-title" },
-        h("span", { text: "Tokens: hover to shade by attention, click to pin" }),
-        h("span", { class: "aw-dirs" }, dirFrom, dirTo),
+        h("span", { text: this.cross ? "Decoder tokens (the queries): hover to highlight a row, click to pin"
+          : "Tokens: hover to shade by attention, click to pin" }),
+        this.cross ? null : h("span", { class: "aw-dirs" }, dirFrom, dirTo),
         h("span", { class: "aw-legend" },
           h("span", { class: "aw-chip aw-prompt", text: "prompt" }),
           h("span", { class: "aw-chip aw-generated", text: "generated" }))),
@@ -294,7 +320,8 @@ class AttentionView {
         h("label", {}, h("span", { text: "Layer" }), this.layerInput, this.layerOut),
         h("label", {}, h("span", { text: "Head" }), this.headInput, this.headOut),
         h("label", {}, this.meanBox, h("span", { text: "mean of heads" })),
-        h("label", {}, h("span", { text: "Colour" }), this.scaleSelect)),
+        h("label", {}, h("span", { text: "Colour" }), this.scaleSelect),
+        this.blockSelect && h("label", {}, h("span", { text: "Attention" }), this.blockSelect)),
       this.caveat,
       this.noticeBox,
       h("div", { class: "aw-main" }, this.plotsBox,
@@ -646,16 +673,16 @@ class AttentionView {
   updateTicks() {
     for (const p of this.panels) {
       const frame = p.view.frame?.bbox;
-      const set = (range, ticker, axis, pixels) => {
-        const { ticks, labels } = axisTicks(Math.min(range.start, range.end), Math.max(range.start, range.end), this.tokens, pixels);
+      const set = (range, ticker, axis, pixels, tokens) => {
+        const { ticks, labels } = axisTicks(Math.min(range.start, range.end), Math.max(range.start, range.end), tokens, pixels);
         const key = ticks.join(",");
         if (ticker.__awKey === key) return; // unchanged: spare Bokeh a re-layout
         ticker.__awKey = key;
         ticker.ticks = ticks;
         axis.major_label_overrides = labels;
       };
-      set(p.xRange, p.xTicker, p.xAxis, frame ? frame.width : 400);
-      set(p.yRange, p.yTicker, p.yAxis, frame ? frame.height : 400);
+      set(p.xRange, p.xTicker, p.xAxis, frame ? frame.width : 400, this.keyTokens);
+      set(p.yRange, p.yTicker, p.yAxis, frame ? frame.height : 400, this.tokens);
     }
   }
 
@@ -719,7 +746,7 @@ class AttentionView {
 
   cellLines(c, panel) {
     const tq = this.tokens[c.q];
-    const tk = this.tokens[c.k];
+    const tk = this.keyTokens[c.k];
     const lines = [`query ${c.q} ${quoted(tq)} → key ${c.k} ${quoted(tk)}`];
     const fmt = (v) => (Number.isNaN(v) ? "—" : v < 1e-3 && v > 0 ? v.toExponential(2) : v.toFixed(4));
     if (this.compare) {
@@ -751,15 +778,16 @@ class AttentionView {
     if (!this.panels?.length || !this.sections) return;
     const pinned = this.model.get("selected_token");
     const hq = this.hover ? (this.hover.token ?? this.hover.q) : null;
-    const hk = this.hover ? (this.hover.token ?? this.hover.k) : null;
+    const hk = this.hover ? (this.hover.token !== undefined ? (this.cross ? null : this.hover.token) : this.hover.k) : null;
     for (const p of this.panels) {
-      const n = Math.max(p.xRange.bounds?.[1] ?? this.tokens.length, this.tokens.length);
-      const rowBox = (box, q) => setChanged(box, q === null || q < 0 ? { visible: false } : { visible: true, left: 0, right: n, top: q, bottom: q + 1 });
-      const colBox = (box, k) => setChanged(box, k === null || k < 0 ? { visible: false } : { visible: true, left: k, right: k + 1, top: 0, bottom: n });
+      const nk = Math.max(p.xRange.bounds?.[1] ?? this.keyTokens.length, this.keyTokens.length);
+      const nq = Math.max(p.yRange.bounds?.[1] ?? this.tokens.length, this.tokens.length);
+      const rowBox = (box, q) => setChanged(box, q === null || q < 0 ? { visible: false } : { visible: true, left: 0, right: nk, top: q, bottom: q + 1 });
+      const colBox = (box, k) => setChanged(box, k === null || k < 0 ? { visible: false } : { visible: true, left: k, right: k + 1, top: 0, bottom: nq });
       rowBox(p.boxes.hover_row, hq);
       colBox(p.boxes.hover_col, hk);
       rowBox(p.boxes.pin_row, pinned);
-      colBox(p.boxes.pin_col, pinned);
+      colBox(p.boxes.pin_col, this.cross ? null : pinned);
     }
     this.shadeStrip(hq ?? (pinned >= 0 ? pinned : null));
   }
@@ -781,7 +809,7 @@ class AttentionView {
     const pinned = this.model.get("selected_token");
     const sec = this.sections?.[0];
     let weights = null;
-    if (pos !== null && pos !== undefined && sec) {
+    if (pos !== null && pos !== undefined && sec && !this.cross) {
       weights = this.shadeDirection === "from" ? row(sec, pos) : column(sec, pos);
       let max = 0;
       for (const w of weights) if (w > max) max = w;

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from attn_widget.widget import _ESM, AttentionWidget, bokeh_source, grid_payload
 
-_TRAITS = ("layer", "head", "scale", "selected_token", "step", "theme", "prompt", "_live", "_figures")
+_TRAITS = ("layer", "head", "scale", "selected_token", "step", "theme", "prompt", "block", "_blocks", "_live",
+           "_figures")
 
 _PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>attn_widget test page</title>
@@ -65,7 +66,7 @@ def standalone_html(widget: AttentionWidget, *, fetchable: bool = True, backgrou
     state = {k: getattr(widget, k) for k in _TRAITS}
     replies = {}
     if fetchable:
-        for source, trace in enumerate(widget.traces):
+        for source, trace in enumerate(widget._views):  # the block shown, of each trace
             b = trace.block()
             keys = [f"mean/{layer}" for layer in b.layers] + ["grid"]
             keys += [f"head/{layer}/{h}" for layer in b.layers for h in b.heads]

@@ -8,12 +8,15 @@ from __future__ import annotations
 import io
 import json
 import re
+from pathlib import Path
 
 import pytest
 from browser_support import NotebookPage, displayed, hover_heatmap, new_page
 from playwright.sync_api import expect
 
 pytestmark = [pytest.mark.browser, pytest.mark.smollm2]
+
+TESTS = Path(__file__).resolve().parents[1]
 
 FRANCE = "The capital of France is Paris. What is the capital of France?"
 XSS = "<img src=x onerror=alert(1)> is this text?"
@@ -31,6 +34,17 @@ CELLS = [
     "w2._trace_id = 'stale'  # as if the trace had been replaced: the next fetch is refused",
     f"x = session.run({XSS!r}, max_new_tokens=2)\nx",
     "print('TEXT', json.dumps(w.trace.text))",
+    # An encoder-decoder model (tiny, random weights) for the attention-block menu.
+    f"import sys\nsys.path.insert(0, {str(TESTS)!r})\nfrom conftest import tiny_model\n"
+    "from tokenizers import Tokenizer, models, pre_tokenizers\n"
+    "from transformers import PreTrainedTokenizerFast\n"
+    "vocab = {f'w{i}': i for i in range(100)} | {'[UNK]': 100}\n"
+    "tk = Tokenizer(models.WordLevel(vocab, unk_token='[UNK]'))\n"
+    "tk.pre_tokenizer = pre_tokenizers.Whitespace()\n"
+    "words = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token='[UNK]', pad_token='[UNK]')\n"
+    "s2s = aw.capture(tiny_model('t5'), words, 'w1 w2 w3 w4 w5 w6 w7 w8 w9 w10', target='w3 w8 w9')\n"
+    "ws = aw.AttentionWidget(s2s)\nws",
+    "print('BLOCK', ws.block, json.dumps(ws.trace.source_tokens.text))",
 ]
 
 
@@ -207,3 +221,17 @@ def test_a_prompt_with_html_is_shown_as_text_and_runs_no_script(nb):
     assert nb.page.events["dialogs"] == []
     assert nb.page.events["page_errors"] == []
     assert [e for e in nb.page.events["console_errors"] if "attn_widget" in e or "onerror" in e] == []
+
+
+def test_the_attention_menu_shows_cross_attention_of_an_encoder_decoder_model(nb):
+    nb.run(10)
+    root = nb.widget(10)
+    assert root.locator(".aw-block").input_value() == "decoder"
+    root.locator(".aw-block").select_option("cross")
+    expect(root.locator(".aw-title")).to_contain_text("decoder tokens (queries) →", timeout=30_000)
+    wait_shown(nb, root, "head/0/0:linear")
+    out = nb.run(11)
+    assert "BLOCK cross" in out, out
+    hover = hover_heatmap(nb.page, root, fx=0.6, fy=0.7)
+    sources = json.loads(out.split("BLOCK cross", 1)[1].strip())
+    assert hover["key"] == displayed(sources[hover["k"]]), (hover, sources)

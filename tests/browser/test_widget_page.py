@@ -169,3 +169,53 @@ def test_token_text_is_never_html(show):
     page.locator('.aw-token[data-pos="0"]').hover()
     expect(page.locator(".aw-readout")).to_contain_text('token 0 "<img src=x onerror=alert(1)>"')
     assert page.events["dialogs"] == [] and page.events["page_errors"] == []
+
+
+def seq2seq_trace(n_src=12, n_dec=5, seed=0):
+    """An encoder-decoder trace: source tokens " s0"…, decoder tokens " d0"…"""
+    from attn_widget.trace import AttentionBlock, TokenTable
+
+    rng = np.random.default_rng(seed)
+
+    def rows(q, k, causal=False):
+        a = rng.random((2, 3, q, k)) ** 4
+        if causal:
+            a = np.tril(a)
+        return (a / a.sum(-1, keepdims=True)).astype(np.float16)
+
+    dec = rows(n_dec, n_dec, causal=True)
+    idx = np.tril_indices(n_dec)
+    blocks = {
+        "encoder": AttentionBlock("encoder", False, (0, 1), (0, 1, 2), rows(n_src, n_src),
+                                  "source_tokens", "source_tokens"),
+        "decoder": AttentionBlock("decoder", True, (0, 1), (0, 1, 2), dec[..., idx[0], idx[1]]),
+        "cross": AttentionBlock("cross", False, (0, 1), (0, 1, 2), rows(n_dec, n_src), "tokens",
+                                "source_tokens"),
+    }
+    table = lambda words: TokenTable(list(range(len(words))), words, words)  # noqa: E731
+    return AttentionTrace(table([f" d{i}" for i in range(n_dec)]), blocks,
+                          {"source": (0, n_src), "target": (0, n_dec)},
+                          {"name": "tiny-seq2seq", "architecture": "encoder-decoder"},
+                          source_tokens=table([f" s{i}" for i in range(n_src)]))
+
+
+def test_cross_attention_labels_keys_with_encoder_tokens_and_queries_with_decoder_tokens(show):
+    from browser_support import hover_heatmap
+
+    page = show(AttentionWidget(seq2seq_trace(), block="cross", layer=1, head=2))
+    options = page.locator(".aw-block option").all_inner_texts()
+    assert options == ["encoder self-attention", "decoder self-attention",
+                       "cross-attention (decoder → encoder)"]
+    assert page.locator(".aw-block").input_value() == "cross"
+    expect(page.locator(".aw-title")).to_contain_text("5 decoder tokens (queries) → 12 encoder tokens (keys)")
+    root = page.locator(".aw-root")
+    hover = hover_heatmap(page, root, fx=0.65, fy=0.7)
+    text = page.locator(".aw-tooltip").inner_text()
+    m = re.search(r"query (\d+) \"␣d(\d+)\" → key (\d+) \"␣s(\d+)\"", text)
+    assert m, text
+    assert m.group(1) == m.group(2) and m.group(3) == m.group(4)
+    assert int(m.group(3)) > 5, f"keys run over the 12 encoder tokens: {text} ({hover})"
+    # Choosing another block asks the kernel (here: records the trait change).
+    page.select_option(".aw-block", "encoder")
+    assert page.evaluate("window.model.get('block')") == "encoder"
+    page.wait_for_function("window.saved > 0")
