@@ -4,10 +4,12 @@
 // speed. Same output as colour.js's poolColour, which it falls back to without WebAssembly.
 
 import { POOL_WASM } from "../gen/pool_wasm.js";
-import { pixelGrid, poolColour } from "./colour.js";
+import { pixelGrid, poolColour, poolSection } from "./colour.js";
+import { F16 } from "./payload.js";
 
 const LUT = 0; // 65536 uint32 colours
-const ACC = 65536 * 4;
+const IDENTITY = 65536 * 4; // 65536 uint32: pattern → itself (hfold then yields maxima, not colours)
+const ACC = 2 * 65536 * 4;
 const EMPTY = 0x8000; // -32768 as int16: below every pattern the pooling compares
 const align16 = (n) => Math.ceil(n / 16) * 16;
 
@@ -20,6 +22,8 @@ export function wasmEngine() {
     const bytes = Uint8Array.from(atob(POOL_WASM), (c) => c.charCodeAt(0));
     if (typeof WebAssembly !== "object" || !WebAssembly.validate(bytes)) throw new Error("no SIMD");
     const { exports } = new WebAssembly.Instance(new WebAssembly.Module(bytes), {});
+    exports.memory.grow(Math.ceil((ACC + 65536) / 65536));
+    new Uint32Array(exports.memory.buffer).set(Uint32Array.from({ length: 65536 }, (_, i) => i), IDENTITY / 4);
     engine = { exports, colours: null };
   } catch {
     engine = null;
@@ -85,4 +89,54 @@ export function poolColourFast(section, region, maxPixels, colours) {
     if (width > 0) hfold(ACC, width, block, LUT, out);
   }
   return { rgba: heap32.slice(OUT / 4, OUT / 4 + w * h), w, h, block };
+}
+
+/**
+ * The row-relative scale: {values, w, h, block} as colour.js's poolSection(..., relative=true)
+ * gives them (each query row divided by its own max over all its keys, then the block max),
+ * with the row maxima and the per-row block maxima folded in WebAssembly.
+ */
+export function poolRelativeFast(section, region, maxPixels) {
+  const e = wasmEngine();
+  if (!e) return poolSection(section, region, maxPixels, true);
+  const { block, w, h } = pixelGrid(region, maxPixels);
+  const tril = section.layout === "tril";
+  const nk = tril ? section.shape[0] : section.shape[1];
+  const { q0, q1, k0, k1 } = region;
+  const TMP = ACC; // row max, then one row's block maxima (as uint32 patterns)
+  const SCRATCH = TMP + align16((w + 1) * 4);
+  const need = SCRATCH + align16(block * (nk + block) * 2);
+  const memory = e.exports.memory;
+  if (memory.buffer.byteLength < need) {
+    memory.grow(Math.ceil((need - memory.buffer.byteLength) / 65536));
+    e.colours = null;
+  }
+  const heap16 = new Uint16Array(memory.buffer);
+  const heap32 = new Uint32Array(memory.buffer);
+  const { hfold } = e.exports;
+  const data = section.data;
+  const values = new Float32Array(w * h).fill(NaN);
+  const rowStart = (q) => (tril ? (q * (q + 1)) >>> 1 : q * nk);
+  for (let r = 0; r < h; r++) {
+    const qa = q0 + r * block;
+    const qb = Math.min(q1, qa + block);
+    const c0 = rowStart(qa);
+    heap16.set(data.subarray(c0, rowStart(qb)), SCRATCH / 2);
+    const o = r * w;
+    for (let q = qa; q < qb; q++) {
+      const start = SCRATCH + (rowStart(q) - c0) * 2;
+      const length = tril ? q + 1 : nk;
+      const n = Math.min(k1, length) - k0;
+      if (n <= 0) continue;
+      hfold(start, length, length, IDENTITY, TMP); // the row's max over all its keys
+      const rowMax = F16[heap32[TMP / 4]];
+      const inv = rowMax > 0 ? 1 / rowMax : 0;
+      hfold(start + k0 * 2, n, block, IDENTITY, TMP);
+      for (let c = 0, m = Math.ceil(n / block); c < m; c++) {
+        const v = F16[heap32[TMP / 4 + c]] * inv;
+        if (!(values[o + c] >= v)) values[o + c] = v;
+      }
+    }
+  }
+  return { values, w, h, block };
 }

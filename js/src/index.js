@@ -2,8 +2,8 @@
 
 import css from "./style.css";
 import { loadBokeh } from "./bokeh.js";
-import { LOG_LOW, bitsLUT, colorize, paletteLUT, poolDiff, poolSection, scaleMapping } from "./colour.js";
-import { poolColourFast, wasmEngine } from "./fastpool.js";
+import { LOG_LOW, bitsLUT, colorize, paletteLUT, poolDiff, scaleMapping } from "./colour.js";
+import { poolColourFast, poolRelativeFast, wasmEngine } from "./fastpool.js";
 import { asBytes, column, decodeHeader, decodePayload, matrixShape, row, valueAt } from "./payload.js";
 import { ImageCache, SectionStore, matrixKey, neighbourKeys } from "./store.js";
 import { axisTicks, quoted, tokenLabel } from "./tokens.js";
@@ -617,7 +617,7 @@ class AttentionView {
       pooled = poolDiff(secs[0], secs[1], region, maxPixels);
       mapping = scaleMapping("diff", pooled.max);
     } else if (scale === "row") {
-      pooled = poolSection(secs[p.source], region, maxPixels, true);
+      pooled = poolRelativeFast(secs[p.source], region, maxPixels);
       mapping = scaleMapping(scale);
     } else {
       mapping = scaleMapping(scale);
@@ -662,7 +662,7 @@ class AttentionView {
         const secs = this.sources.map((_, i) => this.store.get(i, key));
         if (!secs.every(Boolean)) continue;
         const cells = Math.max(...secs.map((s) => matrixShape(s)[0] * matrixShape(s)[1]));
-        if (cells > (wasmEngine() && scale !== "row" ? 4096 * 4096 : 2048 * 2048)) continue;
+        if (cells > (wasmEngine() ? 4096 * 4096 : 2048 * 2048)) continue;
         for (const p of this.panels) this.imageFor(p, key, secs, scale);
       }
       if (todo.length) idle(step, { timeout: 1000 });

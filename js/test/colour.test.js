@@ -205,3 +205,20 @@ test("WebAssembly pooling survives a memory grow and a change of colours between
     assert.deepEqual(poolColourFast(sec, region(t), 64, table).rgba, want.rgba, `${t}, ${mapping}`);
   }
 });
+
+test("WebAssembly row-relative pooling equals the JavaScript one", async () => {
+  const { poolRelativeFast } = await import("../src/fastpool.js");
+  for (const [name, t, region, maxPixels] of CASES) {
+    const sec = causalSection(randomCausal(t), t);
+    const want = poolSection(sec, region, maxPixels, true);
+    const got = poolRelativeFast(sec, region, maxPixels);
+    assert.deepEqual([got.w, got.h, got.block], [want.w, want.h, want.block], name);
+    assert.deepEqual(got.values, want.values, name);
+  }
+  const dense = Array.from({ length: 13 * 29 }, (_, i) => ((i * 7919) % 101) / 100);
+  const sec = denseSection(dense, 13, 29);
+  for (const maxPixels of [100, 5]) {
+    const region = { q0: 1, q1: 13, k0: 3, k1: 29 };
+    assert.deepEqual(poolRelativeFast(sec, region, maxPixels).values, poolSection(sec, region, maxPixels, true).values);
+  }
+});
