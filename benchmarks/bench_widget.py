@@ -5,7 +5,7 @@
   the frame after it. Alternating clicks mostly revisit heads whose coloured image the widget
   keeps (cache hits); a sweep visiting each of 16 heads of a 1000² trace once shows the moves
   to heads never shown before (their images are pre-rendered while the page is idle; not
-  1024²: two widgets of one size share Bokeh model ids, which trips up `Bokeh.index`);
+  1024²);
 - first paint of a 1024-token SmolLM2 widget, from pressing Ctrl+Enter on the cell to the
   heatmap's first paint, on a fresh page (BokehJS not loaded yet) and, once that widget has
   settled, for a second widget of the same trace;
@@ -48,7 +48,7 @@ HOOK_JS = """
   // Time from the input event's own timestamp (when the browser received the click) to the end
   // of the heatmap's next Bokeh canvas paint, and to the next frame after that paint.
   const root = document.querySelectorAll('.aw-root')[rootIndex];
-  const view = Object.values(Bokeh.index).find((v) => v.model.name === 'heatmap' && root.contains(v.el));
+  const view = root.awHeatmapViews()[0];
   const paint = view.paint.bind(view);
   const results = (window.__awBench = { toPaint: [], toFrame: [], shown: [], cache: [] });
   let t0 = null;

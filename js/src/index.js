@@ -589,6 +589,7 @@ class AttentionView {
     }
     const shown = `${this.currentKey()}:${scale}`;
     this.root.dataset.shown = shown;
+    this.root.awHeatmapViews ??= () => this.panels.map((p) => p.view); // benchmarks hook paints
     this.root.dataset.imageCache = cached ? "hit" : "miss"; // for benchmarks and tests
     this.paints = (this.paints ?? 0) + 1;
     this.root.dataset.paints = this.paints;
