@@ -49,6 +49,7 @@ class AttentionView {
     this.disposers = [];
     this.hover = null; // {q, k} or {token}
     this.shadeDirection = "from";
+    this.shadeSource = 0; // compare: whose attention shades the strip
     this.metric = null;
     this.images = new ImageCache(IMAGE_CACHE_BYTES);
     this.unsaved = new Map(); // traits set here and not yet sent to the kernel
@@ -199,7 +200,7 @@ class AttentionView {
     this.promptLen = p1;
     this.generated = generated;
     const name = this.compare
-      ? this.sources.map((s) => `${s.label}: ${s.model.name} · ${s.tokens.text.length} tokens`).join("   ")
+      ? this.sources.map((s) => `${s.label}: ${s.model.name} · ${s.tokens.text.length} tokens`).join(" vs ")
       : this.cross
         ? `${src.model.name} · cross-attention: ${this.tokens.length} decoder tokens (queries) → ${this.keyTokens.length} encoder tokens (keys)`
         : `${src.model.name} · ${this.tokens.length} tokens (prompt ${p1 - p0}, generated ${generated[1] - generated[0]})`;
@@ -268,6 +269,7 @@ class AttentionView {
         h("span", { text: this.cross ? "Decoder tokens (the queries): hover to highlight a row, click to pin"
           : "Tokens: hover to shade by attention, click to pin" }),
         this.cross ? null : h("span", { class: "aw-dirs" }, dirFrom, dirTo),
+        this.shadeSourceButtons(),
         h("span", { class: "aw-legend" },
           h("span", { class: "aw-chip aw-prompt", text: "prompt" }),
           h("span", { class: "aw-chip aw-generated", text: "generated" }))),
@@ -282,7 +284,8 @@ class AttentionView {
       this.barsHost = h("div", { class: "aw-bars-host" });
       this.stepsBox.append(
         h("div", { class: "aw-section-title" },
-          h("span", { text: "Generation: the chosen output token's attention over earlier tokens" })),
+          h("span", { text: "Generation: the chosen output token's attention over earlier tokens" +
+            (this.compare ? ` (${this.sources[0].label} solid, ${this.sources[1].label} faded, side by side)` : "") })),
         h("div", { class: "aw-row" },
           h("button", { type: "button", class: "aw-prev", text: "◀", "aria-label": "previous step", onclick: move(-1) }),
           this.stepInput,
@@ -331,6 +334,27 @@ class AttentionView {
       promptArea,
       this.tooltip];
     this.root.replaceChildren(...parts.filter(Boolean));
+  }
+
+  /**
+   * Compare view of traces with the same tokens: buttons choosing whose attention shades the
+   * strip (A or B). With different tokens the strip shows A's and only A shades it.
+   */
+  shadeSourceButtons() {
+    if (!this.compare) return null;
+    const [a, b] = this.sources;
+    const same = a.tokens.text.length === b.tokens.text.length && a.tokens.text.every((t, i) => t === b.tokens.text[i]);
+    if (!same) return h("span", { class: "aw-note", text: `(tokens of ${a.label})` });
+    const buttons = this.sources.map((src, i) => h("button", {
+      type: "button", class: `aw-dir aw-shade-source${i === this.shadeSource ? " aw-on" : ""}`, text: src.label,
+      title: `shade the tokens by ${src.label}'s attention`,
+    }));
+    buttons.forEach((btn, i) => btn.addEventListener("click", () => {
+      this.shadeSource = i;
+      buttons.forEach((x, j) => x.classList.toggle("aw-on", j === i));
+      this.updateHighlights();
+    }));
+    return h("span", { class: "aw-dirs" }, h("span", { class: "aw-note", text: "shade by " }), ...buttons);
   }
 
   panelSpecs() {
@@ -450,6 +474,7 @@ class AttentionView {
         plot: root.model, view: root, source: doc.get_model_by_name("bars_source"),
         ticker: doc.get_model_by_name("bars_x_ticker"), axis: doc.get_model_by_name("bars_x_axis"),
         xRange: doc.get_model_by_name("bars_x_range"),
+        glyph: root.model.renderers.find((r) => r.data_source?.name === "bars_source")?.glyph,
       };
     } else {
       this.bars = null;
@@ -808,9 +833,10 @@ class AttentionView {
 
   applyShade(pos) {
     const pinned = this.model.get("selected_token");
-    const sec = this.sections?.[0];
+    let sec = this.sections?.[0];
     let weights = null;
     if (pos !== null && pos !== undefined && sec && !this.cross) {
+      sec = this.sections[this.shadeSource] ?? sec;
       weights = this.shadeDirection === "from" ? row(sec, pos) : column(sec, pos);
       let max = 0;
       for (const w of weights) if (w > max) max = w;
@@ -858,16 +884,28 @@ class AttentionView {
       this.bars.source.data = { x: [], top: [], color: [] };
       return;
     }
-    const weights = row(this.sections[0], q);
+    // Compare: A's bar and B's (faded) side by side at each position both traces have.
+    const shown = this.compare ? [0, 1] : [0];
+    const width = shown.length > 1 ? 0.4 : 0.8;
+    if (this.bars.glyph && this.bars.width !== width) {
+      this.bars.glyph.width = width;
+      this.bars.width = width;
+    }
     const dark = this.dark;
     const x = [];
     const top = [];
     const color = [];
-    for (let k = 0; k <= q; k++) {
-      x.push(k + 0.5);
-      top.push(weights[k]);
-      const gen = k >= this.generated[0];
-      color.push(gen ? (dark ? COLOURS.generatedDark : COLOURS.generated) : (dark ? COLOURS.promptDark : COLOURS.prompt));
+    for (const i of shown) {
+      if (q >= matrixShape(this.sections[i])[0]) continue;
+      const weights = row(this.sections[i], q);
+      const offset = shown.length > 1 ? 0.3 + 0.4 * i : 0.5;
+      const alpha = i === 0 ? "" : "80";
+      for (let k = 0; k <= q && k < weights.length; k++) {
+        x.push(k + offset);
+        top.push(weights[k]);
+        const gen = k >= this.generated[0];
+        color.push((gen ? (dark ? COLOURS.generatedDark : COLOURS.generated) : (dark ? COLOURS.promptDark : COLOURS.prompt)) + alpha);
+      }
     }
     this.bars.source.data = { x, top, color };
     this.bars.xRange.setv({ start: 0, end: q + 1 });

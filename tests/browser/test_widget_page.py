@@ -219,3 +219,33 @@ def test_cross_attention_labels_keys_with_encoder_tokens_and_queries_with_decode
     page.select_option(".aw-block", "encoder")
     assert page.evaluate("window.model.get('block')") == "encoder"
     page.wait_for_function("window.saved > 0")
+
+
+def test_compare_of_the_same_text_shades_the_strip_by_a_or_b(show):
+    a, b = trace(seed=1), trace(seed=2)
+    page = show(compare_widget(a, b, layer=1, head=2))
+    buttons = page.locator(".aw-shade-source")
+    assert buttons.all_inner_texts() == ["A", "B"]
+    pos = 20
+
+    def shading():
+        page.locator(f'.aw-token[data-pos="{pos}"]').hover()
+        page.wait_for_timeout(100)
+        return page.evaluate("[...document.querySelectorAll('.aw-token')].map("
+                             "(s) => Number(s.style.getPropertyValue('--aw-w') || 0))")
+
+    def expected(t):
+        w = t.head(1, 2)[pos]
+        return list(np.round(np.nan_to_num(w / w.max()), 2))
+
+    assert shading() == pytest.approx(expected(a), abs=0.011)
+    buttons.nth(1).click()
+    assert shading() == pytest.approx(expected(b), abs=0.011)
+
+
+def test_compare_of_different_texts_shades_by_a_only(show):
+    a = trace(seed=1)
+    b = trace(seed=2, tokens=[f" v{i}" for i in range(30)])
+    page = show(compare_widget(a, b))
+    assert page.locator(".aw-shade-source").count() == 0
+    expect(page.locator(".aw-strip-box")).to_contain_text("(tokens of A)")
