@@ -128,32 +128,21 @@ class AttentionWidget(anywidget.AnyWidget):
                   prompt: str | None = None) -> None:
         """Show another trace in place (keeps layer/head/scale and the attention block when
         they still exist)."""
-        with self._swap:
-            keep = self.block if all(self.block in t.blocks for t in (trace, compare) if t) else None
-            self._set_traces(trace, compare, keep)
-            keep_head = self.head if self.head == MEAN or self.head in self._heads else None
-            layer, head = self._first_view(self.layer if self.layer in self._layers else None, keep_head)
-            payload, figures = self._encode(layer, head)
-        with self.hold_sync(), self.hold_trait_notifications():
-            self.set_trait("layer", layer)
-            self.set_trait("head", head)
-            self.step = 0 if self.trace.n_generated else -1
-            self.selected_token = -1
-            if prompt is not None:
-                self.prompt = prompt
-            self.set_trait("block", self._block)
-            self._blocks = self._block_names
-            self._figures = figures
-            self._payload = payload
+        keep = self.block if all(self.block in t.blocks for t in (trace, compare) if t) else None
+        self._show(trace, compare, keep, new_run=True, prompt=prompt)
 
     def _on_block(self, change) -> None:
         """Show another attention block of the same traces (encoder, decoder, cross)."""
         if change["new"] != self._block:
-            self._show_block(change["new"])
+            self._show(self._traces[0], self._traces[1] if len(self._traces) > 1 else None,
+                       change["new"], new_run=False)
 
-    def _show_block(self, name: str) -> None:
+    def _show(self, trace: AttentionTrace, compare: AttentionTrace | None, block: str | None, *,
+              new_run: bool, prompt: str | None = None) -> None:
+        """Encode and send the traces' ``block`` in place; layer and head stay where they exist.
+        ``new_run``: new traces (the generation step and the blocks offered start over)."""
         with self._swap:
-            self._set_traces(self._traces[0], self._traces[1] if len(self._traces) > 1 else None, name)
+            self._set_traces(trace, compare, block)
             keep_head = self.head if self.head == MEAN or self.head in self._heads else None
             layer, head = self._first_view(self.layer if self.layer in self._layers else None, keep_head)
             payload, figures = self._encode(layer, head)
@@ -161,6 +150,12 @@ class AttentionWidget(anywidget.AnyWidget):
             self.set_trait("layer", layer)
             self.set_trait("head", head)
             self.selected_token = -1
+            if new_run:
+                self.step = 0 if self.trace.n_generated else -1
+                self.set_trait("block", self._block)
+                self._blocks = self._block_names
+            if prompt is not None:
+                self.prompt = prompt
             self._figures = figures
             self._payload = payload
 

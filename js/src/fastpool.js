@@ -31,6 +31,16 @@ export function wasmEngine() {
   return engine;
 }
 
+/** Views of the module's memory, grown to at least `need` bytes first. */
+function heaps(e, need) {
+  const memory = e.exports.memory;
+  if (memory.buffer.byteLength < need) {
+    memory.grow(Math.ceil((need - memory.buffer.byteLength) / 65536));
+    e.colours = null; // a fresh buffer: upload the colours again
+  }
+  return { heap16: new Uint16Array(memory.buffer), heap32: new Uint32Array(memory.buffer) };
+}
+
 /** For tests: run without WebAssembly (false) or with it again (true). */
 export function useWasm(on) {
   engine = on ? undefined : null;
@@ -51,13 +61,7 @@ export function poolColourFast(section, region, maxPixels, colours) {
   const OUT = ACC + align16(span * 2);
   const SCRATCH = OUT + align16(w * h * 4);
   const need = SCRATCH + align16(block * (nk + block) * 2);
-  const memory = e.exports.memory;
-  if (memory.buffer.byteLength < need) {
-    memory.grow(Math.ceil((need - memory.buffer.byteLength) / 65536));
-    e.colours = null; // a fresh buffer: upload the colours again
-  }
-  const heap16 = new Uint16Array(memory.buffer);
-  const heap32 = new Uint32Array(memory.buffer);
+  const { heap16, heap32 } = heaps(e, need);
   if (e.colours !== colours) {
     heap32.set(colours, LUT / 4);
     e.colours = colours;
@@ -106,13 +110,7 @@ export function poolRelativeFast(section, region, maxPixels) {
   const TMP = ACC; // row max, then one row's block maxima (as uint32 patterns)
   const SCRATCH = TMP + align16((w + 1) * 4);
   const need = SCRATCH + align16(block * (nk + block) * 2);
-  const memory = e.exports.memory;
-  if (memory.buffer.byteLength < need) {
-    memory.grow(Math.ceil((need - memory.buffer.byteLength) / 65536));
-    e.colours = null;
-  }
-  const heap16 = new Uint16Array(memory.buffer);
-  const heap32 = new Uint32Array(memory.buffer);
+  const { heap16, heap32 } = heaps(e, need);
   const { hfold } = e.exports;
   const data = section.data;
   const values = new Float32Array(w * h).fill(NaN);
