@@ -246,7 +246,7 @@ class AttentionView {
     this.gridMetric = h("select", { class: "aw-grid-metric", "aria-label": "grid badge" });
     this.gridMetric.addEventListener("change", () => {
       this.metric = this.gridMetric.value;
-      this.drawGrid();
+      this.updateBadges();
     });
     this.grid = h("div", { class: "aw-grid" });
     const gridBox = h("div", { class: "aw-grid-box" },
@@ -932,11 +932,9 @@ class AttentionView {
       this.gridMetric.value = this.metric;
     }
     const [nL, nH, r, c] = thumbs.shape;
-    const metric = this.metric ? this.store.get(0, `metric/${this.metric}`) : null;
     const causal = this.sources[0].causal;
     const table = h("div", { class: "aw-grid-table", style: `grid-template-columns: auto repeat(${nH}, auto)` });
     table.append(h("span", { class: "aw-grid-corner", text: "L\\H" }), ...this.sources[0].heads.map((x) => h("span", { class: "aw-grid-head", text: `${x}` })));
-    const bg = this.dark ? [27, 29, 33, 255] : [255, 255, 255, 255];
     this.gridCells = new Map();
     for (let li = 0; li < nL; li++) {
       const layer = this.sources[0].layers[li];
@@ -949,19 +947,15 @@ class AttentionView {
         const px = new Uint32Array(img.data.buffer);
         const off = (li * nH + hi) * r * c;
         for (let y = 0; y < r; y++) {
-          for (let x = 0; x < c; x++) {
-            if (causal && x > y) {
-              const o = (y * c + x) * 4;
-              img.data.set(bg, o);
-            } else px[y * c + x] = this.lut[thumbs.data[off + y * c + x]];
-          }
+          // Above a causal diagonal: transparent (the cell's background, in either theme).
+          const end = causal ? Math.min(c, y + 1) : c;
+          for (let x = 0; x < end; x++) px[y * c + x] = this.lut[thumbs.data[off + y * c + x]];
         }
         ctx.putImageData(img, 0, 0);
-        const value = metric ? metric.data[li * nH + hi] : NaN;
+        const badge = h("span", { class: "aw-badge" });
         const cell = h("button", {
           type: "button", class: "aw-grid-cell", "data-layer": layer, "data-head": head,
-          title: `layer ${layer}, head ${head}${metric ? ` · ${this.metric} ${formatMetric(value)}` : ""}`,
-        }, canvas, metric ? h("span", { class: "aw-badge", text: formatMetric(value) }) : null);
+        }, canvas, badge);
         cell.addEventListener("click", () => {
           for (const [name, value] of [["layer", layer], ["head", head]]) {
             this.model.set(name, value);
@@ -969,20 +963,32 @@ class AttentionView {
           }
           this.saveAfterPaint();
         });
-        this.gridCells.set(`${layer}/${head}`, cell);
+        this.gridCells.set(`${layer}/${head}`, { cell, badge, index: li * nH + hi, layer, head });
         table.append(cell);
       }
     }
     this.grid.replaceChildren(table);
+    this.updateBadges();
     this.markGrid();
+  }
+
+  /** Badge texts and tooltips of the grid for the chosen metric (the thumbnails stay). */
+  updateBadges() {
+    if (!this.gridCells) return;
+    const metric = this.metric ? this.store.get(0, `metric/${this.metric}`) : null;
+    for (const { cell, badge, index, layer, head } of this.gridCells.values()) {
+      const value = metric ? formatMetric(metric.data[index]) : "";
+      badge.textContent = value;
+      badge.hidden = !metric;
+      cell.title = `layer ${layer}, head ${head}${metric ? ` · ${this.metric} ${value}` : ""}`;
+    }
   }
 
   markGrid() {
     if (!this.gridCells) return;
     const layer = this.model.get("layer");
     const head = this.model.get("head");
-    for (const [k, cell] of this.gridCells) {
-      const [l, x] = k.split("/").map(Number);
+    for (const { cell, layer: l, head: x } of this.gridCells.values()) {
       cell.classList.toggle("aw-current", l === layer && (x === head || head === MEAN));
     }
   }
@@ -1029,10 +1035,7 @@ class AttentionView {
     const c = THEME[dark ? "dark" : "light"];
     for (const p of this.panels ?? []) themePlot(p.doc, c);
     if (this.bars) themePlot(this.bars.plot.document, c);
-    if (changed && this.sections) {
-      this.updateBars();
-      this.drawGrid();
-    }
+    if (changed && this.sections) this.updateBars(); // thumbnails are theme-free (transparent above the diagonal)
   }
 }
 

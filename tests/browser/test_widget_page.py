@@ -249,3 +249,19 @@ def test_compare_of_different_texts_shades_by_a_only(show):
     page = show(compare_widget(a, b))
     assert page.locator(".aw-shade-source").count() == 0
     expect(page.locator(".aw-strip-box")).to_contain_text("(tokens of A)")
+
+
+def test_choosing_a_grid_badge_relabels_the_thumbnails_without_redrawing_them(show):
+    from attn_widget import analysis
+
+    t = trace()
+    page = show(AttentionWidget(t))
+    cell = page.locator('.aw-grid-cell[data-layer="2"][data-head="3"]')
+    cell.locator("canvas").evaluate("(c) => { c.__kept = true; }")
+    page.select_option(".aw-grid-metric", "sink_score")
+    expected = analysis.head_scores(t).sink_score[2, 3]
+    expect(cell.locator(".aw-badge")).to_have_text(f"{expected:.2f}")
+    assert "sink_score" in cell.get_attribute("title")
+    assert cell.locator("canvas").evaluate("(c) => c.__kept === true")
+    page.select_option(".aw-grid-metric", "")
+    expect(cell.locator(".aw-badge")).to_be_hidden()
