@@ -21,6 +21,7 @@ layer mean) before it paints; each other head is decoded when the view first ask
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import json
 import os
@@ -534,14 +535,16 @@ class StaticSnapshot:
 def _snapshot_widget(source, layers: Sequence[int] | None, heads: HeadChoice):
     """A fresh widget for the chosen layers/heads that fetches every head, and the (layer, head)
     pairs to include, most important first."""
+    import traitlets
+
     from . import analysis
     from .trace import AttentionTrace
-    from .widget import MEAN, AttentionWidget
+    from .widget import MEAN, AttentionWidget, _block_view
 
     if isinstance(source, AttentionTrace):
         traces, view, labels = (source,), {}, ("A", "B")
     elif isinstance(source, AttentionWidget):
-        traces = source.traces
+        traces = tuple(_block_view(t, source.block) for t in source.traces)  # the block it shows
         view = {name: getattr(source, name) for name in ("layer", "head", "scale", "theme")}
         labels = tuple(s["label"] for s in _payload_header(source._payload)["sources"])
     else:
@@ -570,9 +573,10 @@ def _snapshot_widget(source, layers: Sequence[int] | None, heads: HeadChoice):
         candidates.insert(0, (layer, head))
     widget = AttentionWidget(traces[0], compare=traces[1] if len(traces) > 1 else None, labels=labels,
                              layer=layer, head=head, scale=view.get("scale", "linear"),
-                             theme=view.get("theme", "auto"), send_all_below=0)
+                             theme=view.get("theme", "auto"), send_all_below=0, push_bokeh=False)
     if isinstance(source, AttentionWidget):
-        widget.step, widget.selected_token = source.step, source.selected_token
+        with contextlib.suppress(traitlets.TraitError):  # both hold when the block has the steps
+            widget.step, widget.selected_token = source.step, source.selected_token
     return widget, candidates
 
 

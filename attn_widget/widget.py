@@ -65,6 +65,12 @@ class AttentionWidget(anywidget.AnyWidget):
     run : callable, optional
         ``run(prompt) -> AttentionTrace``: shows the prompt box and re-runs from it (used by
         :class:`~attn_widget.session.AttentionSession`).
+    block : str, optional
+        Attention block shown first (``"encoder"``, ``"decoder"``, ``"cross"`` for
+        encoder-decoder traces); the view offers a menu of the trace's blocks.
+    push_bokeh : bool
+        Send BokehJS along if this is the process's first widget (saves the page a request);
+        False for widgets that are never displayed.
 
     Attributes
     ----------
@@ -95,7 +101,7 @@ class AttentionWidget(anywidget.AnyWidget):
                  theme: str = "auto", labels: Sequence[str] = ("A", "B"),
                  send_all_below: int = 8 * 2**20,
                  run: Callable[[str], AttentionTrace] | None = None, prompt: str = "",
-                 block: str | None = None, **kwargs: Any):
+                 block: str | None = None, push_bokeh: bool = True, **kwargs: Any):
         self._labels = tuple(labels)
         self._send_all_below = int(send_all_below)
         self._run = run
@@ -110,7 +116,7 @@ class AttentionWidget(anywidget.AnyWidget):
                          step=0 if self.trace.n_generated else -1, prompt=prompt,
                          block=self._block, _blocks=self._block_names,
                          _live=run is not None, _payload=payload, _figures=figures,
-                         _bokeh_js=_bokeh_once(), **kwargs)
+                         _bokeh_js=_bokeh_once() if push_bokeh else b"", **kwargs)
         self.on_msg(_on_message)
         self.observe(self._on_block, names="block")
 
