@@ -284,7 +284,7 @@ class AttentionView {
       this.barsHost = h("div", { class: "aw-bars-host" });
       this.stepsBox.append(
         h("div", { class: "aw-section-title" },
-          h("span", { text: "Generation: the chosen output token's attention over earlier tokens" +
+          h("span", { text: `Generation: the chosen output token's attention over ${this.cross ? "the encoder's tokens" : "earlier tokens"}` +
             (this.compare ? ` (${this.sources[0].label} solid, ${this.sources[1].label} faded, side by side)` : "") })),
         h("div", { class: "aw-row" },
           h("button", { type: "button", class: "aw-prev", text: "◀", "aria-label": "previous step", onclick: move(-1) }),
@@ -871,7 +871,7 @@ class AttentionView {
       ? `step ${t}: output ${quoted(this.tokens[out])} (position ${out}), produced by query ${q} ${quoted(this.tokens[q])}`
       : `step ${t}: output ${quoted(this.tokens[out])} has no earlier token to attend from`;
     for (const p of this.panels) {
-      setChanged(p.boxes.step_row, q >= 0 ? { visible: true, left: 0, right: this.tokens.length, top: q, bottom: q + 1 } : { visible: false });
+      setChanged(p.boxes.step_row, q >= 0 ? { visible: true, left: 0, right: this.keyTokens.length, top: q, bottom: q + 1 } : { visible: false });
     }
     this.updateBars();
   }
@@ -895,22 +895,24 @@ class AttentionView {
     const x = [];
     const top = [];
     const color = [];
+    // Cross-attention: the output token's query row runs over every encoder token (the source).
+    const nKeys = this.cross ? this.keyTokens.length : q + 1;
     for (const i of shown) {
       if (q >= matrixShape(this.sections[i])[0]) continue;
       const weights = row(this.sections[i], q);
       const offset = shown.length > 1 ? 0.3 + 0.4 * i : 0.5;
       const alpha = i === 0 ? "" : "80";
-      for (let k = 0; k <= q && k < weights.length; k++) {
+      for (let k = 0; k < nKeys && k < weights.length; k++) {
         x.push(k + offset);
         top.push(weights[k]);
-        const gen = k >= this.generated[0];
+        const gen = !this.cross && k >= this.generated[0];
         color.push((gen ? (dark ? COLOURS.generatedDark : COLOURS.generated) : (dark ? COLOURS.promptDark : COLOURS.prompt)) + alpha);
       }
     }
     this.bars.source.data = { x, top, color };
-    this.bars.xRange.setv({ start: 0, end: q + 1 });
+    this.bars.xRange.setv({ start: 0, end: nKeys });
     const frame = this.bars.view.frame?.bbox;
-    const { ticks, labels } = axisTicks(0, q + 1, this.tokens, frame ? frame.width : 600);
+    const { ticks, labels } = axisTicks(0, nKeys, this.keyTokens, frame ? frame.width : 600);
     this.bars.ticker.ticks = ticks;
     this.bars.axis.major_label_overrides = labels;
   }
