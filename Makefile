@@ -34,7 +34,7 @@ demo: setup
 		--prompt "$(FRANCE)" --out france.html
 
 lint: setup-test
-	$(BIN)/ruff check attn_widget tests benchmarks
+	$(BIN)/ruff check attn_widget tests benchmarks notebooks
 
 test: setup-test lint
 	cd js && npm test --silent
