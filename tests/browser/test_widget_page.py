@@ -171,7 +171,7 @@ def test_token_text_is_never_html(show):
     assert page.events["dialogs"] == [] and page.events["page_errors"] == []
 
 
-def seq2seq_trace(n_src=12, n_dec=5, seed=0):
+def seq2seq_trace(n_src=12, n_dec=5, seed=0, generated=False):
     """An encoder-decoder trace: source tokens " s0"…, decoder tokens " d0"…"""
     from attn_widget.trace import AttentionBlock, TokenTable
 
@@ -193,8 +193,8 @@ def seq2seq_trace(n_src=12, n_dec=5, seed=0):
                                 "source_tokens"),
     }
     table = lambda words: TokenTable(list(range(len(words))), words, words)  # noqa: E731
-    return AttentionTrace(table([f" d{i}" for i in range(n_dec)]), blocks,
-                          {"source": (0, n_src), "target": (0, n_dec)},
+    spans = {"source": (0, n_src), "target": (0, n_dec)} | ({"generated": (1, n_dec)} if generated else {})
+    return AttentionTrace(table([f" d{i}" for i in range(n_dec)]), blocks, spans,
                           {"name": "tiny-seq2seq", "architecture": "encoder-decoder"},
                           source_tokens=table([f" s{i}" for i in range(n_src)]))
 
@@ -265,3 +265,12 @@ def test_choosing_a_grid_badge_relabels_the_thumbnails_without_redrawing_them(sh
     assert cell.locator("canvas").evaluate("(c) => c.__kept === true")
     page.select_option(".aw-grid-metric", "")
     expect(cell.locator(".aw-badge")).to_be_hidden()
+
+
+def test_the_cross_attention_scrubber_shows_the_output_token_over_the_encoder_tokens(show):
+    page = show(AttentionWidget(seq2seq_trace(generated=True), block="cross"))
+    expect(page.locator(".aw-steps")).to_contain_text("attention over the encoder's tokens")
+    page.locator(".aw-next").click()
+    expect(page.locator(".aw-step-label")).to_contain_text(
+        'step 1: output "␣d2" (position 2), produced by query 1')
+    assert page.evaluate("window.model.get('step')") == 1
