@@ -134,7 +134,8 @@ class AttentionWidget(anywidget.AnyWidget):
                   prompt: str | None = None) -> None:
         """Show another trace in place (keeps layer/head/scale and the attention block when
         they still exist)."""
-        keep = self.block if all(self.block in t.blocks for t in (trace, compare) if t) else None
+        keep = self.block if all(self.block in getattr(t, "blocks", ()) for t in (trace, compare)
+                                 if t is not None) else None
         self._show(trace, compare, keep, new_run=True, prompt=prompt)
 
     def _on_block(self, change) -> None:

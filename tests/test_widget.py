@@ -228,6 +228,11 @@ def test_compare_of_traces_with_nothing_in_common_is_refused():
 def test_widget_refuses_what_is_not_a_trace():
     with pytest.raises(TypeError, match="trace must be an AttentionTrace; got ndarray"):
         AttentionWidget(np.zeros((1, 1, 2, 2)))
+    w = AttentionWidget(random_trace())
+    before = w._payload
+    with pytest.raises(TypeError, match="trace must be an AttentionTrace; got ndarray"):
+        w.set_trace(np.zeros((1, 1, 2, 2)))
+    assert w._payload == before
 
 
 def test_figure_skeletons_name_the_models_the_front_end_drives():
