@@ -31,14 +31,21 @@ export function wasmEngine() {
   return engine;
 }
 
-/** Views of the module's memory, grown to at least `need` bytes first. */
+/**
+ * Views of the module's memory, grown to at least `need` bytes first (growing keeps the contents,
+ * colour tables included; only the old views are detached).
+ */
 function heaps(e, need) {
   const memory = e.exports.memory;
-  if (memory.buffer.byteLength < need) {
-    memory.grow(Math.ceil((need - memory.buffer.byteLength) / 65536));
-    e.colours = null; // a fresh buffer: upload the colours again
-  }
+  if (memory.buffer.byteLength < need) memory.grow(Math.ceil((need - memory.buffer.byteLength) / 65536));
   return { heap16: new Uint16Array(memory.buffer), heap32: new Uint32Array(memory.buffer) };
+}
+
+/** Where each query row of a float16 section starts and how many keys it has (packed or dense). */
+function rowsOf(section) {
+  const tril = section.layout === "tril";
+  const nk = tril ? section.shape[0] : section.shape[1];
+  return { nk, start: (q) => (tril ? (q * (q + 1)) >>> 1 : q * nk), length: (q) => (tril ? q + 1 : nk) };
 }
 
 /** For tests: run without WebAssembly (false) or with it again (true). */
@@ -54,8 +61,7 @@ export function poolColourFast(section, region, maxPixels, colours) {
   const e = wasmEngine();
   if (!e) return poolColour(section, region, maxPixels, colours);
   const { block, w, h } = pixelGrid(region, maxPixels);
-  const tril = section.layout === "tril";
-  const nk = tril ? section.shape[0] : section.shape[1];
+  const { nk, start: rowStart, length } = rowsOf(section);
   const { q0, q1, k0, k1 } = region;
   const span = Math.max(0, k1 - k0);
   const OUT = ACC + align16(span * 2);
@@ -69,8 +75,7 @@ export function poolColourFast(section, region, maxPixels, colours) {
   heap32.fill(0, OUT / 4, OUT / 4 + w * h);
   const { vmax, hfold, colour } = e.exports;
   const data = section.data;
-  const rowStart = (q) => (tril ? (q * (q + 1)) >>> 1 : q * nk);
-  const rowEnd = (q) => Math.min(k1, tril ? q + 1 : nk); // keys of row q inside the region
+  const rowEnd = (q) => Math.min(k1, length(q)); // keys of row q inside the region
   for (let r = 0; r < h; r++) {
     const qa = q0 + r * block;
     const qb = Math.min(q1, qa + block);
@@ -104,8 +109,7 @@ export function poolRelativeFast(section, region, maxPixels) {
   const e = wasmEngine();
   if (!e) return poolSection(section, region, maxPixels, true);
   const { block, w, h } = pixelGrid(region, maxPixels);
-  const tril = section.layout === "tril";
-  const nk = tril ? section.shape[0] : section.shape[1];
+  const { nk, start: rowStart, length: rowLength } = rowsOf(section);
   const { q0, q1, k0, k1 } = region;
   const TMP = ACC; // row max, then one row's block maxima (as uint32 patterns)
   const SCRATCH = TMP + align16((w + 1) * 4);
@@ -114,7 +118,6 @@ export function poolRelativeFast(section, region, maxPixels) {
   const { hfold } = e.exports;
   const data = section.data;
   const values = new Float32Array(w * h).fill(NaN);
-  const rowStart = (q) => (tril ? (q * (q + 1)) >>> 1 : q * nk);
   for (let r = 0; r < h; r++) {
     const qa = q0 + r * block;
     const qb = Math.min(q1, qa + block);
@@ -123,7 +126,7 @@ export function poolRelativeFast(section, region, maxPixels) {
     const o = r * w;
     for (let q = qa; q < qb; q++) {
       const start = SCRATCH + (rowStart(q) - c0) * 2;
-      const length = tril ? q + 1 : nk;
+      const length = rowLength(q);
       const n = Math.min(k1, length) - k0;
       if (n <= 0) continue;
       hfold(start, length, length, IDENTITY, TMP); // the row's max over all its keys
