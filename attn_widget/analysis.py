@@ -43,7 +43,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .trace import AttentionBlock, AttentionTrace, TokenTable, _check_index, _ranges, tril_flat_index
+from .geometry import tril_flat_index
+from .selection import check_index as _check_index
+from .selection import format_ranges as _ranges
+from .trace import AttentionBlock, AttentionTrace, TokenTable
 
 Indices = int | Sequence[int] | None  # model layer or head indices; None = every captured one
 
@@ -835,7 +838,7 @@ def trace_influence(trace: AttentionTrace, output_position: int, *, layers: Indi
     if rollout:
         roll = attention_rollout(trace, end_layer=max(lsel), positions=[q], block=b.name)[0]
         roll_hits = _where(roll > threshold)
-    return Influence(q, trace._sequence(b.queries).display[q], lsel, hsel, float(threshold), attention,
+    return Influence(q, trace.sequence(b.queries).display[q], lsel, hsel, float(threshold), attention,
                      hits, [float(attention[p]) for p in hits], roll, roll_hits,
                      [float(roll[p]) for p in roll_hits] if roll is not None else [], keys)
 
@@ -868,8 +871,8 @@ def compare_attention(trace_1: AttentionTrace, trace_2: AttentionTrace, *, layer
     heads = _captured_in_both(b1.heads, b2.heads, "heads") if heads is None else heads
     li1, hi1, lsel, hsel = _select(trace_1, b1, layers, heads)
     li2, hi2, _, _ = _select(trace_2, b2, lsel, hsel)
-    qal = _align(trace_1._sequence(b1.queries), trace_2._sequence(b2.queries))
-    kal = qal if b1.keys == b1.queries else _align(trace_1._sequence(b1.keys), trace_2._sequence(b2.keys))
+    qal = _align(trace_1.sequence(b1.queries), trace_2.sequence(b2.queries))
+    kal = qal if b1.keys == b1.queries else _align(trace_1.sequence(b1.keys), trace_2.sequence(b2.keys))
     if not len(qal.pairs) or not len(kal.pairs):
         raise ValueError("the two traces have no tokens in common to compare")
     # the aligned (query, key) pairs a query can see, in (query, key) order; the alignment is
@@ -917,7 +920,7 @@ def induction_scores(trace: AttentionTrace, n: int, *, offset: int = 0, layers: 
     if b.queries != b.keys:
         raise ValueError(f"induction scores need self-attention; block {b.name!r} maps {b.queries} to "
                          f"{b.keys}")
-    tokens = trace._sequence(b.queries)
+    tokens = trace.sequence(b.queries)
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
         raise ValueError(f"n must be an integer ≥ 2 (the length of one copy); got {n!r}")
     if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or not \
@@ -1066,7 +1069,7 @@ def ignored_context(trace: AttentionTrace, output_position: int, context: str | 
                                  + f" near or like the context get more than its best token ({best:.3f})",
                                  [w[0] for w in wrong]))
     return IgnoredContextReport(
-        out_pos, q, trace._sequence(b.queries).display[out_pos], span, [table.display[p] for p in span],
+        out_pos, q, trace.sequence(b.queries).display[out_pos], span, [table.display[p] for p in span],
         lsel, hsel, mass_lh.mean(axis=1), np.asarray(hsel)[strongest],
         mass_lh[np.arange(len(lsel)), strongest], attention, mass, sinks,
         float(attention[sinks].sum()), share, uniform, rank, top, wrong, findings, thresholds)
@@ -1328,7 +1331,7 @@ def _model_indices(wanted, captured: tuple[int, ...], n_model, what: str) -> tup
 
 
 def _key_table(trace: AttentionTrace, b: AttentionBlock) -> TokenTable:
-    return trace._sequence(b.keys)
+    return trace.sequence(b.keys)
 
 
 def _span_positions(trace: AttentionTrace, b: AttentionBlock, span, occurrence: int, what: str) -> list[int]:

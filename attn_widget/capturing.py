@@ -23,9 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from .geometry import tril_offset
 from .models import ensure_eager
+from .selection import check_count, indices_below
 from .tokens import token_table
-from .trace import AttentionBlock, AttentionTrace, tril_offset
+from .trace import AttentionBlock, AttentionTrace
 
 log = logging.getLogger("attn_widget")
 
@@ -93,7 +95,7 @@ def _model_lock(model) -> threading.Lock:
 def _capture(model, tokenizer, prompt, *, max_new_tokens, layers, heads, chat, target,
              memory_budget, progress, **generate_kwargs) -> AttentionTrace:
     prompt_ids = _tokenize(tokenizer, prompt, chat)
-    max_new_tokens = _check_count(max_new_tokens, "max_new_tokens")
+    max_new_tokens = check_count(max_new_tokens, "max_new_tokens")
     ensure_eager(model)
     config = model.config
     enc_dec = bool(getattr(config, "is_encoder_decoder", False))
@@ -116,8 +118,8 @@ def _capture(model, tokenizer, prompt, *, max_new_tokens, layers, heads, chat, t
     kinds = {}
     for kind, mods in modules.items():
         n_heads = _n_heads(config, kind)
-        kinds[kind] = (_select(layers, len(mods), "layers", kind),
-                       _select(heads, n_heads, "heads", kind), n_heads)
+        kinds[kind] = (indices_below(layers, len(mods), "layers", kind),
+                       indices_below(heads, n_heads, "heads", kind), n_heads)
 
     device = next(model.parameters()).device
     prompt_ids = prompt_ids.to(device)
@@ -246,28 +248,6 @@ def _tokenize(tokenizer, prompt, chat: bool) -> torch.Tensor:
     if ids.shape[1] == 0:
         raise ValueError(f"prompt {prompt!r} tokenizes to no tokens")
     return ids
-
-
-def _check_count(n, what: str) -> int:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-        raise ValueError(f"{what} must be a non-negative integer; got {n!r}")
-    return int(n)
-
-
-def _select(wanted, n: int, what: str, kind: str) -> list[int]:
-    if wanted is None:
-        return list(range(n))
-    if isinstance(wanted, (int, np.integer)):
-        wanted = [wanted]
-    out = []
-    for x in wanted:
-        if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or not -n <= x < n:
-            raise ValueError(f"{what} must be integers in 0..{n - 1} (or -{n}..-1 from the end) for "
-                             f"this model's {kind} attention; got {x!r} in {list(wanted)!r}")
-        out.append(int(x) % n)
-    if not out:
-        raise ValueError(f"{what} is empty; pass None for all {n}, or some of 0..{n - 1}")
-    return sorted(set(out))
 
 
 def _n_heads(config, kind: str) -> int:

@@ -133,7 +133,7 @@ def _info(args: argparse.Namespace) -> int:
 def _summary(trace) -> str:
     """What a user checks first: the run, where attention pools (sinks), the strongest heads."""
     from . import analysis
-    from .trace import _ranges
+    from .selection import format_ranges
 
     b = trace.block()
     model = trace.model
@@ -144,7 +144,7 @@ def _summary(trace) -> str:
     lines = [f"model: {trace.model_name} ({trace.architecture}, {model.get('n_layers', '?')} layers × "
              f"{model.get('n_heads', '?')} heads)",
              f"tokens: {counts}",
-             f"captured: layers {_ranges(b.layers)}, heads {_ranges(b.heads)} ({b.name!r} block, "
+             f"captured: layers {format_ranges(b.layers)}, heads {format_ranges(b.heads)} ({b.name!r} block, "
              f"{'causal' if b.causal else 'bidirectional'})",
              f"text: {text[:100]!r}{'…' if len(text) > 100 else ''}"]
     if trace.n_generated:

@@ -23,7 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from .trace import AttentionBlock, AttentionTrace, _jsonable, _ranges
+from .selection import format_ranges
+from .storage import jsonable
+from .trace import AttentionBlock, AttentionTrace
 
 MAGIC = b"AWP1"
 PROTOCOL_VERSION = 1
@@ -198,19 +200,19 @@ def key_sections(trace: AttentionTrace, key: str, source: int = 0,
     except (IndexError, ValueError, TypeError) as e:
         raise FetchError(f"cannot send {key!r}: {e}") from None
     raise FetchError(f"cannot send {key!r}: key must be 'head/<layer>/<head>', 'mean/<layer>' or "
-                     f"'grid' with layers {_ranges(b.layers)} and heads {_ranges(b.heads)}")
+                     f"'grid' with layers {format_ranges(b.layers)} and heads {format_ranges(b.heads)}")
 
 
 # --------------------------------------------------------------------- whole payloads
 def source_header(trace: AttentionTrace, label: str) -> dict[str, Any]:
     """What the front end needs to know about one trace besides its numbers."""
     b = trace.block()
-    out = {"label": label, "model": _finite(_jsonable(trace.model)), "tokens": trace.tokens.to_json(),
+    out = {"label": label, "model": _finite(jsonable(trace.model)), "tokens": trace.tokens.to_json(),
            "spans": {k: list(v) for k, v in trace.spans.items()}, "block": b.name,
            "causal": b.causal, "n_queries": b.n_queries, "n_keys": b.n_keys,
            "layers": list(b.layers), "heads": list(b.heads)}
     if b.keys != b.queries:  # cross-attention: keys run over the other sequence
-        out["key_tokens"] = trace._sequence(b.keys).to_json()
+        out["key_tokens"] = trace.sequence(b.keys).to_json()
     return out
 
 

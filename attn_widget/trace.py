@@ -6,7 +6,8 @@ self-attention is stored as its packed lower triangle: row ``i`` holds keys ``0.
 rows are laid end to end, so row ``i`` starts at offset ``i * (i + 1) // 2``. That layout
 lets capture append one decode step as one contiguous slice.
 
-This module knows nothing of torch, widgets or browsers; it is plain numpy.
+This module knows nothing of torch, widgets or browsers; it is plain numpy. The packed
+layout lives in :mod:`attn_widget.geometry`, tokens in :mod:`attn_widget.tokens`.
 """
 
 from __future__ import annotations
@@ -15,14 +16,17 @@ import dataclasses
 import json
 import os
 import struct
-import tempfile
 import zlib
-from collections.abc import Iterator, Sequence
-from functools import lru_cache
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .geometry import n_from_packed, pack_causal, packed_rows, unpack_causal
+from .selection import Indices, check_index, format_ranges, model_indices, position_in
+from .storage import jsonable, write_atomically
+from .tokens import TokenTable
 
 FORMAT_NAME = "attn_widget.trace"
 FORMAT_VERSION = 1
@@ -33,89 +37,6 @@ _ALIGN = 64
 
 class TraceFormatError(ValueError):
     """A file is not a readable attn_widget trace (foreign, truncated, corrupted or newer)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Token:
-    """One token as the tokenizer means it.
-
-    ``raw`` is the tokenizer's own string (``Ġthe``, ``▁the``, ``##ing``); ``text`` the text it
-    adds to the full text (``" the"``; the tokens' texts join into the real text, so a token
-    holding only the first bytes of a character has ``text == ""``); ``display`` is what to
-    show for it, with bytes that are not complete UTF-8 written as ``\\xNN``. ``start``/``end``
-    are character offsets of ``text`` in the trace's full text.
-    """
-
-    id: int
-    raw: str
-    text: str
-    start: int
-    end: int
-    special: bool = False
-    display: str = ""
-
-
-class TokenTable(Sequence):
-    """The tokens of one sequence, indexable like a list of :class:`Token`."""
-
-    def __init__(self, ids: Sequence[int], raw: Sequence[str], text: Sequence[str],
-                 special: Sequence[bool] | None = None, display: Sequence[str] | None = None):
-        if not (len(ids) == len(raw) == len(text)):
-            raise ValueError(
-                f"ids, raw and text must have one entry per token; got {len(ids)}, {len(raw)}, "
-                f"{len(text)}")
-        self.ids = np.asarray(ids, dtype=np.int64)
-        self.raw = [str(r) for r in raw]
-        self.text = [str(t) for t in text]
-        self.special = [bool(s) for s in (special if special is not None else [False] * len(ids))]
-        self.display = [str(d) for d in display] if display is not None else list(self.text)
-        if len(self.special) != len(self.ids) or len(self.display) != len(self.ids):
-            raise ValueError("special and display must have one entry per token")
-        ends = np.cumsum([len(t) for t in self.text], dtype=np.int64)
-        self.offsets = np.stack([ends - [len(t) for t in self.text], ends], axis=1) if len(
-            self.text) else np.zeros((0, 2), dtype=np.int64)
-
-    @property
-    def full_text(self) -> str:
-        return "".join(self.text)
-
-    def __len__(self) -> int:
-        return len(self.raw)
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        i = _check_index(i, len(self), "token index")
-        return Token(int(self.ids[i]), self.raw[i], self.text[i], int(self.offsets[i, 0]),
-                     int(self.offsets[i, 1]), self.special[i], self.display[i])
-
-    def __iter__(self) -> Iterator[Token]:
-        return (self[i] for i in range(len(self)))
-
-    def find(self, substring: str, occurrence: int = 0) -> list[int]:
-        """Token positions covering the ``occurrence``-th match of ``substring`` in the text.
-
-        Raises ``ValueError`` naming the substring when it is not in the text.
-        """
-        text = self.full_text
-        start = -1
-        for _ in range(occurrence + 1):
-            start = text.find(substring, start + 1)
-            if start < 0:
-                raise ValueError(
-                    f"span {substring!r} not found in the text (occurrence {occurrence}); the "
-                    f"text is {text[:200]!r}{'…' if len(text) > 200 else ''}")
-        end = start + len(substring)
-        hits = np.nonzero((self.offsets[:, 0] < end) & (self.offsets[:, 1] > start))[0]
-        return [int(h) for h in hits]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"ids": self.ids.tolist(), "raw": self.raw, "text": self.text,
-                "special": self.special, "display": self.display}
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> TokenTable:
-        return cls(d["ids"], d["raw"], d["text"], d.get("special"), d.get("display"))
 
 
 @dataclasses.dataclass
@@ -140,37 +61,32 @@ class AttentionBlock:
 
     @property
     def n_queries(self) -> int:
-        return _n_from_packed(self.data.shape[-1]) if self.causal else self.data.shape[2]
+        return n_from_packed(self.data.shape[-1]) if self.causal else self.data.shape[2]
 
     @property
     def n_keys(self) -> int:
         return self.n_queries if self.causal else self.data.shape[3]
 
     def layer_pos(self, layer: int) -> int:
-        return _position(self.layers, layer, "layer", self.name)
+        return position_in(self.layers, layer, "layer", self.name)
 
     def head_pos(self, head: int) -> int:
-        return _position(self.heads, head, "head", self.name)
+        return position_in(self.heads, head, "head", self.name)
 
     def dense(self, li: int | slice | np.ndarray, hi: int | slice | np.ndarray) -> np.ndarray:
         """float32 dense (…, n_queries, n_keys) for positional indices into ``data``."""
         packed = self.data[li, hi]
-        if not self.causal:
-            return packed.astype(np.float32)
-        t = self.n_queries
-        out = np.zeros(packed.shape[:-1] + (t * t,), dtype=np.float32)
-        out[..., tril_flat_index(t)] = packed
-        return out.reshape(packed.shape[:-1] + (t, t))
+        return unpack_causal(packed, self.n_queries) if self.causal else packed.astype(np.float32)
 
     def rows(self, li, hi, start: int, stop: int) -> np.ndarray:
         """float32 (…, stop - start, n_keys) for query rows ``start:stop``; zeros above diagonal."""
         if not self.causal:
             return self.data[li, hi, ..., start:stop, :].astype(np.float32)
-        sel = self.data[li, hi]
-        out = np.zeros(sel.shape[:-1] + (stop - start, self.n_keys), dtype=np.float32)
-        for i in range(start, stop):  # each packed row is one contiguous slice
-            out[..., i - start, :i + 1] = sel[..., tril_offset(i):tril_offset(i + 1)]
-        return out
+        return packed_rows(self.data[li, hi], start, stop, self.n_keys)
+
+    def mean_of_heads(self, li: int) -> np.ndarray:
+        """float32 mean over the captured heads of ``data[li]``, in the stored layout."""
+        return self.data[li].astype(np.float32).mean(axis=0)
 
 
 class AttentionTrace:
@@ -210,7 +126,7 @@ class AttentionTrace:
         self.options = dict(options or {})
         for b in self.blocks.values():
             for axis, n in ((b.queries, b.n_queries), (b.keys, b.n_keys)):
-                seq = self._sequence(axis)
+                seq = self.sequence(axis)
                 if len(seq) != n:
                     raise ValueError(
                         f"block {b.name!r} has {n} positions on its {axis} axis but the trace has "
@@ -264,6 +180,37 @@ class AttentionTrace:
             raise KeyError(f"block must be one of {sorted(self.blocks)}; got {name!r}")
         return self.blocks[name]
 
+    def narrow(self, *, block: str | None = None, layers: Indices = None,
+               heads: Indices = None) -> AttentionTrace:
+        """This trace with one attention block, optionally only some of its layers and heads.
+
+        The block (default: :attr:`default_block`) becomes the trace's only block, over its own
+        query tokens: the encoder block of an encoder-decoder trace runs over ``source_tokens``,
+        which become the narrowed trace's ``tokens`` (with one ``input`` span). Cross-attention
+        keeps the decoder tokens as queries and ``source_tokens`` as keys. The arrays are shared
+        when every layer and head is kept (no copy).
+
+        >>> small = trace.narrow(layers=[0, 1], heads=[3])
+        >>> small.layers, small.heads
+        ((0, 1), (3,))
+        """
+        name = self.default_block if block is None else block
+        b = self.block(name)
+        if b.queries == "source_tokens":
+            tokens, spans = self.source_tokens, {"input": (0, len(self.source_tokens))}
+            b = dataclasses.replace(b, queries="tokens", keys="tokens" if b.keys == b.queries else b.keys)
+        else:
+            tokens, spans = self.tokens, dict(self.spans)
+        if layers is not None or heads is not None:
+            lsel = model_indices(layers, b.layers, self.model.get("n_layers"), "layers")
+            hsel = model_indices(heads, b.heads, self.model.get("n_heads"), "heads")
+            li = [b.layer_pos(x) for x in lsel]
+            hi = [b.head_pos(x) for x in hsel]
+            b = dataclasses.replace(b, layers=tuple(lsel), heads=tuple(hsel), data=b.data[np.ix_(li, hi)])
+        elif list(self.blocks) == [name]:
+            return self
+        return AttentionTrace(tokens, {name: b}, spans, self.model, self.options, self.source_tokens)
+
     @property
     def layers(self) -> tuple[int, ...]:
         """Model layer indices captured (in the default block)."""
@@ -298,7 +245,8 @@ class AttentionTrace:
     def model_name(self) -> str:
         return str(self.model.get("name", "unknown"))
 
-    def _sequence(self, axis: str) -> TokenTable:
+    def sequence(self, axis: str) -> TokenTable:
+        """The tokens an attention axis runs over: ``"tokens"`` or ``"source_tokens"``."""
         if axis == "tokens":
             return self.tokens
         if axis == "source_tokens" and self.source_tokens is not None:
@@ -314,7 +262,7 @@ class AttentionTrace:
             return self.tokens.find(name_or_text, occurrence)
         idx = [int(i) for i in name_or_text]
         for i in idx:
-            _check_index(i, len(self.tokens), "span position")
+            check_index(i, len(self.tokens), "span position")
         return idx
 
     # ----------------------------------------------------------------- attention access
@@ -326,14 +274,8 @@ class AttentionTrace:
     def layer_mean(self, layer: int, block: str | None = None) -> np.ndarray:
         """float32 (n_queries, n_keys): the mean over the captured heads of one layer."""
         b = self.block(block)
-        li = b.layer_pos(layer)
-        mean = b.data[li].astype(np.float32).mean(axis=0)
-        if not b.causal:
-            return mean
-        t = b.n_queries
-        out = np.zeros(t * t, dtype=np.float32)
-        out[tril_flat_index(t)] = mean
-        return out.reshape(t, t)
+        mean = b.mean_of_heads(b.layer_pos(layer))
+        return unpack_causal(mean, b.n_queries) if b.causal else mean
 
     def attention(self, block: str | None = None, layers: Sequence[int] | None = None,
                   heads: Sequence[int] | None = None) -> np.ndarray:
@@ -349,7 +291,7 @@ class AttentionTrace:
     def row(self, position: int, block: str | None = None) -> np.ndarray:
         """float32 (n_layers, n_heads, n_keys): what query ``position`` attends to."""
         b = self.block(block)
-        position = _check_index(position, b.n_queries, "position")
+        position = check_index(position, b.n_queries, "position")
         return b.rows(slice(None), slice(None), position, position + 1)[:, :, 0, :]
 
     def step(self, t: int, block: str | None = None) -> np.ndarray:
@@ -361,7 +303,7 @@ class AttentionTrace:
         if self.n_generated == 0:
             raise ValueError("this trace has no generated tokens (it was a forward pass); capture "
                              "with max_new_tokens > 0 to step through generation")
-        t = _check_index(t, self.n_generated, "generation step")
+        t = check_index(t, self.n_generated, "generation step")
         start = self.spans["generated"][0]
         if start + t == 0:
             raise ValueError("generated token 0 is at position 0 and has no producing query")
@@ -371,15 +313,15 @@ class AttentionTrace:
         """The query position whose attention produced generated token ``t``."""
         if self.n_generated == 0:
             raise ValueError("this trace has no generated tokens (it was a forward pass)")
-        return self.spans["generated"][0] + _check_index(t, self.n_generated, "generation step") - 1
+        return self.spans["generated"][0] + check_index(t, self.n_generated, "generation step") - 1
 
     def __repr__(self) -> str:
         b = self.block()
         parts = [f"model={self.model_name!r}", f"tokens={len(self.tokens)}"]
         if "prompt" in self.spans:
             parts.append(f"prompt={self.prompt_len}, generated={self.n_generated}")
-        parts.append(f"layers={_ranges(b.layers)}/{self.model.get('n_layers', '?')}")
-        parts.append(f"heads={_ranges(b.heads)}/{self.model.get('n_heads', '?')}")
+        parts.append(f"layers={format_ranges(b.layers)}/{self.model.get('n_layers', '?')}")
+        parts.append(f"heads={format_ranges(b.heads)}/{self.model.get('n_heads', '?')}")
         if len(self.blocks) > 1:
             parts.append(f"blocks={list(self.blocks)}")
         nbytes = sum(x.data.nbytes for x in self.blocks.values())
@@ -410,7 +352,7 @@ class AttentionTrace:
             offset += _aligned(data.nbytes)
         meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "tokens": self.tokens.to_json(),
                 "source_tokens": None if self.source_tokens is None else self.source_tokens.to_json(),
-                "spans": self.spans, "model": self.model, "options": _jsonable(self.options),
+                "spans": self.spans, "model": self.model, "options": jsonable(self.options),
                 "blocks": layout}
         blob = json.dumps(meta, ensure_ascii=False).encode("utf-8")
         data_start = _aligned(_HEADER.size + len(blob))
@@ -480,104 +422,6 @@ def load_trace(path: str | os.PathLike) -> AttentionTrace:
                           meta.get("options"), None if src is None else TokenTable.from_json(src))
 
 
-def write_atomically(path: str | os.PathLike, write, what: str) -> Path:
-    """Write a file through ``write(f)`` into a temporary file beside it, then rename it.
-
-    A reader never sees a half-written file, and a failure leaves any old file as it was.
-    An unwritable place raises the ``OSError`` it gives, with one message naming ``what``,
-    the path and the reason.
-    """
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    try:
-        if path.is_dir():
-            raise IsADirectoryError(21, "it is a folder")
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    except OSError as e:
-        reason = e.strerror or str(e)
-        if isinstance(e, FileNotFoundError):
-            reason = f"folder {str(directory)!r} does not exist"
-        raise type(e)(f"cannot write {what} to {str(path)!r}: {reason}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would make saved files private by surprise
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-# --------------------------------------------------------------------- packing helpers
-def tril_offset(row: int) -> int:
-    """Offset of row ``row`` in a packed lower triangle (rows laid end to end)."""
-    return row * (row + 1) // 2
-
-
-def _n_from_packed(n_packed: int) -> int:
-    t = int((np.sqrt(8 * n_packed + 1) - 1) // 2)
-    if tril_offset(t) != n_packed:
-        raise ValueError(f"{n_packed} values are not a packed lower triangle")
-    return t
-
-
-@lru_cache(maxsize=8)
-def tril_flat_index(t: int) -> np.ndarray:
-    """Flat indices into a (t, t) matrix of the packed lower triangle's entries, in order."""
-    r, c = np.tril_indices(t)
-    idx = r * t + c
-    idx.setflags(write=False)
-    return idx
-
-
-def pack_causal(attention: np.ndarray) -> np.ndarray:
-    """float16 (…, T(T+1)/2) packed lower triangles of (…, T, T) attention."""
-    a = np.asarray(attention)
-    t = a.shape[-1]
-    return a.reshape(a.shape[:-2] + (t * t,))[..., tril_flat_index(t)].astype(np.float16)
-
-
+# --------------------------------------------------------------------- disk layout
 def _aligned(n: int) -> int:
     return (n + _ALIGN - 1) // _ALIGN * _ALIGN
-
-
-def _check_index(i: int, n: int, what: str) -> int:
-    if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
-        raise TypeError(f"{what} must be an integer; got {i!r}")
-    j = int(i) + n if i < 0 else int(i)
-    if not 0 <= j < n:
-        raise IndexError(f"{what} {i} is out of range: allowed 0..{n - 1} (or negative from the end)")
-    return j
-
-
-def _position(captured: tuple[int, ...], idx: int, what: str, block: str) -> int:
-    if isinstance(idx, bool) or not isinstance(idx, (int, np.integer)):
-        raise TypeError(f"{what} must be an integer; got {idx!r}")
-    try:
-        return captured.index(int(idx))
-    except ValueError:
-        raise IndexError(f"{what} {idx} was not captured in block {block!r}; captured {what}s: "
-                         f"{_ranges(captured)}") from None
-
-
-def _ranges(xs: Sequence[int]) -> str:
-    xs = list(xs)
-    if xs and xs == list(range(xs[0], xs[-1] + 1)):
-        return f"{xs[0]}..{xs[-1]}" if len(xs) > 1 else str(xs[0])
-    return ",".join(map(str, xs))
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (str, int, float, bool)) or x is None:
-        return x
-    if isinstance(x, np.generic):
-        return x.item()
-    return repr(x)

@@ -223,7 +223,7 @@ KERNEL_CELL = ("import time\nt0 = time.perf_counter()\n_w = aw.AttentionWidget(l
                "print(f'KERNEL construct {t1 - t0:.3f} s, display bundle {t2 - t1:.3f} s')")
 
 
-PUSH_CELL = "import attn_widget.widget as _aww\n_aww._BOKEH_PUSHED.clear()"
+PUSH_CELL = "import attn_widget.figures as _awf\n_awf._BOKEH_PUSHED.clear()"
 
 
 def first_paint_only(browser, lab, cells, n):

@@ -80,7 +80,7 @@ def test_a_prompt_box_run_leaves_the_kernel_free_and_a_second_run_waits_its_turn
     w._handle_custom_msg({"type": "run", "id": "r3", "prompt": "w7 w8"}, [])
     # The handler returned while the capture waits: the kernel can answer a slider's fetch.
     assert [m["state"] for m in rec.sent] == ["running"]
-    w._handle_custom_msg({"type": "fetch", "id": "f1", "trace_id": w._trace_id, "source": 0,
+    w._handle_custom_msg({"type": "fetch", "id": "f1", "trace_id": w.view_data.trace_id, "source": 0,
                           "key": "head/0/1"}, [])
     assert rec.sent[-1]["type"] == "data" and rec.sent[-1]["id"] == "f1"
     w._handle_custom_msg({"type": "run", "id": "r4", "prompt": "w9"}, [])

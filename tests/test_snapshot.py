@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 
 import attn_widget as aw
-from attn_widget import snapshot
+from attn_widget import snapshot, storage
 from attn_widget.encoding import decode_payload
+from attn_widget.selection import format_head_list
+from attn_widget.snapshot.writer import head_priority
 from attn_widget.trace import AttentionTrace
 
 LONG_TEXT = Path(__file__).resolve().parent / "data" / "long_text.txt"  # 1,182 SmolLM2 tokens
@@ -211,7 +213,7 @@ def test_budget_keeps_the_most_important_heads_and_says_which_were_left_out(tmp_
     assert info.nbytes <= budget_mb * 1e6
     assert 0 < len(info.heads) < 24 and len(info.heads) + len(info.left_out) == 24
     scores = aw.analysis.head_scores(trace)
-    priority = snapshot._priority(scores)
+    priority = head_priority(scores)
     kept = [priority[layer, head] for layer, head in info.heads[1:]]
     dropped = [priority[layer, head] for layer, head in info.left_out]
     assert min(kept) >= max(dropped)
@@ -271,7 +273,7 @@ def test_write_is_atomic(tmp_path, monkeypatch):
     def fail(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(snapshot.os, "replace", fail)
+    monkeypatch.setattr(storage.os, "replace", fail)
     with pytest.raises(OSError, match="No space left"):
         aw.save_snapshot(random_trace(), target)
     assert target.read_text() == "old"
@@ -329,6 +331,6 @@ def test_smollm2_1024_tokens_all_heads_stays_under_budget_and_lists_left_out(smo
     page = Page(info.path.read_bytes())
     text = page.text
     assert f"{len(info.left_out)} of 270 heads were left out" in text
-    assert snapshot._head_list_text(info.left_out) in text.replace("&#8211;", "–")
+    assert format_head_list(info.left_out) in text.replace("&#8211;", "–")
     assert_exact(page, trace, info.heads)
     assert all(page.section(0, f"mean/{layer}") is not None for layer in range(30))

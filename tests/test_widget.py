@@ -10,8 +10,9 @@ import pytest
 import traitlets
 
 from attn_widget import encoding
+from attn_widget.figures import figure_items
 from attn_widget.trace import AttentionTrace
-from attn_widget.widget import MEAN, AttentionWidget, compare_widget, figure_items
+from attn_widget.widget import MEAN, AttentionWidget, compare_widget
 
 
 def random_trace(n_layers=3, n_heads=4, t=12, prompt_len=8, seed=0, heads=None, tokens=None):
@@ -119,8 +120,9 @@ def test_python_observers_see_front_end_moves(widget):
 def test_fetch_of_a_head_replies_with_its_bytes(trace):
     w = AttentionWidget(trace, send_all_below=0)
     rec = Recorder(w)
-    [(reply, buffers)] = rec.ask(type="fetch", id="v1-1", trace_id=w._trace_id, source=0, key="head/1/2")
-    assert reply == {"type": "data", "id": "v1-1", "trace_id": w._trace_id, "key": "head/1/2", "source": 0}
+    trace_id = w.view_data.trace_id
+    [(reply, buffers)] = rec.ask(type="fetch", id="v1-1", trace_id=trace_id, source=0, key="head/1/2")
+    assert reply == {"type": "data", "id": "v1-1", "trace_id": trace_id, "key": "head/1/2", "source": 0}
     header, arrays = encoding.decode_payload(buffers[0])
     want = trace.head(1, 2)[np.tril_indices(12)]
     assert np.allclose(arrays[(0, "head/1/2")].astype(np.float32), want, rtol=2**-11, atol=2**-25)
@@ -128,7 +130,7 @@ def test_fetch_of_a_head_replies_with_its_bytes(trace):
 
 def test_fetch_of_a_head_that_was_not_captured_is_answered_with_a_message():
     w = AttentionWidget(random_trace(heads=[0, 2]), send_all_below=0)
-    [(reply, buffers)] = Recorder(w).ask(type="fetch", id="v1-2", trace_id=w._trace_id, source=0,
+    [(reply, buffers)] = Recorder(w).ask(type="fetch", id="v1-2", trace_id=w.view_data.trace_id, source=0,
                                          key="head/0/1")
     assert reply["type"] == "error" and buffers == []
     assert "head 1 was not captured" in reply["message"]
@@ -141,14 +143,15 @@ def test_fetch_for_a_replaced_trace_is_refused(widget):
 
 
 def test_fetch_from_a_source_that_does_not_exist_is_refused(widget):
-    [(reply, _)] = Recorder(widget).ask(type="fetch", id="x", trace_id=widget._trace_id, source=3,
+    [(reply, _)] = Recorder(widget).ask(type="fetch", id="x", trace_id=widget.view_data.trace_id, source=3,
                                         key="head/0/0")
     assert reply["message"] == "source must be 0..0; got 3"
 
 
 def test_grid_fetch_carries_the_analysis_badges(trace):
     w = AttentionWidget(trace, send_all_below=0)
-    [(reply, buffers)] = Recorder(w).ask(type="fetch", id="g", trace_id=w._trace_id, source=0, key="grid")
+    [(reply, buffers)] = Recorder(w).ask(type="fetch", id="g", trace_id=w.view_data.trace_id, source=0,
+                                         key="grid")
     header, arrays = encoding.decode_payload(buffers[0])
     assert arrays[(0, "thumbs")].shape[:2] == (3, 4)
     from attn_widget import analysis
@@ -252,7 +255,7 @@ def test_importing_the_widget_does_not_import_torch():
 
 
 def test_figure_skeletons_are_sized_for_the_trace():
-    from attn_widget.widget import _named_models
+    from attn_widget.figures import _named_models
 
     for n in (7, 1024):
         ranges = {m["attributes"]["name"]: m["attributes"] for m in _named_models(figure_items(n))
@@ -266,27 +269,27 @@ def test_figure_skeletons_are_sized_for_the_trace():
 def test_figure_skeletons_come_from_the_disk_cache_and_a_damaged_file_is_rebuilt(tmp_path, monkeypatch):
     import json
 
-    from attn_widget import widget
+    from attn_widget import figures
 
     monkeypatch.setenv("ATTN_WIDGET_CACHE", str(tmp_path))
-    widget._skeleton_json.cache_clear()
-    build = widget._build_skeleton_json
+    figures._skeleton_json.cache_clear()
+    build = figures._build_skeleton_json
     built = []
-    monkeypatch.setattr(widget, "_build_skeleton_json",
+    monkeypatch.setattr(figures, "_build_skeleton_json",
                         lambda compact: built.append(compact) or build(compact))
     try:
         first = figure_items(30)
         files = list((tmp_path / "figures").glob("bokeh-*-full.json"))
         assert len(files) == 1 and built == [False]
-        widget._skeleton_json.cache_clear()
+        figures._skeleton_json.cache_clear()
         assert figure_items(30) == first and built == [False]  # read back, not rebuilt
         files[0].write_text('{"heatmap": ')  # damaged
-        widget._skeleton_json.cache_clear()
+        figures._skeleton_json.cache_clear()
         assert figure_items(30)["heatmap"]["doc"]["roots"][0]["attributes"]["name"] == "heatmap"
         assert built == [False, False]
         assert json.loads(files[0].read_text())["heatmap"]  # and written again
     finally:
-        widget._skeleton_json.cache_clear()
+        figures._skeleton_json.cache_clear()
 
 
 def test_a_widget_in_a_fresh_kernel_skips_importing_bokeh_once_the_skeletons_are_cached(tmp_path):
@@ -305,7 +308,7 @@ def test_a_widget_in_a_fresh_kernel_skips_importing_bokeh_once_the_skeletons_are
 
 def test_bokehjs_travels_with_the_first_widget_of_a_kernel_only():
     code = ("import numpy as np, attn_widget as aw\n"
-            "from attn_widget.widget import bokeh_source\n"
+            "from attn_widget.figures import bokeh_source\n"
             "a = np.tril(np.ones((1, 1, 4, 4), np.float32)); a /= a.sum(-1, keepdims=True)\n"
             "t = aw.AttentionTrace.from_dense(a, list('abcd'), prompt_len=2)\n"
             "first, second = aw.AttentionWidget(t), aw.AttentionWidget(t)\n"
@@ -318,21 +321,22 @@ def test_bokehjs_travels_with_the_first_widget_of_a_kernel_only():
 def test_a_grid_request_before_the_grid_is_ready_is_answered_later_not_holding_the_kernel(monkeypatch):
     import threading
 
-    from attn_widget import widget as widget_module
+    from attn_widget import protocol
 
     release = threading.Event()
-    real = widget_module.grid_payload
+    real = protocol.grid_payload
 
     def slow_grid(trace, **kwargs):
         assert release.wait(60)
         return real(trace, **kwargs)
 
-    monkeypatch.setattr(widget_module, "grid_payload", slow_grid)
+    monkeypatch.setattr(protocol, "grid_payload", slow_grid)
     w = AttentionWidget(random_trace(), send_all_below=0)
     rec = Recorder(w)
-    assert rec.ask(wait=False, type="fetch", id="g1", trace_id=w._trace_id, source=0, key="grid") == []
+    assert rec.ask(wait=False, type="fetch", id="g1", trace_id=w.view_data.trace_id, source=0,
+                   key="grid") == []
     # Meanwhile the kernel answers other requests at once.
-    (reply, _), = rec.ask(wait=False, type="fetch", id="h1", trace_id=w._trace_id, source=0,
+    (reply, _), = rec.ask(wait=False, type="fetch", id="h1", trace_id=w.view_data.trace_id, source=0,
                           key="head/1/1")
     assert reply["type"] == "data"
     release.set()
@@ -363,10 +367,10 @@ def test_an_encoder_decoder_trace_offers_every_block_and_shows_the_decoder_first
 
 
 def test_switching_to_cross_attention_sends_decoder_queries_over_encoder_keys(seq2seq_trace):
-    from attn_widget.widget import _named_models
+    from attn_widget.figures import _named_models
 
     w = AttentionWidget(seq2seq_trace, layer=1, head=2)
-    old_id = w._trace_id
+    old_id = w.view_data.trace_id
     w.block = "cross"
     header, arrays = encoding.decode_payload(w._payload)
     src = header["sources"][0]
@@ -379,8 +383,8 @@ def test_switching_to_cross_attention_sends_decoder_queries_over_encoder_keys(se
     ranges = {m["attributes"]["name"]: m["attributes"] for m in _named_models(w._figures)}
     assert ranges["x_range"]["end"] == n_src and ranges["y_range"]["start"] == n_dec
     # Fetches answer from the block shown, under the new trace id.
-    assert header["trace_id"] == w._trace_id != old_id
-    (reply, buffers), = Recorder(w).ask(type="fetch", id="f", trace_id=w._trace_id, source=0,
+    assert header["trace_id"] == w.view_data.trace_id != old_id
+    (reply, buffers), = Recorder(w).ask(type="fetch", id="f", trace_id=w.view_data.trace_id, source=0,
                                         key="head/0/3")
     got = encoding.decode_payload(buffers[0])[1][(0, "head/0/3")]
     np.testing.assert_allclose(got.astype(np.float32), seq2seq_trace.head(0, 3, block="cross"), atol=1e-3)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import base64
 import json
-from pathlib import Path
 
-from attn_widget.widget import _ESM, AttentionWidget, bokeh_source, grid_payload
+from attn_widget.figures import bokeh_source
+from attn_widget.widget import AttentionWidget
 
 _TRAITS = ("layer", "head", "scale", "selected_token", "step", "theme", "prompt", "block", "_blocks", "_live",
            "_figures")
@@ -61,24 +61,24 @@ def standalone_html(widget: AttentionWidget, *, fetchable: bool = True, backgrou
 
     fetchable : precompute replies for every head, layer mean and the grid (small traces only).
     """
-    from attn_widget import encoding
-
     state = {k: getattr(widget, k) for k in _TRAITS}
     replies = {}
     if fetchable:
-        for source, trace in enumerate(widget._views):  # the block shown, of each trace
+        data = widget.view_data
+        for source, trace in enumerate(data.views):  # the block shown, of each trace
             b = trace.block()
             keys = [f"mean/{layer}" for layer in b.layers] + ["grid"]
             keys += [f"head/{layer}/{h}" for layer in b.layers for h in b.heads]
             for key in keys:
-                buf = (grid_payload(trace, source=source, trace_id=widget._trace_id) if key == "grid"
-                       else encoding.fetch_payload(trace, key, source=source, trace_id=widget._trace_id))
+                (reply, [buf]) = data.answer({"type": "fetch", "trace_id": data.trace_id, "source": source,
+                                              "key": key})
+                assert reply["type"] == "data", reply
                 replies[f"{source}:{key}"] = base64.b64encode(buf).decode()
     return _PAGE.format(
         bokeh=bokeh_source().decode("utf-8").replace("</script", "<\\/script"),
         background=background,
         state=_script_json(state), payload=_script_json(base64.b64encode(widget._payload).decode()),
-        replies=_script_json(replies), esm=_script_json(Path(_ESM).read_text("utf-8")))
+        replies=_script_json(replies), esm=_script_json(str(widget.get_state()["_esm"])))
 
 
 def _script_json(value) -> str:

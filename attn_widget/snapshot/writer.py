@@ -1,0 +1,364 @@
+"""Offline HTML snapshots of a trace or widget: which heads go in, under a size budget.
+
+A snapshot runs the widget's own front end with no kernel: the page (:mod:`.page`) holds the
+widget's ESM, BokehJS from the installed bokeh, the encoded attention and replies to the front
+end's requests (head fetches), recorded here through the widget's public reply module.
+The page decodes only what its first view needs (BokehJS, the widget, the shown head and
+layer mean) before it paints; each other head is decoded when the view first asks for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import os
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..encoding import decode_payload
+from ..selection import MEAN, format_head_list
+from ..storage import write_atomically
+from .page import Page, ascii_html
+
+# --------------------------------------------------------------------------- attention snapshots
+MB = 1_000_000
+_MIN_MEAN_BITS = 4
+_FETCH_FIELDS = ("type", "trace_id", "source", "key")
+HeadChoice = Sequence[int] | Sequence[tuple[int, int]] | None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What :func:`save_snapshot` wrote; usable as a path (``open(snapshot)`` works).
+
+    Attributes
+    ----------
+    path : the HTML file.
+    nbytes : its size in bytes.
+    heads : (layer, head) pairs whose full attention is in the file, most important first.
+    left_out : (layer, head) pairs left out to stay under ``budget_mb``, in the same order.
+    n_layers : layers covered by per-layer means and the all-heads grid.
+    cells_per_head : attention cells of one head's full matrix (T × T for self-attention).
+    n_sources : traces in the file (2 for a compare view).
+    budget_mb : the size limit it was written under.
+    mean_bits : mantissa bits kept in the layer means: 10 is exact float16; fewer when the
+        means had to be rounded to leave room for heads: relative error ≤ 2^-(mean_bits+1), or
+        absolute error ≤ 2^(-15-mean_bits) for weights below 2^-14 (float16 subnormals).
+    """
+
+    path: Path
+    nbytes: int
+    heads: tuple[tuple[int, int], ...]
+    left_out: tuple[tuple[int, int], ...]
+    n_layers: int
+    cells_per_head: int
+    n_sources: int
+    budget_mb: float
+    mean_bits: int = 10
+
+    @property
+    def bytes_per_cell(self) -> float:
+        """File bytes ÷ (heads included × cells per head), everything counted."""
+        return self.nbytes / max(1, self.n_sources * len(self.heads) * self.cells_per_head)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        n = len(self.heads) + len(self.left_out)
+        line = (f"wrote {self.path} ({self.nbytes / MB:.2f} MB): {len(self.heads)} of {n} heads in full, "
+                f"{self.bytes_per_cell:.2f} bytes per attention cell; layer means and the all-heads "
+                f"grid cover all {self.n_layers} layers")
+        if self.left_out:
+            line += (f"\nleft out {len(self.left_out)} heads to stay under {self.budget_mb:g} MB: "
+                     f"{format_head_list(self.left_out)}")
+        if self.mean_bits < 10:
+            line += (f"\nlayer means rounded to {self.mean_bits} mantissa bits to fit (relative error "
+                     f"≤ {2.0 ** -(self.mean_bits + 1):.2%}); heads are exact float16")
+        return line
+
+
+def save_snapshot(source, path: str | os.PathLike | None = None, *, layers: Sequence[int] | None = None,
+                  heads: HeadChoice = None, budget_mb: float = 25.0, title: str | None = None):
+    """Write one self-contained HTML file of a trace or widget that works offline.
+
+    The file runs the widget's own front end with every client-side interaction (sliders,
+    head mean, hover, pin, colour scales, all-heads grid, generation scrubber) and makes no
+    network request: BokehJS, the widget code and the attention are inlined.
+
+    Parameters
+    ----------
+    source : AttentionTrace or AttentionWidget
+        A widget's view (layer, head, scale, step, pinned token) and compare trace are kept.
+    path : file to write, atomically. ``None`` returns the page as a string instead (pure
+        ASCII, base64 blocks: about a third larger, fit for an iframe ``srcdoc``).
+    layers : model layers to include (default: every captured layer).
+    heads : head indices to include in every layer (``[0, 3]``), or ``(layer, head)`` pairs
+        (``[(5, 3), (17, 2)]``) in the order they matter to you: only those heads are in the
+        file in full, while the layer means and the grid still cover every layer. Default: all.
+    budget_mb : largest file to write (1 MB = 10⁶ bytes). Per-layer means and the all-heads
+        grid are always included; heads follow, most important first, until the next would
+        not fit. Importance is your order for ``(layer, head)`` pairs, otherwise the head's
+        role and sink scores: ``max(previous-token, self, 1 − normalised entropy) × (1 − sink)``,
+        so focused heads with a clear role come first and heads that only look at the sink
+        come last. The page lists every head it left out; a fetch of one says so.
+    title : page title (default: the model name and the start of the text).
+
+    Returns
+    -------
+    Snapshot (with the path, size and the heads included and left out), or the page as a
+    string when ``path`` is None.
+
+    Raises
+    ------
+    ValueError : when even the layer means and grid exceed ``budget_mb`` (the message gives
+        their size and cheaper choices), or for a layer or head that was not captured.
+    OSError : when ``path`` cannot be written (one message naming the path and the reason).
+    """
+    widget, candidates = _snapshot_widget(source, layers, heads)
+    try:
+        data, included, left_out, mean_bits = _attention_page(widget, candidates, budget_mb, title,
+                                                              portable=path is None)
+    finally:
+        widget.close()
+    if path is None:
+        return data.decode("ascii")
+    path = write_atomically(path, lambda f: f.write(data), "snapshot")
+    b = widget.trace.block()
+    return Snapshot(path, len(data), tuple(included), tuple(left_out), len(b.layers),
+                    b.n_queries * b.n_keys, len(widget.traces), float(budget_mb), mean_bits)
+
+
+def static(source, *, height: int = 1000, budget_mb: float = 10.0, **kwargs) -> StaticSnapshot:
+    """The snapshot as an ``<iframe srcdoc>`` display object: interactive in any HTML copy of a
+    notebook (nbconvert, nbviewer, a static site), offline, with no kernel.
+
+    ``kwargs`` are those of :func:`save_snapshot` (``layers``, ``heads``, ``title``). The page
+    is stored in the notebook, so the budget is smaller than a file's (default 10 MB). The
+    iframe starts ``height`` pixels tall and fits itself to the page where scripts may run.
+    """
+    return StaticSnapshot(save_snapshot(source, None, budget_mb=budget_mb, **kwargs), height)
+
+
+@dataclass(frozen=True)
+class StaticSnapshot:
+    """A snapshot page shown in a sandboxed iframe (``_repr_html_``); ``page`` is its HTML."""
+
+    page: str
+    height: int = 1000
+
+    def _repr_html_(self) -> str:
+        frame = f"aw-static-{uuid.uuid4().hex[:12]}"
+        # The page reports its height (postMessage) so the iframe shows it without a scrollbar;
+        # where scripts are not run, the iframe keeps its starting height.
+        return (f'<iframe id="{frame}" srcdoc="{html.escape(self.page, quote=True)}" '
+                f'sandbox="allow-scripts" style="width: 100%; height: {int(self.height)}px; border: 0;" '
+                f'title="attention snapshot"></iframe>\n<script>(() => {{ const f = '
+                f'document.getElementById("{frame}"); addEventListener("message", (e) => {{ '
+                'if (f && e.source === f.contentWindow && typeof e.data?.attnWidgetHeight === "number") '
+                'f.style.height = Math.ceil(e.data.attnWidgetHeight) + "px"; }); })();</script>')
+
+
+def _snapshot_widget(source, layers: Sequence[int] | None, heads: HeadChoice):
+    """A fresh widget for the chosen layers/heads that fetches every head, and the (layer, head)
+    pairs to include, most important first."""
+    import traitlets
+
+    from .. import analysis
+    from ..trace import AttentionTrace
+    from ..widget import AttentionWidget
+
+    if isinstance(source, AttentionTrace):
+        traces, view, labels = (source,), {}, ("A", "B")
+    elif isinstance(source, AttentionWidget):
+        traces = tuple(t.narrow(block=source.block) for t in source.traces)  # the block it shows
+        view = {name: getattr(source, name) for name in ("layer", "head", "scale", "theme")}
+        labels = source.view_data.labels
+    else:
+        raise TypeError(f"source must be an AttentionTrace or AttentionWidget; got {type(source).__name__}")
+    pairs = [tuple(int(x) for x in h) for h in heads] if heads is not None and len(heads) and \
+        not isinstance(heads[0], (int, float)) else None
+    head_ids = None if pairs is not None or heads is None else [int(h) for h in heads]
+    if layers is not None or head_ids is not None:
+        traces = tuple(t.narrow(layers=layers, heads=head_ids) for t in traces)
+    b = traces[0].block()
+    if pairs is not None:
+        for layer, head in pairs:  # clear errors for pairs that were not captured
+            b.layer_pos(layer)
+            b.head_pos(head)
+        candidates = list(dict.fromkeys(pairs))
+    else:
+        scores = analysis.head_scores(traces[0])
+        order = np.argsort(-head_priority(scores), axis=None, kind="stable")
+        candidates = [(b.layers[i // len(b.heads)], b.heads[i % len(b.heads)]) for i in order]
+    layer, head = view.get("layer"), view.get("head")
+    if layer not in b.layers:
+        layer = candidates[0][0] if candidates else b.layers[0]
+    if head != MEAN and (layer, head) not in candidates:
+        head = next((h for lay, h in candidates if lay == layer), MEAN)
+    if head != MEAN:
+        candidates.remove((layer, head))
+        candidates.insert(0, (layer, head))
+    widget = AttentionWidget(traces[0], compare=traces[1] if len(traces) > 1 else None, labels=labels,
+                             layer=layer, head=head, scale=view.get("scale", "linear"),
+                             theme=view.get("theme", "auto"), send_all_below=0, push_bokeh=False)
+    if isinstance(source, AttentionWidget):
+        with contextlib.suppress(traitlets.TraitError):  # both hold when the block has the steps
+            widget.step, widget.selected_token = source.step, source.selected_token
+    return widget, candidates
+
+
+def head_priority(scores) -> np.ndarray:
+    """Importance of each head for the budget: ``max(previous-token, self, 1 − normalised
+    entropy) × (1 − sink)``, from :class:`~attn_widget.analysis.HeadScores`; NaN counts as 0."""
+    role = np.fmax(np.fmax(scores.previous_token_score, scores.self_score), 1 - scores.normalised_entropy)
+    return np.nan_to_num(role * (1 - scores.sink_score), nan=0.0)
+
+
+def _attention_page(widget, candidates: list[tuple[int, int]], budget_mb: float, title: str | None,
+                    *, portable: bool) -> tuple[bytes, list[tuple[int, int]], list[tuple[int, int]], int]:
+    """The page's bytes, the heads it holds, the heads it left out and the mantissa bits kept
+    in the layer means (10: exact float16)."""
+    from ..figures import bokeh_source
+
+    data = widget.view_data
+    header = decode_payload(data.payload)[0]
+    trace_id, n_sources = header["trace_id"], len(header["sources"])
+    in_payload = {(s["source"], s["key"]) for s in header["sections"]}
+    trace = widget.trace
+    b = trace.block()
+    budget = budget_mb * MB
+    page = Page(title or _default_title(trace), portable=portable,
+                 request_fields=_FETCH_FIELDS, echo_fields=("id",), unanswered={
+                     "fetch": {"content": {"type": "error"}, "copy": ["trace_id", "source", "key"],
+                               "message": f"{{key}} is not in this snapshot: it was left out to keep "
+                               f"the file under {budget_mb:g} MB (the list is at the top of the page); "
+                               "its layer mean and grid thumbnail are here"},
+                     "*": {"content": {"type": "error"}, "copy": [],
+                           "message": "{type} needs a live kernel; this is an offline snapshot"}})
+    page.scripts = [page.add_bytes(bokeh_source())]
+    state = widget.get_state()
+    page.esm = page.add_text(str(state["_esm"]))
+    state = {k: v for k, v in state.items() if k not in ("_esm", "_css", "_bokeh_js")}
+    state["_blocks"] = [widget.block]  # the block shown: switching re-encodes in a kernel
+    page.add_state(state, itemsize=lambda name: 2 if name == "_payload" else 1)
+
+    def fetch(source: int, key: str) -> dict[str, Any]:
+        return {"type": "fetch", "id": 0, "trace_id": trace_id, "source": source, "key": key}
+
+    def add(source: int, key: str, mean_bits: int = 10) -> int:
+        request = fetch(source, key)
+        content, buffers = data.answer(request)
+        if content.get("type") != "data":
+            raise RuntimeError(f"the widget could not answer {key!r}: {content.get('message')}")
+        if mean_bits < 10:
+            buffers = [_round_mantissa(buf, mean_bits) for buf in buffers]
+        return page.add_reply(request, content, buffers, itemsize=1 if key == "grid" else 2)
+
+    for source in range(n_sources):
+        if (source, "grid") not in in_payload:
+            add(source, "grid")
+    means = [(s, f"mean/{layer}") for s in range(n_sources) for layer in b.layers
+             if (s, f"mean/{layer}") not in in_payload]
+    page.header_html = _header_html(page.title, candidates, candidates, budget_mb, 10)
+    base = len(page.render())
+    if base > budget:
+        raise ValueError(_too_small(base, b, budget_mb, "with no layer mean"))
+    # Layer means are always included. When at full float16 precision they would leave less
+    # than a tenth of the budget for heads, their lowest mantissa bits are rounded away (the
+    # page says so); heads themselves are never rounded.
+    for mean_bits in range(10, _MIN_MEAN_BITS - 1, -1):
+        size = base + sum(add(s, key, mean_bits) for s, key in means)
+        if size <= (budget if mean_bits == _MIN_MEAN_BITS else 0.9 * budget):
+            break
+        for s, key in reversed(means):
+            page.drop_last_reply(fetch(s, key))
+    if size > budget:
+        raise ValueError(_too_small(size, b, budget_mb, f"with the means rounded to {mean_bits} bits"))
+    included: list[tuple[int, int]] = []
+    for layer, head in candidates:
+        key = f"head/{layer}/{head}"
+        missing = [s for s in range(n_sources) if (s, key) not in in_payload]
+        cost = sum(add(s, key) for s in missing)
+        if size + cost > budget:
+            for s in reversed(missing):
+                page.drop_last_reply(fetch(s, key))
+            break
+        size += cost
+        included.append((layer, head))
+    while True:
+        left_out = candidates[len(included):]
+        page.header_html = _header_html(page.title, left_out, candidates, budget_mb, mean_bits)
+        data = page.render()
+        last = f"head/{included[-1][0]}/{included[-1][1]}" if included else None
+        missing = [s for s in range(n_sources) if last and (s, last) not in in_payload]
+        if len(data) <= budget or not missing:
+            return data, included, left_out, mean_bits
+        included.pop()  # the running estimate was short: give back the last head
+        for s in reversed(missing):
+            page.drop_last_reply(fetch(s, last))
+
+
+def _too_small(size: int, b, budget_mb: float, how: str) -> str:
+    return (f"this snapshot needs {size / MB:.1f} MB before any head (BokehJS, the grid and the "
+            f"layer means of {len(b.layers)} layers at {b.n_queries} tokens, {how}), over "
+            f"budget_mb={budget_mb:g}; raise budget_mb, or keep fewer layers (layers=[...]) or fewer "
+            "tokens")
+
+
+def _round_mantissa(payload: bytes, bits: int) -> bytes:
+    """The payload with its float16 values rounded to ``bits`` mantissa bits (of 10)."""
+    buf = bytearray(payload)
+    drop = 10 - bits
+    for values in decode_payload(buf)[1].values():
+        if values.dtype == np.float16:
+            u = values.view(np.uint16)
+            positive = u < 0x7C00  # finite, sign bit clear: attention weights and their means
+            rounded = (u.astype(np.uint32) + (1 << (drop - 1))) >> drop << drop
+            u[positive] = rounded[positive].astype(np.uint16)
+    return bytes(buf)
+
+
+def _header_html(title: str, left_out: Sequence[tuple[int, int]], candidates: Sequence[tuple[int, int]],
+                 budget_mb: float, mean_bits: int) -> str:
+    """The page's own heading (the widget shows the run's details): its title, that it is an
+    offline snapshot, and plainly which heads were left out."""
+    from .. import __version__
+
+    lines = [f"<h1>{ascii_html(title)}</h1>",
+             f"<p>Offline snapshot written by attn_widget {__version__}: every view below is in this "
+             "file; no kernel and no network are needed.</p>"]
+    if left_out:
+        kept = len(candidates) - len(left_out)
+        lines.append(
+            f'<p class="aw-snap-left-out"><b>{len(left_out)} of {len(candidates)} heads were left '
+            f"out</b> to keep this file under {budget_mb:g} MB; {kept} heads are here in full, and "
+            "the layer means and all-heads grid still cover every head. Left out: "
+            f"{ascii_html(format_head_list(left_out))}.</p>")
+    if mean_bits < 10:
+        lines.append(f'<p class="aw-snap-left-out">To fit, the layer means keep {mean_bits} of the '
+                     f"10 float16 mantissa bits (relative error at most {2.0 ** -(mean_bits + 1):.2%}); "
+                     "every head in the file is exact float16.</p>")
+    return '<header class="aw-snap-head">' + "\n".join(lines) + "</header>"
+
+
+def _default_title(trace) -> str:
+    """The model and the start of the text; for a chat-template prompt, the user's message
+    (the prompt's last line of words) rather than the system prompt before it."""
+    start, stop = trace.spans.get("prompt", trace.spans.get("input", (0, len(trace.tokens))))
+    text = "".join(t for t, special in zip(trace.tokens.text[start:stop], trace.tokens.special[start:stop])
+                   if not special)
+    lines = [line.strip() for line in text.splitlines() if len(line.split()) > 1]
+    if trace.options.get("chat") and lines:
+        text = lines[-1]
+    return f"{trace.model_name}: \u201c{_short(text, 80)}\u201d"
+
+
+def _short(text: str, n: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[:n - 1] + "…"
