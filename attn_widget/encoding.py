@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from .selection import format_ranges
+from .geometry import geometry
+from .selection import MEAN, format_ranges
 from .storage import jsonable
 from .trace import AttentionBlock, AttentionTrace
 
@@ -117,7 +118,7 @@ def head_section(trace: AttentionTrace, layer: int, head: int, source: int = 0) 
 def mean_section(trace: AttentionTrace, layer: int, source: int = 0) -> Section:
     """float16 mean over the captured heads of model layer ``layer`` (averaged in float32)."""
     b = trace.block()
-    mean = b.data[b.layer_pos(layer)].astype(np.float32).mean(axis=0).astype(np.float16)
+    mean = b.mean_of_heads(b.layer_pos(layer)).astype(np.float16)
     return _matrix_section(f"mean/{layer}", source, b, mean)
 
 
@@ -130,38 +131,39 @@ def _matrix_section(key: str, source: int, b: AttentionBlock, data: np.ndarray) 
 def thumbnails(trace: AttentionTrace, size: int = THUMB_SIZE) -> np.ndarray:
     """uint8 (n_layers, n_heads, R, C) grid thumbnails, at most ``size`` × ``size``.
 
-    Each cell is the max over a block of ``ceil(T / size)`` queries × keys (so thin diagonals
-    and sinks stay visible), divided by the head's max, then ``round(255 * sqrt(x))`` to lift
-    small weights. ``R = ceil(n_queries / block)``, ``C = ceil(n_keys / block)``.
+    Each thumbnail pixel is the max over a square of ``side = ceil(T / size)`` queries × keys (so
+    thin diagonals and sinks stay visible), divided by the head's max, then ``round(255 *
+    sqrt(x))`` to lift small weights. ``R = ceil(n_queries / side)``, ``C = ceil(n_keys / side)``.
     """
     b = trace.block()
     q, k = b.n_queries, b.n_keys
-    block = max(1, math.ceil(max(q, k) / size))
-    r, c = math.ceil(q / block), math.ceil(k / block)
+    side = max(1, math.ceil(max(q, k) / size))
+    r, c = math.ceil(q / side), math.ceil(k / side)
     # Non-negative float16 values order like their bit patterns read as int16, so the max
     # pooling runs on integers; -0.0 reads as -32768 and never wins.
     bits = b.data.view(np.int16)
     if b.causal:
-        pooled = _pool_tril(bits, q, block, r)
+        pooled = _pool_tril(bits, q, side, r)
     else:
-        padded = np.full(bits.shape[:2] + (r * block, c * block), np.iinfo(np.int16).min, np.int16)
+        padded = np.full(bits.shape[:2] + (r * side, c * side), np.iinfo(np.int16).min, np.int16)
         padded[..., :q, :k] = bits
-        pooled = padded.reshape(bits.shape[:2] + (r, block, c, block)).max(axis=(3, 5))
+        pooled = padded.reshape(bits.shape[:2] + (r, side, c, side)).max(axis=(3, 5))
     values = np.maximum(pooled, 0).view(np.float16).astype(np.float32)
     peak = values.max(axis=(2, 3), keepdims=True)
     scaled = np.sqrt(np.divide(values, peak, out=np.zeros_like(values), where=peak > 0))
     return np.rint(255 * scaled).astype(np.uint8)
 
 
-def _pool_tril(bits: np.ndarray, t: int, block: int, s: int) -> np.ndarray:
-    """Block max of packed lower triangles, int16 (…, s, s); blocks above the diagonal hold 0."""
+def _pool_tril(bits: np.ndarray, t: int, side: int, s: int) -> np.ndarray:
+    """Max over ``side`` × ``side`` squares of packed lower triangles, int16 (…, s, s); squares
+    above the diagonal hold 0."""
     rows = np.arange(t)
-    n_blocks = rows // block + 1  # column blocks touched by each row
-    row_of = np.repeat(rows, n_blocks)
-    col_block = np.arange(len(row_of)) - np.repeat(np.cumsum(n_blocks) - n_blocks, n_blocks)
-    starts = row_of * (row_of + 1) // 2 + col_block * block
-    per_row = np.maximum.reduceat(bits, starts, axis=-1)  # (…, n) max of each row's column block
-    cell = (row_of // block) * s + col_block
+    n_squares = rows // side + 1  # squares of columns touched by each row
+    row_of = np.repeat(rows, n_squares)
+    col_square = np.arange(len(row_of)) - np.repeat(np.cumsum(n_squares) - n_squares, n_squares)
+    starts = geometry(True, t, t).row_starts[row_of] + col_square * side
+    per_row = np.maximum.reduceat(bits, starts, axis=-1)  # (…, n) max of each row's piece of a square
+    cell = (row_of // side) * s + col_square
     order = np.argsort(cell, kind="stable")
     cells, first = np.unique(cell[order], return_index=True)
     pooled = np.maximum.reduceat(per_row[..., order], first, axis=-1)
@@ -231,7 +233,7 @@ def trace_payload(traces: Sequence[AttentionTrace], *, layer: int, head: int,
     """The first payload of a widget: everything when small, else what the first paint needs.
 
     traces : one trace, or two for the compare view (A, B).
-    layer, head : the view shown first (``head=-1`` for the mean of heads).
+    layer, head : the view shown first (``head=MEAN``, -1, for the mean of heads).
     send_all_below : when all heads and means of all traces fit in this many bytes the payload
         is ``complete`` (every key, the grid too) and the browser never fetches; otherwise it
         holds the shown head and layer mean of each trace and the rest is fetched on demand.
@@ -257,7 +259,7 @@ def trace_payload(traces: Sequence[AttentionTrace], *, layer: int, head: int,
             sections.extend(grid_sections(t, metrics[i], i, thumb_size))
         else:
             sections.append(mean_section(t, layer, i))
-            if head != -1:
+            if head != MEAN:
                 sections.append(head_section(t, layer, head, i))
     return encode_payload(header, sections), header
 

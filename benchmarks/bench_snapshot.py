@@ -1,6 +1,7 @@
 """Snapshot benchmark: file size per attention cell, and time to first paint in Chromium.
 
-SmolLM2-135M over the first 256 tokens of the seed article, all 30 layers × 9 heads:
+SmolLM2-135M over the first 256 tokens of the article "Understanding What Your Model Attends To",
+all 30 layers × 9 heads:
 
 - bytes per attention cell (file bytes ÷ (heads × T²)) of ``attn_widget.save_snapshot``,
   against the same attention written as inline JSON floats (what BertViz and CircuitsVis

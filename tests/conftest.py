@@ -1,4 +1,5 @@
-"""Shared fixtures: the bundled real model, the seed's France session, tiny random models."""
+"""Shared fixtures: the bundled real model, the France debugging session of "Understanding What Your
+Model Attends To", tiny random models."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def smollm2():
 
 @pytest.fixture(scope="session")
 def france_trace(smollm2):
-    """The seed's debugging session: the France prompt through the chat template, 20 new tokens."""
+    """The article's debugging session: the France prompt through the chat template, 20 new tokens."""
     import attn_widget as aw
 
     model, tokenizer = smollm2
