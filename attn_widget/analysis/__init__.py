@@ -1,0 +1,78 @@
+"""Metrics and diagnosis reports over an :class:`~attn_widget.trace.AttentionTrace`.
+
+Pure numpy: nothing here needs torch, except :func:`induction_probe`, which runs a model and
+imports :func:`attn_widget.capture` (and with it torch) when called. Every metric works on the
+trace's packed float16 store one layer at a time, so memory stays at one layer in float32 even
+for long runs.
+
+Where each concern lives (every public name is re-exported here):
+
+=============  ==================================================================================
+``views``      reading attention: :func:`attention_from`, :func:`attention_to`,
+               :func:`layer_means`, :func:`span_attention`
+``heads``      head metrics and roles: :func:`attention_entropy`, :func:`head_scores`,
+               :func:`find_attention_sinks`, :func:`induction_scores`, :func:`induction_probe`
+``flow``       influence through the layers: :func:`trace_influence`, :func:`attention_rollout`
+``compare``    two runs of one model: :func:`compare_attention`, with token alignment
+``reports``    diagnosis reports: :func:`ignored_context`, :func:`hallucination`, :func:`repetition`
+``findings``   what the reports share: :data:`FINDINGS`, :class:`Finding`, sink handling
+``engine``     the packed-store engine under all of them: layer/head selection, gathers, row and
+               column sums, float16 lookup tables
+=============  ==================================================================================
+
+Each result type lives next to the function that returns it.
+
+Conventions
+-----------
+``A`` is one head's attention, rows are queries and columns keys. ``layers`` and ``heads``
+arguments take model indices (an int, a sequence, or ``None`` for every captured one; negative
+indices count from the end of the model); results keep the order asked for. ``block`` names
+the trace's attention block (default: ``self``, or ``decoder`` for encoder-decoder models).
+Position arguments accept negative values counted from the end, like Python lists.
+
+The diagnosis reports follow the three failure modes of the article "Understanding What Your
+Model Attends To" and use its finding names. A report reads the attention of the query that
+*produced* an output token (its generation step, row ``p - 1`` for the token at position
+``p``). Attention sinks (positions most heads dump attention on, usually position 0) take most
+of the mass in many models and would drown every other signal, so by default the reports leave
+out the positions both sink rules of :func:`find_attention_sinks` agree on (default thresholds,
+same layers and heads) from shares and rankings, and report the mass they took separately
+(``ignore_sinks=False`` keeps them).
+
+Attention shows where the model looked, not why: treat every finding as a place to
+investigate, not as an explanation.
+"""
+
+from ..selection import Indices
+from .compare import AttentionComparison, BigDiff, SequenceAlignment, compare_attention
+from .findings import FINDINGS, Finding
+from .flow import Influence, attention_rollout, trace_influence
+from .heads import (
+    AttentionSinks,
+    HeadScores,
+    InductionScores,
+    attention_entropy,
+    find_attention_sinks,
+    head_scores,
+    induction_probe,
+    induction_scores,
+)
+from .reports import (
+    HallucinationReport,
+    IgnoredContextReport,
+    Repeat,
+    RepetitionReport,
+    hallucination,
+    ignored_context,
+    repetition,
+)
+from .views import SpanAttention, attention_from, attention_to, layer_means, span_attention
+
+__all__ = [
+    "FINDINGS", "AttentionComparison", "AttentionSinks", "BigDiff", "Finding", "HallucinationReport",
+    "HeadScores", "IgnoredContextReport", "Indices", "Influence", "InductionScores", "Repeat",
+    "RepetitionReport", "SequenceAlignment", "SpanAttention", "attention_entropy", "attention_from",
+    "attention_rollout", "attention_to", "compare_attention", "find_attention_sinks", "hallucination",
+    "head_scores", "ignored_context", "induction_probe", "induction_scores", "layer_means", "repetition",
+    "span_attention", "trace_influence",
+]

@@ -1,0 +1,439 @@
+"""The three diagnosis reports of the article "Understanding What Your Model Attends To":
+the model ignored context, hallucinated, or repeated itself.
+
+Each follows the article's investigation for its failure mode, reads the attention of the
+queries that produced the suspect output tokens, and names the article's possible findings
+that fire (see :mod:`attn_widget.analysis.findings`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..selection import Indices, check_count
+from ..trace import AttentionBlock, AttentionTrace
+from .engine import gather, geometry_of, query_row, select_layers_heads, span_positions, xlogx
+from .findings import (
+    Finding,
+    FindingsReport,
+    comparable_text,
+    finding,
+    output_positions,
+    report_sinks,
+    require_generation,
+    self_attention_block,
+    shares,
+    threshold_findings,
+)
+
+
+# ===================================================================== result types
+@dataclasses.dataclass(eq=False)
+class IgnoredContextReport(FindingsReport):
+    """Did an output token attend to the context it should have used? (:func:`ignored_context`).
+
+    Attributes
+    ----------
+    output_position : position of the output token; ``query_position`` (= output_position − 1)
+        is the query whose attention produced it.
+    output_token : its display text.
+    context_positions, context_tokens : the context span.
+    layers, heads : model indices read.
+    mass_by_layer : ndarray of shape (n_layers,), head-mean attention from the query to the
+        span, per layer.
+    strongest_head_by_layer : ndarray of int, shape (n_layers,), the model head attending most
+        to the span in each layer; ``strongest_head_mass_by_layer`` its mass.
+    attention : ndarray of shape (n_visible,), the query's attention averaged over layers and
+        heads, over the keys it can see (``query_position + 1`` of them for causal attention).
+    mass : ``attention`` summed over the span (= ``mass_by_layer.mean()``).
+    sink_positions, sink_mass : sinks left out of shares and rankings, and the attention they took.
+    share : the span's share of the attention that did not go to sinks.
+    uniform_share : the share the span would get if that attention were uniform over the
+        non-sink positions the query sees.
+    rank : rank of the span's most-attended token among the non-sink positions the query sees
+        (1 = most attended).
+    top_outside : list of (position, token, attention), the most-attended non-sink positions
+        outside the span.
+    wrong_positions : list of (position, token, attention), positions within
+        ``position_window`` of the span or holding the text of a span token that get more
+        attention than the span's best token.
+    findings : the findings that fired; ``thresholds`` the thresholds used.
+    """
+
+    output_position: int
+    query_position: int
+    output_token: str
+    context_positions: list[int]
+    context_tokens: list[str]
+    layers: tuple[int, ...]
+    heads: tuple[int, ...]
+    mass_by_layer: np.ndarray
+    strongest_head_by_layer: np.ndarray
+    strongest_head_mass_by_layer: np.ndarray
+    attention: np.ndarray
+    mass: float
+    sink_positions: list[int]
+    sink_mass: float
+    share: float
+    uniform_share: float
+    rank: int
+    top_outside: list[tuple[int, str, float]]
+    wrong_positions: list[tuple[int, str, float]]
+    findings: list[Finding]
+    thresholds: dict[str, float]
+
+    def summary(self) -> str:
+        li = int(np.argmax(self.mass_by_layer))
+        lines = [
+            f"output {self.output_position} {self.output_token!r} (query {self.query_position}) → context "
+            f"{''.join(self.context_tokens)!r} at {self.context_positions}",
+            f"attention to context: {self.mass:.3f} (head mean over {len(self.layers)} layers); "
+            f"{self.share:.1%} of non-sink attention vs {self.uniform_share:.1%} if uniform; rank "
+            f"{self.rank}",
+            f"strongest layer L{self.layers[li]} {self.mass_by_layer[li]:.3f}, its top head "
+            f"H{self.strongest_head_by_layer[li]} {self.strongest_head_mass_by_layer[li]:.3f}",
+            f"sinks {self.sink_positions} took {self.sink_mass:.3f}",
+            "top outside: " + ", ".join(f"{p} {t!r} {v:.3f}" for p, t, v in self.top_outside),
+        ]
+        lines += self._finding_lines()
+        return "\n".join(lines)
+
+
+@dataclasses.dataclass(eq=False)
+class HallucinationReport(FindingsReport):
+    """What suspect output tokens attended to (:func:`hallucination`).
+
+    Attributes
+    ----------
+    positions : output positions examined; ``query_positions`` the queries that produced them.
+    tokens : their display text.
+    layers, heads : model indices read.
+    normalised_entropy : ndarray of shape (n_positions,), per-head normalised entropy of the
+        query's attention, averaged over layers and heads.
+    similar_positions : prompt positions whose text (case-folded, stripped, with a letter or
+        digit) occurs at more than one prompt position: items the model could confuse.
+    similar_share : ndarray of shape (n_positions,), share of non-sink attention on them.
+    generated_share : ndarray of shape (n_positions,), share of non-sink attention on generated
+        tokens (the model's own output).
+    sink_positions : sinks left out of the shares.
+    findings : the findings that fired (``positions`` lists the output positions);
+        ``thresholds`` the thresholds used.
+    """
+
+    positions: list[int]
+    query_positions: list[int]
+    tokens: list[str]
+    layers: tuple[int, ...]
+    heads: tuple[int, ...]
+    normalised_entropy: np.ndarray
+    similar_positions: list[int]
+    similar_share: np.ndarray
+    generated_share: np.ndarray
+    sink_positions: list[int]
+    findings: list[Finding]
+    thresholds: dict[str, float]
+
+    def summary(self) -> str:
+        lines = [f"{p} {t!r}: normalised entropy {e:.2f}, similar-context share {s:.1%}, own-output "
+                 f"share {g:.1%}" for p, t, e, s, g in zip(self.positions, self.tokens,
+                                                          self.normalised_entropy, self.similar_share,
+                                                          self.generated_share)]
+        lines += self._finding_lines()
+        return "\n".join(lines)
+
+
+@dataclasses.dataclass(frozen=True)
+class Repeat:
+    """A stretch of generated tokens that occurs again ``shift`` positions later.
+
+    start : trace position of the first copy; the second starts at ``start + shift``.
+    length : tokens in each copy (copies overlap when ``length > shift``: periodic text).
+    text : the first copy's text.
+    """
+
+    start: int
+    shift: int
+    length: int
+    text: str
+
+
+@dataclasses.dataclass(eq=False)
+class RepetitionReport(FindingsReport):
+    """Repeated n-grams in the generated text and the attention during them (:func:`repetition`).
+
+    Attributes
+    ----------
+    repeats : list of Repeat, longest first.
+    self_share : ndarray of shape (n_repeats,), share of non-sink attention on generated tokens
+        while the second copy was produced (head and layer mean, averaged over its tokens).
+    pattern_correlation : ndarray of shape (n_repeats,), Pearson correlation between the
+        attention rows that produced corresponding tokens of the two copies, aligned by
+        distance back from the query over ``window`` keys, per head, averaged (sinks masked).
+    layers, heads : model indices read.
+    sink_positions : sinks left out of shares and correlations.
+    findings : the findings that fired (``positions``: start of the second copy of each repeat
+        that fired); ``thresholds`` the thresholds used.
+    """
+
+    repeats: list[Repeat]
+    self_share: np.ndarray
+    pattern_correlation: np.ndarray
+    layers: tuple[int, ...]
+    heads: tuple[int, ...]
+    sink_positions: list[int]
+    findings: list[Finding]
+    thresholds: dict[str, float]
+
+    def summary(self) -> str:
+        if not self.repeats:
+            return (f"no repeated n-gram of ≥ {int(self.thresholds['min_length'])} tokens in the generated "
+                    "text")
+        lines = [f"{r.text!r} at {r.start} repeats at {r.start + r.shift} ({r.length} tokens): own-output "
+                 f"share {s:.1%}, pattern correlation {c:.2f}"
+                 for r, s, c in zip(self.repeats, self.self_share, self.pattern_correlation)]
+        lines += self._finding_lines()
+        return "\n".join(lines)
+
+
+# ===================================================================== reports
+def ignored_context(trace: AttentionTrace, output_position: int, context: str | Sequence[int], *,
+                    occurrence: int = 0, layers: Indices = None, heads: Indices = None,
+                    low_ratio: float = 1.0, irrelevant_ratio: float = 1.0, position_window: int = 2,
+                    top_k: int = 5, ignore_sinks: bool = True,
+                    block: str | None = None) -> IgnoredContextReport:
+    """The "model ignored context" investigation of the article "Understanding What Your Model
+    Attends To", for one output token.
+
+    Reads the attention of the query that produced the token at ``output_position`` (its
+    generation step) to the ``context`` span, per layer, and checks the article's possible
+    findings for this failure mode:
+
+    ``low_attention_to_relevant``
+        the span's share of non-sink attention is below ``low_ratio`` × the share it would get
+        if that attention were uniform over the positions the query sees (default 1.0).
+    ``high_attention_to_irrelevant``
+        a non-sink position outside the span gets more than ``irrelevant_ratio`` × the span's
+        whole mass (default 1.0).
+    ``attention_to_wrong_position``
+        a position within ``position_window`` tokens of the span (default 2), or another
+        occurrence of a span token's text, gets more attention than the span's best token.
+
+    Parameters
+    ----------
+    output_position : position of a generated token in the trace (negative counts from the end).
+    context : a substring of the text (e.g. ``"Paris"``), a span name or token positions; it
+        must come before the output.
+    occurrence : which match of a substring to use (0 = first).
+    layers, heads : what to average over (default: every captured one).
+    top_k : how many outside positions to list.
+    ignore_sinks : leave sinks (``find_attention_sinks(...).positions``) out of shares, ranks
+        and outside positions.
+
+    Returns
+    -------
+    IgnoredContextReport
+    """
+    b = trace.block(block)
+    li, hi, lsel, hsel = select_layers_heads(trace, b, layers, heads)
+    out_pos, q = output_positions(trace, [output_position], "output_position", "ignored_context")
+    out_pos, q = out_pos[0], int(q[0])
+    span = span_positions(trace, b, context, occurrence, "context")
+    if b.causal and max(span) > q:
+        raise ValueError(f"context {context!r} covers positions {span}, but the query at {q} that produced "
+                         f"output_position {out_pos} sees only positions 0..{q}; pass a context from before "
+                         "the output")
+    visible = np.arange(q + 1 if b.causal else b.n_keys)
+    rows = query_row(b, li, hi, q, visible)
+    mass_lh = rows[:, :, span].sum(axis=-1)
+    strongest = mass_lh.argmax(axis=1)
+    attention = rows.mean(axis=(0, 1))
+    mass = float(attention[span].sum())
+    sinks = report_sinks(trace, b, lsel, hsel, ignore_sinks, visible, span)
+    candidates = np.setdiff1d(visible, sinks)
+    outside = np.setdiff1d(candidates, span)
+    share = mass / max(float(attention[candidates].sum()), 1e-12)
+    uniform = len(span) / len(candidates)
+    best = float(attention[span].max())
+    rank = 1 + int((attention[outside] > best).sum())
+    table = trace.sequence(b.keys)
+    order = outside[np.argsort(-attention[outside], kind="stable")]
+    top = [(int(p), table.display[p], float(attention[p])) for p in order[:top_k]]
+    span_texts = {comparable_text(table.text[p]) for p in span} - {""}
+    dist = np.abs(outside[:, None] - np.asarray(span)[None, :]).min(axis=1)
+    near = (dist <= position_window) | np.array([comparable_text(table.text[p]) in span_texts
+                                                 for p in outside], bool)
+    wrong = [(int(p), table.display[p], float(attention[p])) for p in order
+             if near[np.searchsorted(outside, p)] and attention[p] > best]
+    thresholds = {"low_ratio": float(low_ratio), "irrelevant_ratio": float(irrelevant_ratio),
+                  "position_window": float(position_window)}
+    findings = []
+    if share < low_ratio * uniform:
+        findings.append(finding("low_attention_to_relevant", share, low_ratio * uniform,
+                                f"the context gets {share:.1%} of non-sink attention, under "
+                                f"{low_ratio:g} × the uniform {uniform:.1%}", span))
+    if top and top[0][2] > irrelevant_ratio * mass:
+        hits = [t for t in top if t[2] > irrelevant_ratio * mass]
+        findings.append(finding("high_attention_to_irrelevant", top[0][2], irrelevant_ratio * mass,
+                                ", ".join(f"{p} {t!r} {v:.3f}" for p, t, v in hits)
+                                + f" each above the context's {mass:.3f}", [t[0] for t in hits]))
+    if wrong:
+        findings.append(finding("attention_to_wrong_position", wrong[0][2], best,
+                                ", ".join(f"{p} {t!r} {v:.3f}" for p, t, v in wrong)
+                                + f" near or like the context get more than its best token ({best:.3f})",
+                                [w[0] for w in wrong]))
+    return IgnoredContextReport(
+        out_pos, q, trace.sequence(b.queries).display[out_pos], span, [table.display[p] for p in span],
+        lsel, hsel, mass_lh.mean(axis=1), np.asarray(hsel)[strongest],
+        mass_lh[np.arange(len(lsel)), strongest], attention, mass, sinks,
+        float(attention[sinks].sum()), share, uniform, rank, top, wrong, findings, thresholds)
+
+
+def hallucination(trace: AttentionTrace, positions: int | Sequence[int], *, layers: Indices = None,
+                  heads: Indices = None, spread_threshold: float = 0.7, similar_threshold: float = 0.5,
+                  loop_threshold: float = 0.5, ignore_sinks: bool = True,
+                  block: str | None = None) -> HallucinationReport:
+    """The "model hallucinated" investigation of the article "Understanding What Your Model
+    Attends To", for suspect output tokens.
+
+    For each output position, reads the attention of the query that produced it and checks the
+    article's possible findings for this failure mode:
+
+    ``attention_spread_thin``
+        the per-head normalised entropy, averaged over layers and heads, exceeds
+        ``spread_threshold`` (default 0.7; 1 = uniform attention).
+    ``attention_to_similar_context``
+        more than ``similar_threshold`` (default 0.5) of the non-sink attention goes to prompt
+        tokens whose text occurs more than once in the prompt (items that could be confused).
+    ``self_attention_loop``
+        more than ``loop_threshold`` (default 0.5, "mostly") of the non-sink attention goes to
+        generated tokens. Late in a long generation, attention to recent tokens alone can pass
+        0.5: read it together with the other findings.
+
+    Parameters
+    ----------
+    positions : one or more positions of generated tokens (negative counts from the end).
+
+    Returns
+    -------
+    HallucinationReport
+    """
+    b = self_attention_block(trace, block, "hallucination")
+    li, hi, lsel, hsel = select_layers_heads(trace, b, layers, heads)
+    outs, qs = output_positions(trace, np.atleast_1d(positions).tolist(), "positions", "hallucination")
+    g = geometry_of(b)
+    keys = np.arange(b.n_keys)
+    rows = gather(b, li, hi, qs[:, None], keys[None, :])
+    ent = -xlogx(rows).sum(axis=-1) * g.entropy_scale[qs]
+    attention = rows.mean(axis=(0, 1))
+    table = trace.tokens
+    p0, p1 = trace.spans.get("prompt", (0, trace.spans["generated"][0]))
+    texts = [comparable_text(table.text[p]) if not table.special[p] else "" for p in range(p0, p1)]
+    counts = Counter(texts)
+    similar = [p0 + i for i, t in enumerate(texts) if t and counts[t] > 1]
+    sinks = report_sinks(trace, b, lsel, hsel, ignore_sinks, keys, [])
+    generated = list(range(trace.spans["generated"][0], len(table)))
+    similar_share = shares(attention, similar, sinks)
+    generated_share = shares(attention, generated, sinks)
+    ent_mean = ent.mean(axis=(0, 1))
+    thresholds = {"spread_threshold": float(spread_threshold), "similar_threshold": float(similar_threshold),
+                  "loop_threshold": float(loop_threshold)}
+    findings = threshold_findings((
+        ("attention_spread_thin", ent_mean, spread_threshold, "normalised entropy"),
+        ("attention_to_similar_context", similar_share, similar_threshold, "share on repeated items"),
+        ("self_attention_loop", generated_share, loop_threshold, "share on own output"),
+    ), [f"{p} {table.display[p]!r}" for p in outs], outs)
+    return HallucinationReport(outs, qs.tolist(), [table.display[p] for p in outs], lsel, hsel, ent_mean,
+                               similar, similar_share, generated_share, sinks, findings, thresholds)
+
+
+def repetition(trace: AttentionTrace, *, min_length: int = 3, layers: Indices = None, heads: Indices = None,
+               self_threshold: float = 0.5, pattern_threshold: float = 0.5, window: int = 32,
+               ignore_sinks: bool = True, block: str | None = None) -> RepetitionReport:
+    """The "model repeated itself" investigation of the article "Understanding What Your Model
+    Attends To", over the generated text.
+
+    Finds every maximal repeat of at least ``min_length`` generated tokens (a periodic stretch
+    is reported once, at its shortest period) and checks, per repeat, the article's possible
+    findings for this failure mode:
+
+    ``high_self_attention``
+        while the second copy was produced, more than ``self_threshold`` (default 0.5) of the
+        non-sink attention went to generated tokens.
+    ``pattern_in_attention``
+        the attention rows that produced corresponding tokens of the two copies correlate above
+        ``pattern_threshold`` (default 0.5): Pearson correlation per head over the last
+        ``window`` keys (default 32) aligned by distance back from the query, sinks masked,
+        averaged over heads, layers and token pairs.
+
+    Returns
+    -------
+    RepetitionReport
+    """
+    b = self_attention_block(trace, block, "repetition")
+    require_generation(trace, "repetition")
+    min_length = check_count(min_length, "min_length", minimum=1)
+    li, hi, lsel, hsel = select_layers_heads(trace, b, layers, heads)
+    g0 = trace.spans["generated"][0]
+    table = trace.tokens
+    repeats = [Repeat(g0 + s, d, n, "".join(table.text[g0 + s:g0 + s + n]))
+               for s, d, n in _find_repeats(table.ids[g0:], min_length)]
+    keys = np.arange(b.n_keys)
+    sinks = report_sinks(trace, b, lsel, hsel, ignore_sinks and bool(repeats), keys, [])
+    generated = list(range(g0, len(table)))
+    self_share = np.zeros(len(repeats))
+    corr = np.zeros(len(repeats))
+    for r_i, r in enumerate(repeats):
+        first = np.arange(r.start, r.start + r.length)
+        q1, q2 = first - 1, first + r.shift - 1
+        attention = gather(b, li, hi, q2[:, None], keys[None, :]).mean(axis=(0, 1))
+        self_share[r_i] = shares(attention, generated, sinks).mean()
+        corr[r_i] = _pattern_correlation(b, li, hi, q1, q2, window, sinks)
+    thresholds = {"min_length": float(min_length), "self_threshold": float(self_threshold),
+                  "pattern_threshold": float(pattern_threshold), "window": float(window)}
+    findings = threshold_findings((
+        ("high_self_attention", self_share, self_threshold, "share on own output"),
+        ("pattern_in_attention", corr, pattern_threshold, "row correlation"),
+    ), [f"{r.text!r} at {r.start + r.shift}" for r in repeats], [r.start + r.shift for r in repeats])
+    return RepetitionReport(repeats, self_share, corr, lsel, hsel, sinks, findings, thresholds)
+
+
+def _find_repeats(ids: np.ndarray, min_length: int) -> list[tuple[int, int, int]]:
+    """Maximal repeats (start, shift, length) in ``ids``, longest first, periodic runs once."""
+    ids = np.asarray(ids)
+    kept: list[tuple[int, int, int]] = []
+    for d in range(1, len(ids)):
+        same = np.concatenate([[0], (ids[:-d] == ids[d:]).astype(np.int8), [0]])
+        edges = np.diff(same)
+        for s, e in zip(np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0]):
+            n = int(e - s)
+            # a shift that is a multiple of a kept period inside the same stretch repeats nothing new
+            if n >= min_length and not any(d % d0 == 0 and s0 <= s and s + d + n <= s0 + d0 + n0
+                                           for s0, d0, n0 in kept):
+                kept.append((int(s), d, n))
+    return sorted(kept, key=lambda r: (-r[2], r[0]))
+
+
+def _pattern_correlation(b: AttentionBlock, li: np.ndarray, hi: np.ndarray, q1: np.ndarray, q2: np.ndarray,
+                         window: int, sinks: Sequence[int]) -> float:
+    """Mean Pearson correlation of rows q1 vs q2, aligned by distance back from each query.
+
+    Pair ``j`` compares keys ``q1[j] - d`` and ``q2[j] - d`` for ``d < min(window, q1[j] + 1)``,
+    sinks masked. A pair with fewer than 3 keys left, or a constant row (a head with no pattern
+    to repeat), has no correlation and is left out of the mean; NaN if nothing is left.
+    """
+    back = np.arange(int(min(window, q1.max() + 1)))[None, :]
+    k1, k2 = q1[:, None] - back, q2[:, None] - back
+    keep = (k1 >= 0) & ~(np.isin(k1, sinks) | np.isin(k2, sinks))
+    x = gather(b, li, hi, q1[:, None], k1) * keep
+    y = gather(b, li, hi, q2[:, None], k2) * keep
+    n = keep.sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        xc = (x - x.sum(-1, keepdims=True) / n[:, None]) * keep
+        yc = (y - y.sum(-1, keepdims=True) / n[:, None]) * keep
+        r = (xc * yc).sum(-1) / np.sqrt((xc * xc).sum(-1) * (yc * yc).sum(-1))
+    r = r[np.isfinite(r) & (n >= 3)]
+    return float(r.mean()) if r.size else float("nan")
