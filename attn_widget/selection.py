@@ -16,7 +16,7 @@ value the same way.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -75,7 +75,8 @@ def model_indices(wanted: Indices, captured: Sequence[int], n_model: int | None,
     """
     if wanted is None:
         return tuple(captured)
-    items = [wanted] if is_int(wanted) else list(wanted)
+    iterable = isinstance(wanted, Iterable) and not isinstance(wanted, (str, bytes))
+    items = list(wanted) if iterable else [wanted]  # one index, or a bad value named below
     n = int(n_model) if n_model else max(captured) + 1
     out = []
     for x in items:

@@ -46,6 +46,9 @@ def test_model_indices_keep_the_order_given_and_count_negatives_from_the_model()
     assert selection.model_indices([-1, 2], (2, 29), 30, "layers") == (29, 2)
     with pytest.raises(ValueError, match=r"layers is empty; pass None for every captured one \(2\.\.3\)"):
         selection.model_indices([], (2, 3), 30, "layers")
+    for bad in (True, 2.0, [1, True]):
+        with pytest.raises(TypeError, match=r"layers must be integers \(model indices\); got (True|2\.0)"):
+            selection.model_indices(bad, (2, 3), 30, "layers")
 
 
 def test_indices_to_capture_are_range_checked_sorted_and_distinct():
