@@ -7,8 +7,11 @@ import { decodePayload, sectionId } from "./payload.js";
 export const CACHE_BYTES = 256 * 2 ** 20;
 export const MAX_PREFETCH = 2;
 
-/** The key of the matrix shown for a layer and head (head -1 = mean of heads). */
-export const matrixKey = (layer, head) => (head === -1 ? `mean/${layer}` : `head/${layer}/${head}`);
+/** The `head` trait's value for the mean of the captured heads of a layer. */
+export const MEAN = -1;
+
+/** The key of the matrix shown for a layer and head (head MEAN = mean of heads). */
+export const matrixKey = (layer, head) => (head === MEAN ? `mean/${layer}` : `head/${layer}/${head}`);
 
 /**
  * Keys worth prefetching around the one shown: heads ±1 in the same layer, the same head in
@@ -18,14 +21,14 @@ export function neighbourKeys(layer, head, layers, heads) {
   const li = layers.indexOf(layer);
   const hi = heads.indexOf(head);
   const keys = [];
-  if (head !== -1) {
+  if (head !== MEAN) {
     for (const d of [1, -1]) if (heads[hi + d] !== undefined) keys.push(matrixKey(layer, heads[hi + d]));
   }
   for (const d of [1, -1]) {
     const l = layers[li + d];
     if (l === undefined) continue;
     keys.push(matrixKey(l, head));
-    if (head !== -1) keys.push(matrixKey(l, -1));
+    if (head !== MEAN) keys.push(matrixKey(l, MEAN));
   }
   return keys;
 }

@@ -1,0 +1,391 @@
+// The heatmap panels (one; or A, B and |A − B| in compare view): the Bokeh skeleton embedded per
+// panel and filled with images pooled and coloured here (WebAssembly where it runs), kept in an
+// image cache and pre-rendered while the page is idle; token ticks; the hover readout and
+// tooltip; the hover, pin and step boxes. PROTOCOL.md, "Bokeh skeletons".
+
+import { embedFigure, setChanged, themeDocument } from "./bokeh.js";
+import { LOG_LOW, bitsLUT, colorize, paletteLUT, poolDiff, scaleMapping } from "./colour.js";
+import { h } from "./dom.js";
+import { poolColourFast, poolRelativeFast, wasmEngine } from "./fastpool.js";
+import { matrixShape, valueAt } from "./payload.js";
+import { ImageCache } from "./store.js";
+import { axisTicks, quoted } from "./tokens.js";
+
+const IMAGE_CACHE_BYTES = 48 * 2 ** 20; // per view: a dozen 1024² images
+const TOOLBAR_PX = 32; // width of Bokeh's vertical toolbar
+const BOXES = ["hover_row", "hover_col", "pin_row", "pin_col", "step_row"];
+
+export class Heatmap {
+  /**
+   * state: the view's shared state (reads `trace`, sets `lut`, the palette's colour table).
+   * get(name): a trait. section(source, key): a matrix already in the browser, or undefined.
+   * root: the view's element (carries data-shown, data-image-cache, data-paints).
+   * onHover({q, k} | null): the hovered cell. onPin(q): a click on a cell's row.
+   */
+  constructor({ state, get, section, root, onHover, onPin }) {
+    Object.assign(this, { state, get, section, root, onHover, onPin });
+    this.images = new ImageCache(IMAGE_CACHE_BYTES);
+    this.colourTables = new Map();
+    this.panels = [];
+    this.sections = null;
+    this.paints = 0;
+    this.generation = 0;
+  }
+
+  /** Panels embedded, so that images and boxes have somewhere to go. */
+  get ready() {
+    return this.panels.length > 0 && this.panels.every((p) => p.view);
+  }
+
+  /** The panels' boxes (not embedded yet) and the tooltip; hover lines go to `readout` too. */
+  build(readout) {
+    const { sources, compare } = this.state.trace;
+    this.generation++;
+    this.readout = readout;
+    this.tooltip = h("div", { class: "aw-tooltip", role: "tooltip" });
+    const plots = h("div", { class: "aw-plots" });
+    this.panels = panelSpecs(sources, compare).map((spec) => {
+      const host = h("div", { class: "aw-plot-host" });
+      const label = h("div", { class: "aw-plot-label", text: spec.title });
+      plots.append(h("div", { class: "aw-plot" }, label, host));
+      return { ...spec, host, label };
+    });
+    return { plots, tooltip: this.tooltip };
+  }
+
+  /** Embed the `heatmap` skeleton (`_figures.heatmap`) once per panel. */
+  async embed(bokeh, item) {
+    this.bokeh = bokeh;
+    for (const panel of this.panels) {
+      const { views, root } = await embedFigure(bokeh, item, panel.host, (item.doc.roots[0].attributes ?? {}).name);
+      const doc = root.model.document;
+      const cds = doc.get_model_by_name("heat_source");
+      // The image sits on Bokeh's overlay layer (figure_items), so a new image repaints that
+      // layer alone; the lower levels are clipped to the frame by Bokeh, this one by us.
+      const image = doc.get_model_by_name("heat_image") ?? root.model.renderers.find((r) => r.data_source === cds);
+      const imageView = image && root.renderer_views?.get(image);
+      if (imageView) Object.defineProperty(imageView, "needs_clip", { configurable: true, get: () => true });
+      // Every new image marks the plot's data ranges stale, and the next paint then re-measures
+      // the axes' and colour bar's labels (a forced page layout, 3+ ms in JupyterLab). Both
+      // ranges are fixed Range1d, so data ranges never apply: keep the flag down.
+      const ranges = root._range_manager;
+      if (ranges && "invalidate_dataranges" in ranges) {
+        Object.defineProperty(ranges, "invalidate_dataranges", { configurable: true, get: () => false, set: () => {} });
+      }
+      Object.assign(panel, {
+        views, plot: root.model, doc, cds,
+        xRange: doc.get_model_by_name("x_range"), yRange: doc.get_model_by_name("y_range"),
+        xTicker: doc.get_model_by_name("x_ticker"), yTicker: doc.get_model_by_name("y_ticker"),
+        xAxis: doc.get_model_by_name("x_axis"), yAxis: doc.get_model_by_name("y_axis"),
+        colourBar: doc.get_model_by_name("colour_bar"),
+        linear: doc.get_model_by_name("linear_mapper"), log: doc.get_model_by_name("log_mapper"),
+        boxes: Object.fromEntries(BOXES.map((n) => [n, doc.get_model_by_name(n)])),
+      });
+      this.state.lut ??= paletteLUT(panel.linear.palette);
+      const redraw = () => this.scheduleImages();
+      for (const r of [panel.xRange, panel.yRange]) {
+        r.properties.start.change.connect(redraw);
+        r.properties.end.change.connect(redraw);
+      }
+      this.attachHover(panel, root);
+      panel.view = root; // last: the panel is ready
+    }
+  }
+
+  /** The Bokeh views of the heatmaps (benchmarks wrap their paint). */
+  views() {
+    return this.panels.map((p) => p.view);
+  }
+
+  /**
+   * The toolbars (pan, zoom, reset, save), added after the first paint: the skeleton has none,
+   * since building its buttons costs ~0.1 s of the embed. On the right, with the plot widened
+   * by as much, so the heatmap itself does not move.
+   */
+  showToolbars() {
+    for (const p of this.panels) {
+      if (p.plot.toolbar_location != null) continue;
+      // Width first: the toolbar's view is built asynchronously, and a layout in between (as
+      // a width change makes) must not look for it.
+      p.plot.width += TOOLBAR_PX;
+      p.plot.toolbar_location = "right";
+    }
+  }
+
+  /** The panels' labels: their titles, then `text`. */
+  label(text) {
+    for (const p of this.panels) p.label.textContent = `${p.title ? p.title + " · " : ""}${text}`;
+  }
+
+  /** Show the matrices `sections` (one per source) of `key` in every panel. */
+  draw(key, sections) {
+    this.key = key;
+    this.sections = sections;
+    this.drawImages();
+    this.updateTicks();
+  }
+
+  scheduleImages() {
+    if (this.imagesQueued) return;
+    this.imagesQueued = true;
+    requestAnimationFrame(() => {
+      this.imagesQueued = false;
+      if (!this.destroyed && this.sections && this.ready) {
+        this.drawImages();
+        this.updateTicks();
+      }
+    });
+  }
+
+  drawImages() {
+    const scale = this.get("scale");
+    let cached = true;
+    for (const p of this.panels) {
+      const { entry, region, hit } = this.imageFor(p, this.key, this.sections, scale);
+      if (!hit) cached = false;
+      const mapping = entry.mapping;
+      p.cds.data = {
+        image: [entry.image],
+        x: [region.k0], y: [region.q0], dw: [entry.w * entry.block], dh: [entry.h * entry.block],
+      };
+      // Bokeh re-lays out on every property write, so write only what changed.
+      const mapper = mapping.kind === "log" ? p.log : p.linear;
+      if (mapping.kind === "linear" && (p.linear.low !== mapping.low || p.linear.high !== mapping.high)) {
+        p.linear.setv({ low: mapping.low, high: mapping.high });
+      }
+      if (p.colourBar.color_mapper !== mapper) p.colourBar.color_mapper = mapper;
+      const title = colourBarTitle(p.kind, scale, entry);
+      if (p.colourBar.title !== title) p.colourBar.title = title;
+    }
+    this.root.dataset.shown = `${this.key}:${scale}`;
+    this.root.dataset.imageCache = cached ? "hit" : "miss"; // for benchmarks and tests
+    this.root.dataset.paints = ++this.paints;
+  }
+
+  /**
+   * The coloured image of `key` (sections `secs`, one per source) for panel `p` at its visible
+   * region and pixel size: from the image cache, or pooled and coloured now and cached.
+   */
+  imageFor(p, key, secs, scale) {
+    const [nq, nk] = p.kind === "diff" ? commonShape(secs) : matrixShape(secs[p.source]);
+    const region = visibleRegion(p.xRange, p.yRange, nq, nk);
+    const frame = p.view.frame?.bbox;
+    const maxPixels = Math.min(1024, Math.ceil((frame ? Math.max(frame.width, frame.height) : 500) * (globalThis.devicePixelRatio || 1)));
+    const used = p.kind === "diff" ? secs : [secs[p.source]];
+    const cacheKey = `${p.kind}|${p.source}|${key}|${scale}|${region.q0},${region.q1},${region.k0},${region.k1}|${maxPixels}`;
+    // Benchmarks set __awColdImages to time pooling and colouring on every move.
+    const entry = globalThis.__awColdImages ? null : this.images.get(cacheKey, used);
+    if (entry) return { entry, region, hit: true };
+    let pooled;
+    let mapping;
+    let rgba;
+    if (p.kind === "diff") {
+      pooled = poolDiff(secs[0], secs[1], region, maxPixels);
+      mapping = scaleMapping("diff", pooled.max);
+    } else if (scale === "row") {
+      pooled = poolRelativeFast(secs[p.source], region, maxPixels);
+      mapping = scaleMapping(scale);
+    } else {
+      mapping = scaleMapping(scale);
+      pooled = poolColourFast(secs[p.source], region, maxPixels, this.coloursFor(mapping));
+      rgba = pooled.rgba;
+    }
+    rgba ??= colorize(pooled.values, mapping, this.state.lut);
+    const { ndarray } = this.bokeh.require("core/util/ndarray");
+    const made = {
+      image: ndarray(rgba, { shape: [pooled.h, pooled.w], dtype: "uint32" }),
+      w: pooled.w, h: pooled.h, block: pooled.block, max: pooled.max, mapping,
+    };
+    this.images.set(cacheKey, used, made, rgba.byteLength);
+    return { entry: made, region, hit: false };
+  }
+
+  /** The float16-pattern → colour table (bitsLUT) of a mapping, made once per view. */
+  coloursFor(mapping) {
+    const key = `${mapping.kind}|${mapping.low}|${mapping.high}`;
+    let table = this.colourTables.get(key);
+    if (!table) this.colourTables.set(key, (table = bitsLUT(mapping, this.state.lut)));
+    return table;
+  }
+
+  /**
+   * Colour the neighbours a slider move goes to next (already in the browser) while the page is
+   * idle, one per idle slice with room to spare, so that the move finds its image cached. Only
+   * for matrices that pool within an idle slice: up to 4096² cells with WebAssembly (~10 ms),
+   * 2048² without.
+   */
+  prerender(keys) {
+    const idle = globalThis.requestIdleCallback;
+    if (!idle || !this.ready || globalThis.__awColdImages) return;
+    const generation = this.generation;
+    const scale = this.get("scale");
+    const n = this.state.trace.sources.length;
+    const todo = [...keys];
+    const step = (deadline) => {
+      if (this.destroyed || this.generation !== generation || this.get("scale") !== scale) return;
+      while (todo.length && deadline.timeRemaining() > 12) {
+        const key = todo.shift();
+        const secs = Array.from({ length: n }, (_, i) => this.section(i, key));
+        if (!secs.every(Boolean)) continue;
+        const cells = Math.max(...secs.map((s) => matrixShape(s)[0] * matrixShape(s)[1]));
+        if (cells > (wasmEngine() ? 4096 * 4096 : 2048 * 2048)) continue;
+        for (const p of this.panels) this.imageFor(p, key, secs, scale);
+      }
+      if (todo.length) idle(step, { timeout: 1000 });
+    };
+    idle(step, { timeout: 1000 });
+  }
+
+  updateTicks() {
+    const { tokens, keyTokens } = this.state.trace;
+    for (const p of this.panels) {
+      const frame = p.view.frame?.bbox;
+      const set = (range, ticker, axis, pixels, texts) => {
+        const { ticks, labels } = axisTicks(Math.min(range.start, range.end), Math.max(range.start, range.end), texts, pixels);
+        const key = ticks.join(",");
+        if (ticker.__awKey === key) return; // unchanged: spare Bokeh a re-layout
+        ticker.__awKey = key;
+        ticker.ticks = ticks;
+        axis.major_label_overrides = labels;
+      };
+      set(p.xRange, p.xTicker, p.xAxis, frame ? frame.width : 400, keyTokens);
+      set(p.yRange, p.yTicker, p.yAxis, frame ? frame.height : 400, tokens);
+    }
+  }
+
+  // ------------------------------------------------------------------ hover, pin, boxes
+  attachHover(panel, view) {
+    const target = view.el;
+    let down = null;
+    const cell = (e) => {
+      const frame = view.frame;
+      const canvas = view.canvas_view?.el ?? target;
+      const r = canvas.getBoundingClientRect();
+      const sx = e.clientX - r.left;
+      const sy = e.clientY - r.top;
+      const bb = frame.bbox;
+      if (sx < bb.left || sx > bb.right || sy < bb.top || sy > bb.bottom) return null;
+      const k = Math.floor(frame.x_scale.invert(sx));
+      const q = Math.floor(frame.y_scale.invert(sy));
+      if (!this.sections) return null;
+      const [nq, nk] = panel.kind === "diff" ? commonShape(this.sections) : matrixShape(this.sections[panel.source]);
+      return q >= 0 && k >= 0 && q < nq && k < nk ? { q, k } : null;
+    };
+    const hide = () => this.tooltip.classList.remove("aw-visible");
+    target.addEventListener("mousemove", (e) => {
+      const c = cell(e);
+      if (!c) {
+        hide();
+        this.onHover(null);
+        return;
+      }
+      const lines = cellLines(this.state.trace, this.sections, c, panel.source);
+      this.readout.replaceChildren(...lines.map((t) => h("div", { text: t })));
+      this.tooltip.replaceChildren(...lines.map((t) => h("div", { text: t })));
+      const rr = this.root.getBoundingClientRect();
+      this.tooltip.style.left = `${e.clientX - rr.left + 14}px`;
+      this.tooltip.style.top = `${e.clientY - rr.top + 14}px`;
+      this.tooltip.classList.add("aw-visible");
+      this.onHover(c);
+    });
+    target.addEventListener("mouseleave", () => {
+      hide();
+      this.onHover(null);
+    });
+    target.addEventListener("mousedown", (e) => (down = [e.clientX, e.clientY]));
+    target.addEventListener("click", (e) => {
+      if (!down || Math.hypot(e.clientX - down[0], e.clientY - down[1]) > 3) return;
+      const c = cell(e);
+      if (c) this.onPin(c.q);
+    });
+  }
+
+  /** Row and column boxes: hovered query `hq` and key `hk`, the pinned token's row (and column). */
+  highlight(hq, hk, pinned) {
+    const { tokens, keyTokens, cross } = this.state.trace;
+    for (const p of this.panels) {
+      const nk = Math.max(p.xRange.bounds?.[1] ?? keyTokens.length, keyTokens.length);
+      const nq = Math.max(p.yRange.bounds?.[1] ?? tokens.length, tokens.length);
+      const rowBox = (box, q) => setChanged(box, q === null || q < 0 ? { visible: false } : { visible: true, left: 0, right: nk, top: q, bottom: q + 1 });
+      const colBox = (box, k) => setChanged(box, k === null || k < 0 ? { visible: false } : { visible: true, left: k, right: k + 1, top: 0, bottom: nq });
+      rowBox(p.boxes.hover_row, hq);
+      colBox(p.boxes.hover_col, hk);
+      rowBox(p.boxes.pin_row, pinned);
+      colBox(p.boxes.pin_col, cross ? null : pinned);
+    }
+  }
+
+  /** The generation step's query row `q` (none when q < 0). */
+  showStep(q) {
+    const right = this.state.trace.keyTokens.length;
+    for (const p of this.panels) {
+      setChanged(p.boxes.step_row, q >= 0 ? { visible: true, left: 0, right, top: q, bottom: q + 1 } : { visible: false });
+    }
+  }
+
+  theme(dark) {
+    for (const p of this.panels) if (p.doc) themeDocument(p.doc, dark);
+  }
+
+  /** Drop the panels' Bokeh views (a rebuild, or the end). */
+  clear() {
+    for (const p of this.panels) p.views?.forEach((v) => v.remove());
+    this.panels = [];
+  }
+
+  clearImages() {
+    this.images.clear();
+  }
+
+  dispose() {
+    this.destroyed = true;
+    this.clear();
+    this.images.clear();
+  }
+}
+
+/** One panel, or A, B and |A − B| in compare view. */
+export function panelSpecs(sources, compare) {
+  if (!compare) return [{ kind: "single", source: 0, title: "" }];
+  return [
+    { kind: "single", source: 0, title: sources[0].label },
+    { kind: "single", source: 1, title: sources[1].label },
+    { kind: "diff", source: -1, title: `|${sources[0].label} − ${sources[1].label}|` },
+  ];
+}
+
+/** The cells of a panel's visible ranges (Bokeh Range1d: start, end), clamped to nq × nk. */
+export function visibleRegion(xRange, yRange, nq, nk) {
+  const clamp = (v, n) => Math.min(Math.max(v, 0), n);
+  const xs = [xRange.start, xRange.end];
+  const ys = [yRange.start, yRange.end];
+  return {
+    k0: clamp(Math.floor(Math.min(...xs)), nk), k1: clamp(Math.ceil(Math.max(...xs)), nk),
+    q0: clamp(Math.floor(Math.min(...ys)), nq), q1: clamp(Math.ceil(Math.max(...ys)), nq),
+  };
+}
+
+/** Rows and columns every section has (|A − B| covers the positions both traces have). */
+function commonShape(sections) {
+  return sections.map(matrixShape).reduce((a, b) => [Math.min(a[0], b[0]), Math.min(a[1], b[1])]);
+}
+
+/** The colour bar's title for a panel's image. */
+export function colourBarTitle(kind, scale, image) {
+  const name = kind === "diff" ? `|A − B| (max ${image.max.toFixed(3)})`
+    : { linear: "weight", log: `weight (log, < ${LOG_LOW} at bottom)`, row: "weight ÷ row max" }[scale];
+  return image.block > 1 ? `${name} · 1 px = max of ${image.block}×${image.block}` : name;
+}
+
+/** Readout lines of a hovered cell {q, k}: its tokens, then its weight (A, B and |Δ| compared). */
+export function cellLines(facts, sections, c, source) {
+  const lines = [`query ${c.q} ${quoted(facts.tokens[c.q])} → key ${c.k} ${quoted(facts.keyTokens[c.k])}`];
+  const fmt = (v) => (Number.isNaN(v) ? "—" : v < 1e-3 && v > 0 ? v.toExponential(2) : v.toFixed(4));
+  if (facts.compare) {
+    const [a, b] = [0, 1].map((i) => valueAt(sections[i], c.q, c.k));
+    lines.push(`${facts.sources[0].label} ${fmt(a)} · ${facts.sources[1].label} ${fmt(b)} · |Δ| ${fmt(Math.abs(a - b))}`);
+  } else {
+    lines.push(`weight ${fmt(valueAt(sections[source], c.q, c.k))}`);
+  }
+  return lines;
+}

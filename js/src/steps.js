@@ -1,0 +1,146 @@
+// Generation steps: the scrubber over the generated tokens and the bar chart of the chosen
+// output token's attention (A's bars and B's, faded, side by side in compare view).
+
+import { embedFigure, themeDocument } from "./bokeh.js";
+import { h, keyboardSlider } from "./dom.js";
+import { matrixShape, row } from "./payload.js";
+import { axisTicks, quoted } from "./tokens.js";
+
+const COLOURS = { prompt: "#4c78a8", generated: "#e45756", promptDark: "#79a6dc", generatedDark: "#ff8a80" };
+
+export class Steps {
+  /**
+   * state: the view's shared state (reads `trace`, `sections`, `dark`). get(name) and
+   * set(name, value): traits.
+   */
+  constructor({ state, get, set }) {
+    Object.assign(this, { state, get, set });
+    this.input = null;
+    this.bars = null;
+    this.barViews = [];
+  }
+
+  /** There is a generation to scrub. */
+  get active() {
+    return this.input !== null;
+  }
+
+  /** The steps' box: title, ◀ slider ▶, the step's description, the bar chart's host. */
+  build() {
+    const { generated, cross, compare, sources } = this.state.trace;
+    const box = h("div", { class: "aw-steps" });
+    const n = generated[1] - generated[0];
+    this.input = null;
+    this.host = null;
+    if (n <= 0) return box;
+    this.input = keyboardSlider(h("input", { type: "range", min: 0, max: n - 1, step: 1, class: "aw-step", "aria-label": "generation step" }));
+    this.input.addEventListener("input", () => this.set("step", +this.input.value));
+    const move = (d) => () => this.set("step", Math.min(Math.max(this.get("step") + d, 0), n - 1));
+    this.label = h("span", { class: "aw-step-label" });
+    this.host = h("div", { class: "aw-bars-host" });
+    box.append(
+      h("div", { class: "aw-section-title" },
+        h("span", { text: `Generation: the chosen output token's attention over ${cross ? "the encoder's tokens" : "earlier tokens"}` +
+          (compare ? ` (${sources[0].label} solid, ${sources[1].label} faded, side by side)` : "") })),
+      h("div", { class: "aw-row" },
+        h("button", { type: "button", class: "aw-prev", text: "◀", "aria-label": "previous step", onclick: move(-1) }),
+        this.input,
+        h("button", { type: "button", class: "aw-next", text: "▶", "aria-label": "next step", onclick: move(1) }),
+        this.label),
+      this.host);
+    return box;
+  }
+
+  /** The bar chart (`_figures.bars`), embedded after the heatmap's first paint. */
+  async embed(bokeh, item) {
+    if (!this.host) {
+      this.bars = null;
+      return;
+    }
+    const { views, root } = await embedFigure(bokeh, item, this.host, "bars");
+    this.barViews = views;
+    const doc = root.model.document;
+    this.bars = {
+      plot: root.model, view: root, source: doc.get_model_by_name("bars_source"),
+      ticker: doc.get_model_by_name("bars_x_ticker"), axis: doc.get_model_by_name("bars_x_axis"),
+      xRange: doc.get_model_by_name("bars_x_range"),
+      glyph: root.model.renderers.find((r) => r.data_source?.name === "bars_source")?.glyph,
+    };
+  }
+
+  /** Show step `t` on the slider and in words; returns the query row that produced it. */
+  show(t) {
+    this.input.value = t;
+    this.label.textContent = stepText(this.state.trace, t);
+    return this.state.trace.generated[0] + t - 1;
+  }
+
+  updateBars() {
+    const { sections, trace, dark } = this.state;
+    if (!this.bars || !sections) return;
+    const bars = barData(trace, sections, this.get("step"), dark);
+    if (!bars) {
+      this.bars.source.data = { x: [], top: [], color: [] };
+      return;
+    }
+    if (this.bars.glyph && this.bars.width !== bars.width) {
+      this.bars.glyph.width = bars.width;
+      this.bars.width = bars.width;
+    }
+    this.bars.source.data = { x: bars.x, top: bars.top, color: bars.color };
+    this.bars.xRange.setv({ start: 0, end: bars.nKeys });
+    const frame = this.bars.view.frame?.bbox;
+    const { ticks, labels } = axisTicks(0, bars.nKeys, trace.keyTokens, frame ? frame.width : 600);
+    this.bars.ticker.ticks = ticks;
+    this.bars.axis.major_label_overrides = labels;
+  }
+
+  theme(dark) {
+    if (this.bars) themeDocument(this.bars.plot.document, dark);
+  }
+
+  clear() {
+    for (const v of this.barViews) v.remove();
+    this.barViews = [];
+    this.bars = null;
+  }
+}
+
+/** What step `t` is: its output token and the query row that produced it. */
+export function stepText(facts, t) {
+  const out = facts.generated[0] + t;
+  const q = out - 1;
+  return q >= 0
+    ? `step ${t}: output ${quoted(facts.tokens[out])} (position ${out}), produced by query ${q} ${quoted(facts.tokens[q])}`
+    : `step ${t}: output ${quoted(facts.tokens[out])} has no earlier token to attend from`;
+}
+
+/**
+ * The bars of step `t`: the producing query's weights over the keys, {x, top, color, width,
+ * nKeys}, or null when no query produced it. Compare: A's and B's (faded) side by side at each
+ * position both traces have.
+ */
+export function barData(facts, sections, t, dark) {
+  const q = facts.generated[0] + t - 1;
+  if (q < 0) return null;
+  const shown = facts.compare ? [0, 1] : [0];
+  const width = shown.length > 1 ? 0.4 : 0.8;
+  const x = [];
+  const top = [];
+  const color = [];
+  // Cross-attention: the output token's query row runs over every encoder token (the source).
+  const nKeys = facts.cross ? facts.keyTokens.length : q + 1;
+  for (const i of shown) {
+    if (q >= matrixShape(sections[i])[0]) continue;
+    const weights = row(sections[i], q);
+    const offset = shown.length > 1 ? 0.3 + 0.4 * i : 0.5;
+    const alpha = i === 0 ? "" : "80";
+    for (let k = 0; k < nKeys && k < weights.length; k++) {
+      x.push(k + offset);
+      top.push(weights[k]);
+      const gen = !facts.cross && k >= facts.generated[0];
+      color.push((gen ? (dark ? COLOURS.generatedDark : COLOURS.generated) : (dark ? COLOURS.promptDark : COLOURS.prompt)) + alpha);
+    }
+  }
+  return { x, top, color, width, nKeys };
+}
