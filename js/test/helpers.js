@@ -43,3 +43,57 @@ export function packTril(dense, t) {
   for (let i = 0; i < t; i++) for (let k = 0; k <= i; k++) out.push(dense[i * t + k]);
   return out;
 }
+
+/**
+ * A stand-in anywidget model: traits, change events (`change:<name>` with the model and the new
+ * value, as Backbone sends them), custom messages. `fromKernel(name, value)` applies a value the
+ * way ipywidgets applies kernel state (under `_state_lock`); `reply(msg, buffers)` delivers a
+ * host message; `sent` and `saves` record what the front end wrote.
+ */
+export function fakeModel(traits = {}) {
+  const listeners = new Map();
+  const emit = (name, ...args) => (listeners.get(name) ?? []).slice().forEach((fn) => fn(...args));
+  const model = {
+    traits: { ...traits },
+    sent: [],
+    saves: 0,
+    _state_lock: null,
+    get: (k) => model.traits[k],
+    set: (k, v) => {
+      const old = model.traits[k];
+      model.traits[k] = v;
+      if (old !== v) emit(`change:${k}`, model, v);
+    },
+    save_changes: () => model.saves++,
+    on: (name, fn) => listeners.set(name, [...(listeners.get(name) ?? []), fn]),
+    off: (name, fn) => listeners.set(name, (listeners.get(name) ?? []).filter((f) => f !== fn)),
+    send: (msg) => model.sent.push(msg),
+    fromKernel: (k, v) => {
+      model._state_lock = { [k]: v };
+      model.set(k, v);
+      model._state_lock = null;
+    },
+    reply: (msg, buffers = []) => emit("msg:custom", msg, buffers),
+    listening: () => [...listeners.values()].reduce((n, fns) => n + fns.length, 0),
+  };
+  return model;
+}
+
+/** Frames on demand: installs requestAnimationFrame; `run()` runs the frame's callbacks. */
+export function manualFrames() {
+  const queue = [];
+  globalThis.requestAnimationFrame = (fn) => queue.push(fn);
+  return { run: () => queue.splice(0).forEach((fn) => fn(performance.now())), get pending() { return queue.length; } };
+}
+
+/** Let timers of 0 ms (and microtasks) run. */
+export const tick = (ms = 0) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Token lists of a payload source (PROTOCOL.md): texts, raw forms, ids, special flags. */
+export const tokens = (text) => ({ text, raw: text, ids: text.map((_, i) => i), special: text.map(() => false) });
+
+/** A payload header's source: `n` tokens " t0"… of which the first `prompt` are the prompt. */
+export function source({ label = "A", name = "smollm2", n = 5, prompt = 3, layers = [0, 1, 2], heads = [0, 1], ...rest } = {}) {
+  const text = Array.from({ length: n }, (_, i) => ` t${i}`);
+  return { label, model: { name }, tokens: tokens(text), spans: { prompt: [0, prompt], generated: [prompt, n] }, layers, heads, ...rest };
+}

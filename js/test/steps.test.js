@@ -1,0 +1,39 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { traceFacts } from "../src/facts.js";
+import { barData, stepText } from "../src/steps.js";
+import { f16array, packTril, source } from "./helpers.js";
+
+// 4 tokens: prompt 0–1, generated 2–3; row q of the matrix is [q+1 equal weights].
+const dense = [1, 0, 0, 0, 0.5, 0.5, 0, 0, 0.25, 0.25, 0.5, 0, 0.25, 0.25, 0.25, 0.25];
+const matrix = { key: "head/0/0", dtype: "float16", layout: "tril", shape: [4], data: f16array(packTril(dense, 4)) };
+const facts = traceFacts({ mode: "single", sources: [source({ n: 4, prompt: 2 })] });
+
+test("a step names its output token and the query that produced it", () => {
+  assert.equal(stepText(facts, 0), 'step 0: output "␣t2" (position 2), produced by query 1 "␣t1"');
+  const fromStart = traceFacts({ mode: "single", sources: [source({ n: 2, prompt: 0 })] });
+  assert.equal(stepText(fromStart, 0), 'step 0: output "␣t0" has no earlier token to attend from');
+});
+
+test("the bars are the producing query's weights over the earlier tokens, coloured by span", () => {
+  const bars = barData(facts, [matrix], 1, false); // output 3, query 2
+  assert.deepEqual(bars.x, [0.5, 1.5, 2.5]);
+  assert.deepEqual(bars.top, [0.25, 0.25, 0.5]);
+  assert.deepEqual(bars.color, ["#4c78a8", "#4c78a8", "#e45756"]);
+  assert.equal(bars.width, 0.8);
+  assert.equal(bars.nKeys, 3);
+  assert.deepEqual(barData(facts, [matrix], 1, true).color, ["#79a6dc", "#79a6dc", "#ff8a80"], "dark theme colours");
+});
+
+test("compare view puts B's bars, faded, beside A's", () => {
+  const both = traceFacts({ mode: "compare", sources: [source({ n: 4, prompt: 2 }), source({ label: "B", n: 4, prompt: 2 })] });
+  const bars = barData(both, [matrix, matrix], 0, false); // query 1: two keys
+  assert.deepEqual(bars.x, [0.3, 1.3, 0.7, 1.7]);
+  assert.deepEqual(bars.color, ["#4c78a8", "#4c78a8", "#4c78a880", "#4c78a880"]);
+  assert.equal(bars.width, 0.4);
+});
+
+test("no bars for an output with no producing query", () => {
+  const fromStart = traceFacts({ mode: "single", sources: [source({ n: 4, prompt: 0 })] });
+  assert.equal(barData(fromStart, [matrix], 0, false), null);
+});
