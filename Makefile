@@ -21,9 +21,10 @@ $(VENV)/.setup-test: $(VENV)/.setup
 	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
 	touch $@
 
-# The front end: ES modules in js/src bundled by esbuild into the package (generated, not in git).
-ESM := attn_widget/static/widget.js
-$(ESM): js/package.json js/package-lock.json js/scripts/wasm.mjs $(wildcard js/src/*)
+# The front end: ES modules in js/src bundled by esbuild into the package (generated, not in git):
+# the widget, and a snapshot page's boot script and styles (js/src/snapshot/), one build for all.
+ESM := attn_widget/static/widget.js attn_widget/static/snapshot.js attn_widget/static/snapshot.css
+$(ESM) &: js/package.json js/package-lock.json js/scripts/wasm.mjs $(wildcard js/src/* js/src/snapshot/*)
 	cd js && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build
 
 setup: $(VENV)/.setup $(ESM)

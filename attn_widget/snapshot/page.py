@@ -6,17 +6,20 @@ with only four byte values escaped, so 1 MB of compressed data costs about 1.02 
 base64 blocks. Float16 data is byte-shuffled first (the high bytes of float16 values, which hold
 sign and exponent, compress well once they sit together). The boot script decodes a block only
 when the page first needs it, and stands in for the widget model, answering the front end's
-requests from recorded replies.
+requests from recorded replies. It and the page's styles are front-end code: ``js/src/snapshot/``,
+built with the widget into ``attn_widget/static/`` (``cd js && npm run build``).
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import json
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -91,171 +94,25 @@ Part = tuple[int, int, int]  # (block, start, stop): a byte range of one decoded
 
 
 # --------------------------------------------------------------------------- the page
-_BOOT_JS = r"""
-(async () => {
-  const root = document.getElementById("aw-root");
-  const fail = (err) => {
-    console.error(err);
-    const p = document.createElement("p");
-    p.className = "aw-snap-error";
-    p.textContent = "This snapshot could not be shown: " + (err && err.message || err) +
-      ". It needs a current browser (Chrome, Edge, Firefox or Safari from 2023 on).";
-    root.replaceChildren(p);
-  };
-  try {
-    const M = JSON.parse(document.getElementById("aw-manifest").textContent);
-    const lut = new Uint8Array(0x10000);
-    for (let i = 0; i < 256; i++) lut[i] = i;
-    M.cp1252.forEach((cp, i) => { lut[cp] = 0x80 + i; });
-    const esc = [0x00, 0x0d, 0x3c, 0x3d];
-    const fromRaw = (s) => {
-      const out = new Uint8Array(s.length);
-      let n = 0;
-      for (let i = 0; i < s.length; i++) {
-        const c = s.charCodeAt(i);
-        out[n++] = c === 61 ? esc[s.charCodeAt(++i) - 48] : lut[c];
-      }
-      return out.subarray(0, n);
-    };
-    const fromB64 = (s) => Uint8Array.fromBase64 ? Uint8Array.fromBase64(s)
-      : Uint8Array.from(atob(s), (c) => c.charCodeAt(0));
-    const inflate = async (bytes) => {
-      const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("deflate"));
-      return new Uint8Array(await new Response(stream).arrayBuffer());
-    };
-    const unshuffle = (planes, k) => {
-      if (k === 1) return planes;
-      const n = planes.length / k, out = new Uint8Array(planes.length);
-      for (let j = 0; j < k; j++) {
-        const plane = planes.subarray(j * n, (j + 1) * n);
-        for (let i = 0; i < n; i++) out[i * k + j] = plane[i];
-      }
-      return out;
-    };
-    const blocks = new Map();
-    const block = (i) => {
-      if (!blocks.has(i)) {
-        blocks.set(i, (async () => {
-          if (!document.getElementById("aw-b" + i) && document.readyState === "loading") {
-            await new Promise((done) => document.addEventListener("DOMContentLoaded", done, { once: true }));
-          }
-          const el = document.getElementById("aw-b" + i);
-          const text = el.textContent;
-          el.textContent = "";  // the decoded copy is all we keep
-          const packed = el.dataset.enc === "b64" ? fromB64(text) : fromRaw(text);
-          const bytes = unshuffle(await inflate(packed), M.blocks[i].shuffle);
-          if (bytes.length !== M.blocks[i].n) throw new Error("block " + i + " is damaged");
-          return bytes;
-        })());
-      }
-      return blocks.get(i);
-    };
-    const bytesOf = async (parts) => {
-      const pieces = await Promise.all(parts.map(([b, s, e]) => block(b).then((u) => u.subarray(s, e))));
-      const out = new Uint8Array(pieces.reduce((n, p) => n + p.length, 0));
-      let at = 0;
-      for (const p of pieces) { out.set(p, at); at += p.length; }
-      return out;
-    };
-    const text = async (parts) => new TextDecoder().decode(await bytesOf(parts));
-    const view = (u) => new DataView(u.buffer, u.byteOffset, u.byteLength);
+# The boot program and the page's styles are built from js/src/snapshot/ (with the widget).
+_STATIC = Path(__file__).resolve().parent.parent / "static"
+BOOT_SCRIPT = _STATIC / "snapshot.js"
+STYLESHEET = _STATIC / "snapshot.css"
 
-    const key = (msg) => JSON.stringify(M.request_fields.map((f) => msg[f] ?? null));
-    const answer = async (msg) => {
-      const rec = M.replies[key(msg)];
-      const echo = Object.fromEntries(M.echo_fields.filter((f) => f in msg).map((f) => [f, msg[f]]));
-      if (!rec) {
-        const template = M.unanswered[msg.type] ?? M.unanswered["*"];
-        const copied = Object.fromEntries(template.copy.filter((f) => f in msg).map((f) => [f, msg[f]]));
-        const message = template.message.replace(/\{(\w+)\}/g, (_, f) => String(msg[f] ?? ""));
-        return [{ ...template.content, ...copied, ...echo, message }, []];
-      }
-      const buffers = await Promise.all(rec.buffers.map((parts) => bytesOf(parts).then(view)));
-      return [{ ...rec.content, ...echo }, buffers];
-    };
 
-    class StandInModel {
-      constructor(state) { this._state = state; this._handlers = new Map(); }
-      get(name) { return this._state[name]; }
-      set(name, value) {
-        if (Object.is(this._state[name], value)) return;
-        this._state[name] = value;
-        this._emit("change:" + name, this, value);
-        this._emit("change", this);
-      }
-      save_changes() {}
-      on(names, callback) {
-        for (const name of names.split(/\s+/)) {
-          if (!this._handlers.has(name)) this._handlers.set(name, new Set());
-          this._handlers.get(name).add(callback);
-        }
-      }
-      off(names, callback) {
-        if (!names) { this._handlers.clear(); return; }
-        for (const name of names.split(/\s+/)) {
-          if (callback) this._handlers.get(name)?.delete(callback);
-          else this._handlers.delete(name);
-        }
-      }
-      send(msg) {
-        answer(msg).then(([content, buffers]) => this._emit("msg:custom", content, buffers), fail);
-      }
-      _emit(name, ...args) {
-        for (const cb of [...(this._handlers.get(name) ?? [])]) {
-          try { cb(...args); } catch (err) { console.error(err); }
-        }
-      }
-    }
-
-    const state = {};
-    for (const [name, value] of Object.entries(M.state)) state[name] = value;
-    for (const [name, parts] of Object.entries(M.binary_state)) state[name] = view(await bytesOf(parts));
-    for (const parts of M.scripts) {
-      const s = document.createElement("script");
-      s.textContent = await text(parts);
-      document.head.appendChild(s);
-    }
-    if (M.css) {
-      const style = document.createElement("style");
-      style.textContent = await text(M.css);
-      document.head.appendChild(style);
-    }
-    const url = URL.createObjectURL(new Blob([await text(M.esm)], { type: "text/javascript" }));
-    const mod = await import(url);
-    URL.revokeObjectURL(url);
-    let widget = mod.default ?? mod;
-    if (typeof widget === "function") widget = await widget();
-    const model = new StandInModel(state);
-    await widget.initialize?.({ model });
-    const el = document.createElement("div");
-    root.replaceChildren(el);
-    await widget.render({ model, el });
-    if (window.parent !== window) {  // shown in an iframe (static()): report the height to fit
-      const post = () => window.parent.postMessage(
-        { attnWidgetHeight: document.body.getBoundingClientRect().bottom + 16 }, "*");
-      new ResizeObserver(post).observe(document.body);
-    }
-    window.attnWidgetSnapshot = { model, ready: true };
-    document.documentElement.dataset.snapshotReady = "1";
-  } catch (err) {
-    fail(err);
-  }
-})();
-"""
-
-_STYLE = """
-:root { color-scheme: light dark; }
-body { margin: 0; padding: 12px 16px; font: 14px/1.4 system-ui, -apple-system, "Segoe UI", sans-serif;
-       background: Canvas; color: CanvasText; }
-.aw-snap-head { margin: 0 0 10px; }
-.aw-snap-head h1 { font-size: 16px; margin: 0 0 2px; font-weight: 600; }
-.aw-snap-head p { margin: 2px 0; color: GrayText; font-size: 13px; }
-.aw-snap-head .aw-snap-left-out { color: CanvasText; background: rgba(255, 170, 0, 0.15);
-       border-left: 3px solid #e69500; padding: 4px 8px; }
-.aw-snap-left-out details { display: inline; }
-.aw-snap-error { color: #b00020; font-weight: 600; }
-#aw-root:empty::before { content: "Loading\\2026"; color: GrayText; }
-"""
+@functools.cache
+def _built(path: Path, element: str) -> bytes:
+    """A built file to inline in a ``<script>`` or ``<style>`` element: ASCII, and never ending it."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise RuntimeError(
+            f"attn_widget's snapshot page is not built ({path} is missing). Build the front end from "
+            "the repository root with: cd js && npm ci && npm run build") from None
+    if not data.isascii() or f"</{element}".encode() in data.lower():
+        raise RuntimeError(f"{path} cannot be inlined in a <{element}> element: rebuild it with "
+                           "cd js && npm run build")
+    return data
 
 
 def ascii_html(text: str) -> str:
@@ -343,16 +200,17 @@ class Page:
         charset = "utf-8" if self.portable else "windows-1252"
         head = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="{charset}">\n'
                 f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-                f"<title>{ascii_html(self.title)}</title>\n<style>{_STYLE}</style></head>\n"
-                f'<body>\n{self.header_html}\n<div id="aw-root"></div>\n'
+                f"<title>{ascii_html(self.title)}</title>\n<style>")
+        body = (f'</style></head>\n<body>\n{self.header_html}\n<div id="aw-root"></div>\n'
                 f"<noscript>This snapshot needs JavaScript.</noscript>\n")
         # What the first paint needs comes before the script, which starts while the parser
         # is still reading the (much larger) blocks of replies after it.
         first = sorted({p[0] for parts in [*self.scripts, self.esm, self.css, *self.binary_state.values()]
                         for p in parts})
         rest = sorted(set(range(len(self.store.blobs))) - set(first))
-        parts = [head.encode("ascii"), b'<script type="application/json" id="aw-manifest">',
+        parts = [head.encode("ascii"), _built(STYLESHEET, "style"), body.encode("ascii"),
+                 b'<script type="application/json" id="aw-manifest">',
                  _script_json(manifest), b"</script>\n", *self.store.elements(self.portable, first),
-                 b"<script>", _BOOT_JS.encode("ascii"), b"</script>\n",
+                 b"<script>", _built(BOOT_SCRIPT, "script"), b"</script>\n",
                  *self.store.elements(self.portable, rest), b"</body></html>\n"]
         return b"".join(parts)
