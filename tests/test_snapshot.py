@@ -23,39 +23,39 @@ from attn_widget.snapshot.writer import head_priority
 from attn_widget.trace import AttentionTrace
 
 LONG_TEXT = Path(__file__).resolve().parent / "data" / "long_text.txt"  # 1,182 SmolLM2 tokens
-_BLOCK = re.compile(rb'<script type="application/x-attn-widget-block" id="aw-b(\d+)" '
+_BLOB = re.compile(rb'<script type="application/x-attn-widget-blob" id="aw-b(\d+)" '
                     rb'data-enc="(raw|b64)">(.*?)</script>', re.S)
 
 
 # --------------------------------------------------------------------------- page decoding
 class Page:
-    """A snapshot page taken apart: manifest, decoded blocks, replies."""
+    """A snapshot page taken apart: manifest, decoded blobs, replies."""
 
     def __init__(self, data: bytes | str):
         self.data = data.encode("ascii") if isinstance(data, str) else data
         m = re.search(rb'<script type="application/json" id="aw-manifest">(.*?)</script>', self.data, re.S)
         self.manifest = json.loads(m.group(1))
         self.bodies = {}
-        for match in _BLOCK.finditer(self.data):
+        for match in _BLOB.finditer(self.data):
             self.bodies[int(match.group(1))] = (match.group(2), match.group(3))
 
     @property
     def text(self) -> str:
-        """The page without its binary blocks (all ASCII)."""
-        return _BLOCK.sub(b"", self.data).decode("ascii")
+        """The page without its binary blobs (all ASCII)."""
+        return _BLOB.sub(b"", self.data).decode("ascii")
 
-    def block(self, i: int) -> bytes:
+    def blob(self, i: int) -> bytes:
         enc, body = self.bodies[i]
         if enc == b"b64":
             packed = base64.b64decode(body)
         else:
             packed = re.sub(rb"=([0-3])", lambda x: bytes([b"\0\r<="[int(x.group(1))]]), body)
         planes = np.frombuffer(zlib.decompress(packed), dtype=np.uint8)
-        k = self.manifest["blocks"][i]["shuffle"]
+        k = self.manifest["blobs"][i]["shuffle"]
         return planes.reshape(k, -1).T.tobytes() if k > 1 else planes.tobytes()
 
     def parts(self, parts) -> bytes:
-        return b"".join(self.block(b)[s:e] for b, s, e in parts)
+        return b"".join(self.blob(b)[s:e] for b, s, e in parts)
 
     def payload(self) -> tuple[dict, dict]:
         return decode_payload(self.parts(self.manifest["binary_state"]["_payload"]))
@@ -126,7 +126,7 @@ def test_layer_means_equal_the_trace_within_float16(tmp_path):
         np.testing.assert_allclose(got, want, rtol=2**-11, atol=2**-25)
 
 
-def test_written_page_is_windows_1252_with_raw_blocks_the_html_parser_keeps(tmp_path):
+def test_written_page_is_windows_1252_with_raw_blobs_the_html_parser_keeps(tmp_path):
     data = aw.save_snapshot(random_trace(), tmp_path / "run.html").path.read_bytes()
     assert b'<meta charset="windows-1252">' in data[:200]
     page = Page(data)
@@ -136,7 +136,7 @@ def test_written_page_is_windows_1252_with_raw_blocks_the_html_parser_keeps(tmp_
     assert Page(data).text.isascii()
 
 
-def test_string_form_is_ascii_with_base64_blocks():
+def test_string_form_is_ascii_with_base64_blobs():
     trace = random_trace()
     html = aw.save_snapshot(trace)
     assert isinstance(html, str) and html.isascii()

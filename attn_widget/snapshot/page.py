@@ -1,10 +1,10 @@
-"""One snapshot page: compressed binary blocks, a manifest and the boot script that reads them.
+"""One snapshot page: compressed binary blobs, a manifest and the boot script that reads them.
 
-A written file is a windows-1252 document whose binary blocks are the deflated bytes themselves,
+A written file is a windows-1252 document whose binary blobs are the deflated bytes themselves,
 with only four byte values escaped, so 1 MB of compressed data costs about 1.02 MB of file
 (base64 would cost 1.33 MB). A portable page (for an iframe ``srcdoc``) is pure ASCII with
-base64 blocks. Float16 data is byte-shuffled first (the high bytes of float16 values, which hold
-sign and exponent, compress well once they sit together). The boot script decodes a block only
+base64 blobs. Float16 data is byte-shuffled first (the high bytes of float16 values, which hold
+sign and exponent, compress well once they sit together). The boot script decodes a blob only
 when the page first needs it, and stands in for the widget model, answering the front end's
 requests from recorded replies. It and the page's styles are front-end code: ``js/src/snapshot/``,
 built with the widget into ``attn_widget/static/`` (``cd js && npm run build``).
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-# --------------------------------------------------------------------------- binary blocks
+# --------------------------------------------------------------------------- binary blobs
 # Inside a <script> element's text the HTML parser replaces NUL, folds CR into LF and ends the
 # element at "</script". Those bytes (and the escape byte itself) are written as "=" + digit.
 _ESCAPED = b"\x00\r<="
@@ -60,14 +60,14 @@ def _shuffle(data: bytes, itemsize: int) -> bytes:
 
 
 @dataclass
-class BlockStore:
-    """Compressed binary blocks of a page, each decoded lazily in the browser."""
+class BlobStore:
+    """Compressed binary blobs of a page, each decoded lazily in the browser."""
 
     blobs: list[bytes] = field(default_factory=list)
     meta: list[dict[str, int]] = field(default_factory=list)
 
     def add(self, data: bytes | memoryview, itemsize: int = 1) -> int:
-        """Add one block; ``itemsize`` is the width of the numbers in it (2 for float16)."""
+        """Add one blob; ``itemsize`` is the width of the numbers in it (2 for float16)."""
         data = bytes(data)
         shuffle = itemsize if itemsize > 1 and len(data) % itemsize == 0 else 1
         self.blobs.append(zlib.compress(_shuffle(data, shuffle), _COMPRESSION_LEVEL))
@@ -75,9 +75,9 @@ class BlockStore:
         return len(self.blobs) - 1
 
     def pop(self, index: int) -> None:
-        """Remove the last block, which must be ``index``."""
+        """Remove the last blob, which must be ``index``."""
         if index != len(self.blobs) - 1:
-            raise ValueError(f"only the last block ({len(self.blobs) - 1}) can be removed; got {index}")
+            raise ValueError(f"only the last blob ({len(self.blobs) - 1}) can be removed; got {index}")
         self.blobs.pop()
         self.meta.pop()
 
@@ -86,11 +86,11 @@ class BlockStore:
         for i in indices:
             blob = self.blobs[i]
             body = base64.b64encode(blob) if portable else _escape_raw(blob)
-            yield b'<script type="application/x-attn-widget-block" id="aw-b%d" data-enc="%s">' % (
+            yield b'<script type="application/x-attn-widget-blob" id="aw-b%d" data-enc="%s">' % (
                 i, kind) + body + b"</script>\n"
 
 
-Part = tuple[int, int, int]  # (block, start, stop): a byte range of one decoded block
+Part = tuple[int, int, int]  # (blob, start, stop): a byte range of one decoded blob
 
 
 # --------------------------------------------------------------------------- the page
@@ -139,7 +139,7 @@ class Page:
     title: str
     portable: bool = False
     header_html: str = ""
-    store: BlockStore = field(default_factory=BlockStore)
+    store: BlobStore = field(default_factory=BlobStore)
     state: dict[str, Any] = field(default_factory=dict)
     binary_state: dict[str, list[Part]] = field(default_factory=dict)
     replies: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -158,7 +158,7 @@ class Page:
         return self.add_bytes(text.encode("utf-8"))
 
     def add_state(self, state: dict[str, Any], itemsize: Callable[[str], int]) -> None:
-        """A widget's synced state (from ``get_state()``); bytes traits go to binary blocks."""
+        """A widget's synced state (from ``get_state()``); bytes traits go to binary blobs."""
         for name, value in state.items():
             if isinstance(value, (bytes, bytearray, memoryview)):
                 self.binary_state[name] = self.add_bytes(value, itemsize(name))
@@ -172,27 +172,27 @@ class Page:
         entry = {"content": content, "buffers": refs}
         key = self.request_key(request)
         self.replies[key] = entry
-        blocks = sum(self._block_bytes(p[0]) for parts in refs for p in parts)
-        return blocks + len(_script_json({key: entry}))
+        blobs = sum(self._blob_bytes(p[0]) for parts in refs for p in parts)
+        return blobs + len(_script_json({key: entry}))
 
     def drop_last_reply(self, request: dict[str, Any]) -> None:
         """Take back the reply :meth:`add_reply` recorded last."""
         entry = self.replies.pop(self.request_key(request))
-        for block in reversed([p[0] for parts in entry["buffers"] for p in parts]):
-            self.store.pop(block)
+        for blob in reversed([p[0] for parts in entry["buffers"] for p in parts]):
+            self.store.pop(blob)
 
     def request_key(self, request: dict[str, Any]) -> str:
         return json.dumps([request.get(f) for f in self.request_fields], separators=(",", ":"),
                           ensure_ascii=False)
 
-    def _block_bytes(self, index: int) -> int:
+    def _blob_bytes(self, index: int) -> int:
         blob = self.store.blobs[index]
         encoded = 4 * ((len(blob) + 2) // 3) if self.portable else len(blob) + sum(
             blob.count(bytes([c])) for c in _ESCAPED)
         return encoded + 100  # the element around it and its manifest entry
 
     def render(self) -> bytes:
-        manifest = {"cp1252": _cp1252_code_points(), "blocks": self.store.meta, "state": self.state,
+        manifest = {"cp1252": _cp1252_code_points(), "blobs": self.store.meta, "state": self.state,
                     "binary_state": self.binary_state, "replies": self.replies,
                     "request_fields": list(self.request_fields), "echo_fields": list(self.echo_fields),
                     "unanswered": self.unanswered, "scripts": self.scripts, "esm": self.esm,
@@ -204,7 +204,7 @@ class Page:
         body = (f'</style></head>\n<body>\n{self.header_html}\n<div id="aw-root"></div>\n'
                 f"<noscript>This snapshot needs JavaScript.</noscript>\n")
         # What the first paint needs comes before the script, which starts while the parser
-        # is still reading the (much larger) blocks of replies after it.
+        # is still reading the (much larger) blobs of replies after it.
         first = sorted({p[0] for parts in [*self.scripts, self.esm, self.css, *self.binary_state.values()]
                         for p in parts})
         rest = sorted(set(range(len(self.store.blobs))) - set(first))

@@ -96,7 +96,7 @@ def save_snapshot(source, path: str | os.PathLike | None = None, *, layers: Sequ
     source : AttentionTrace or AttentionWidget
         A widget's view (layer, head, scale, step, pinned token) and compare trace are kept.
     path : file to write, atomically. ``None`` returns the page as a string instead (pure
-        ASCII, base64 blocks: about a third larger, fit for an iframe ``srcdoc``).
+        ASCII, base64 blobs: about a third larger, fit for an iframe ``srcdoc``).
     layers : model layers to include (default: every captured layer).
     heads : head indices to include in every layer (``[0, 3]``), or ``(layer, head)`` pairs
         (``[(5, 3), (17, 2)]``) in the order they matter to you: only those heads are in the

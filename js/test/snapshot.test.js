@@ -2,20 +2,20 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { deflateSync } from "node:zlib";
-import { ESCAPED, asView, concat, fromBase64, inflate, rawDecoder, unshuffle } from "../src/snapshot/blocks.js";
+import { ESCAPED, asView, concat, fromBase64, inflate, rawDecoder, unshuffle } from "../src/snapshot/blobs.js";
 import { StandInModel } from "../src/snapshot/model.js";
 import { answer, requestKey } from "../src/snapshot/replies.js";
 
-// Blocks of a page written by attn_widget/snapshot/page.py (fixtures/snapshot_blocks.py).
-const fixture = JSON.parse(readFileSync(new URL("fixtures/snapshot_blocks.json", import.meta.url), "utf8"));
+// Blobs of a page written by attn_widget/snapshot/page.py (fixtures/snapshot_blobs.py).
+const fixture = JSON.parse(readFileSync(new URL("fixtures/snapshot_blobs.json", import.meta.url), "utf8"));
 const b64bytes = (s) => new Uint8Array(Buffer.from(s, "base64"));
-const [noise, weights] = fixture.blocks;
+const [noise, weights] = fixture.blobs;
 
-// --------------------------------------------------------------------------- blocks
-test("a raw block read as windows-1252 text decodes to the deflated bytes Python wrote", () => {
+// --------------------------------------------------------------------------- blobs
+test("a raw blob read as windows-1252 text decodes to the deflated bytes Python wrote", () => {
   const fromRaw = rawDecoder(fixture.cp1252);
-  for (const block of fixture.blocks) {
-    assert.deepEqual(fromRaw(block.raw_text), b64bytes(block.base64));
+  for (const blob of fixture.blobs) {
+    assert.deepEqual(fromRaw(blob.raw_text), b64bytes(blob.base64));
   }
 });
 
@@ -49,7 +49,7 @@ test("unshuffle leaves single bytes alone and interleaves the planes of 2-byte i
     [0x01, 0xa1, 0x02, 0xa2, 0x03, 0xa3]);
 });
 
-test("a shuffled float16 block decodes end to end to the weights Python wrote", async () => {
+test("a shuffled float16 blob decodes end to end to the weights Python wrote", async () => {
   assert.equal(weights.shuffle, 2);
   const bytes = unshuffle(await inflate(rawDecoder(fixture.cp1252)(weights.raw_text)), weights.shuffle);
   assert.equal(bytes.length, weights.n);
@@ -79,8 +79,8 @@ const manifest = {
     "*": { content: { type: "error" }, copy: [], message: "{type} needs a live kernel; this is an offline snapshot" },
   },
 };
-const blocks = [Uint8Array.from([10, 11, 12, 13]), Uint8Array.from([20, 21])];
-const bytesOf = async (parts) => concat(parts.map(([b, s, e]) => blocks[b].subarray(s, e)));
+const blobs = [Uint8Array.from([10, 11, 12, 13]), Uint8Array.from([20, 21])];
+const bytesOf = async (parts) => concat(parts.map(([b, s, e]) => blobs[b].subarray(s, e)));
 
 test("a request's key is its request fields in order, missing ones null", () => {
   assert.equal(requestKey({ key: "grid", type: "fetch", id: 4 }, manifest.request_fields), '["fetch",null,null,"grid"]');

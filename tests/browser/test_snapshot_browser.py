@@ -155,7 +155,7 @@ def test_clicking_a_grid_thumbnail_selects_that_head(snap):
 
 
 def test_heads_decoded_in_the_page_equal_the_trace_bit_for_bit(snap, written):
-    """Every byte value survives the page's windows-1252 blocks, inflate and unshuffle."""
+    """Every byte value survives the page's windows-1252 blobs, inflate and unshuffle."""
     trace = written[1]
     got = snap.evaluate("""async (keys) => {
       const m = window.attnWidgetSnapshot.model;

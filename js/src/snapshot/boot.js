@@ -1,10 +1,10 @@
 // The boot program of a snapshot page (built into attn_widget/static/snapshot.js and inlined
-// by attn_widget/snapshot/page.py in a classic <script> after the blocks the first view needs).
-// It reads the manifest, loads BokehJS and the widget's own ESM from the page's blocks, and
-// renders the widget on a stand-in model that answers requests from recorded replies. A block
+// by attn_widget/snapshot/page.py in a classic <script> after the blobs the first view needs).
+// It reads the manifest, loads BokehJS and the widget's own ESM from the page's blobs, and
+// renders the widget on a stand-in model that answers requests from recorded replies. A blob
 // is decoded only when first asked for, so the parser can still be reading the later ones.
 
-import { asView, concat, fromBase64, inflate, rawDecoder, unshuffle } from "./blocks.js";
+import { asView, concat, fromBase64, inflate, rawDecoder, unshuffle } from "./blobs.js";
 import { StandInModel } from "./model.js";
 import { answer } from "./replies.js";
 
@@ -19,8 +19,8 @@ function fail(err) {
   root.replaceChildren(p);
 }
 
-/** `bytesOf(parts)`: the bytes of (block, start, stop) ranges of the page's blocks. */
-function blockReader(manifest) {
+/** `bytesOf(parts)`: the bytes of (blob, start, stop) ranges of the page's blobs. */
+function blobReader(manifest) {
   const fromRaw = rawDecoder(manifest.cp1252);
   const decoded = new Map();
   const decode = async (i) => {
@@ -31,20 +31,20 @@ function blockReader(manifest) {
     const text = el.textContent;
     el.textContent = ""; // the decoded copy is all we keep
     const packed = el.dataset.enc === "b64" ? fromBase64(text) : fromRaw(text);
-    const bytes = unshuffle(await inflate(packed), manifest.blocks[i].shuffle);
-    if (bytes.length !== manifest.blocks[i].n) throw new Error("block " + i + " is damaged");
+    const bytes = unshuffle(await inflate(packed), manifest.blobs[i].shuffle);
+    if (bytes.length !== manifest.blobs[i].n) throw new Error("blob " + i + " is damaged");
     return bytes;
   };
-  const block = (i) => {
+  const blob = (i) => {
     if (!decoded.has(i)) decoded.set(i, decode(i));
     return decoded.get(i);
   };
-  return async (parts) => concat(await Promise.all(parts.map(([b, s, e]) => block(b).then((u) => u.subarray(s, e)))));
+  return async (parts) => concat(await Promise.all(parts.map(([b, s, e]) => blob(b).then((u) => u.subarray(s, e)))));
 }
 
 async function boot() {
   const manifest = JSON.parse(document.getElementById("aw-manifest").textContent);
-  const bytesOf = blockReader(manifest);
+  const bytesOf = blobReader(manifest);
   const text = async (parts) => new TextDecoder().decode(await bytesOf(parts));
 
   const state = { ...manifest.state };

@@ -1,7 +1,7 @@
 // Answers to the front end's requests from the replies a snapshot recorded (the manifest's
 // `replies`, keyed by `request_fields`). See the `Page` docstring in attn_widget/snapshot/page.py.
 
-import { asView } from "./blocks.js";
+import { asView } from "./blobs.js";
 
 /** The key a request's reply is recorded under: its request fields in order, as JSON. */
 export function requestKey(msg, fields) {

@@ -1,13 +1,13 @@
-// A snapshot page's binary blocks, as attn_widget/snapshot/page.py writes them: deflated bytes,
+// A snapshot page's binary blobs, as attn_widget/snapshot/page.py writes them: deflated bytes,
 // written as windows-1252 text with four byte values escaped ("raw") or as base64, and for
 // float16 data split into byte planes (every value's first byte, then every second byte).
 
-/** The byte values a raw block writes as "=" + digit: NUL, CR and "<" (which the HTML parser
+/** The byte values a raw blob writes as "=" + digit: NUL, CR and "<" (which the HTML parser
  * would alter, or read as the end of the element) and the escape byte "=" itself. */
 export const ESCAPED = [0x00, 0x0d, 0x3c, 0x3d];
 
 /**
- * A decoder of raw blocks. The page is read as windows-1252, so every byte arrives as one
+ * A decoder of raw blobs. The page is read as windows-1252, so every byte arrives as one
  * character: bytes below 0x80 and from 0xA0 up as the same code point, bytes 0x80..0x9F as the
  * code points `cp1252` lists (the page's manifest carries the table).
  * @param {number[]} cp1252 code points of bytes 0x80..0x9F
@@ -28,7 +28,7 @@ export function rawDecoder(cp1252) {
   };
 }
 
-/** The bytes of a base64 block (a portable, pure-ASCII page). */
+/** The bytes of a base64 blob (a portable, pure-ASCII page). */
 export function fromBase64(text) {
   return Uint8Array.fromBase64 ? Uint8Array.fromBase64(text)
     : Uint8Array.from(atob(text), (c) => c.charCodeAt(0));
