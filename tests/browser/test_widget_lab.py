@@ -31,7 +31,8 @@ CELLS = [
     "float(w.trace.head(w.layer, w.head)[q, k])]))",
     "w2 = aw.AttentionWidget(w.trace, layer=3, head=1, send_all_below=0)\nw2",
     "print('VIEW2', w2.layer, w2.head)",
-    "w2._trace_id = 'stale'  # as if the trace had been replaced: the next fetch is refused",
+    # As if the trace had been replaced since the page got its payload: the next fetch is refused.
+    "import dataclasses\nw2._data = dataclasses.replace(w2.view_data, trace_id='stale')",
     f"x = session.run({XSS!r}, max_new_tokens=2)\nx",
     "print('TEXT', json.dumps(w.trace.text))",
     # An encoder-decoder model (tiny, random weights) for the attention-block menu.
