@@ -1,4 +1,4 @@
-// From attention matrices to RGBA pixels: block max pooling to screen resolution and colour
+// From attention matrices to RGBA pixels: max pooling over squares of cells to screen resolution and colour
 // mapping that matches Bokeh's LinearColorMapper / LogColorMapper. Pure: no DOM, no Bokeh.
 
 import { F16 } from "./payload.js";
@@ -62,26 +62,26 @@ export function colorize(values, mapping, lut) {
 
 /**
  * Pixels covering a region at most `maxPixels` wide and tall: each pixel is the max over a
- * block × block square of cells, so isolated peaks survive shrinking.
- * region: {q0, q1, k0, k1} (half-open, in cells). Returns {block, w, h}.
+ * side × side square of cells, so isolated peaks survive shrinking.
+ * region: {q0, q1, k0, k1} (half-open, in cells). Returns {side, w, h}.
  */
 export function pixelGrid(region, maxPixels) {
   const span = Math.max(region.q1 - region.q0, region.k1 - region.k0, 1);
-  const block = Math.max(1, Math.ceil(span / Math.max(1, maxPixels)));
+  const side = Math.max(1, Math.ceil(span / Math.max(1, maxPixels)));
   return {
-    block,
-    w: Math.max(1, Math.ceil((region.k1 - region.k0) / block)),
-    h: Math.max(1, Math.ceil((region.q1 - region.q0) / block)),
+    side,
+    w: Math.max(1, Math.ceil((region.k1 - region.k0) / side)),
+    h: Math.max(1, Math.ceil((region.q1 - region.q0) / side)),
   };
 }
 
 /**
- * Block max of a float16 matrix section over `region`, as Float32Array(h * w), row-major,
+ * Max over squares of cells of a float16 matrix section over `region`, as Float32Array(h * w), row-major,
  * row 0 = query q0. With `relative`, each query row is first divided by its own max over all
  * keys (the "row" scale). Pixels with no attention cell (above a causal diagonal) are NaN.
  */
 export function poolSection(section, region, maxPixels, relative = false) {
-  const { block, w, h } = pixelGrid(region, maxPixels);
+  const { side, w, h } = pixelGrid(region, maxPixels);
   // Non-negative float16 values order like their bit patterns read as int16 (-0 reads lowest),
   // so maxima are taken on integers and decoded once per pixel.
   const bits = new Int16Array(section.data.buffer, section.data.byteOffset, section.data.length);
@@ -94,15 +94,15 @@ export function poolSection(section, region, maxPixels, relative = false) {
   for (let r = 0; r < h; r++) {
     acc.fill(EMPTY);
     const rowOut = r * w;
-    for (let q = q0 + r * block; q < Math.min(q1, q0 + (r + 1) * block); q++) {
+    for (let q = q0 + r * side; q < Math.min(q1, q0 + (r + 1) * side); q++) {
       const start = tril ? (q * (q + 1)) / 2 : q * nk;
       const kEnd = Math.min(k1, tril ? q + 1 : nk);
       if (relative) {
-        poolRelativeRow(bits, start, kEnd, k0, block, tril ? q + 1 : nk, out, rowOut);
+        poolRelativeRow(bits, start, kEnd, k0, side, tril ? q + 1 : nk, out, rowOut);
         continue;
       }
       for (let k = k0, c = 0; k < kEnd; c++) {
-        const stop = Math.min(kEnd, k + block);
+        const stop = Math.min(kEnd, k + side);
         let m = acc[c];
         for (let j = start + k, end = start + stop; j < end; j++) if (bits[j] > m) m = bits[j];
         acc[c] = m;
@@ -112,7 +112,7 @@ export function poolSection(section, region, maxPixels, relative = false) {
     if (relative) continue;
     for (let c = 0; c < w; c++) if (acc[c] !== EMPTY) out[rowOut + c] = F16[acc[c] & 0xffff];
   }
-  return { values: out, w, h, block };
+  return { values: out, w, h, side };
 }
 
 /**
@@ -131,37 +131,37 @@ export function bitsLUT(mapping, lut) {
 }
 
 /**
- * Block max pooling and colouring in one pass: RGBA pixels (Uint32Array(h * w), row-major,
+ * Max pooling over squares of cells and colouring in one pass: RGBA pixels (Uint32Array(h * w), row-major,
  * row 0 = query q0) for `region` of a float16 section, each pixel coloured by the max of its
- * block × block cells through `colours` (bitsLUT). Pixels with no cell are transparent.
- * Returns {rgba, w, h, block}. Equal to colorize(poolSection(...).values) for non-negative
- * weights, at a fraction of the cost: rows of a block are first folded into one row of maxima
+ * side × side cells through `colours` (bitsLUT). Pixels with no cell are transparent.
+ * Returns {rgba, w, h, side}. Equal to colorize(poolSection(...).values) for non-negative
+ * weights, at a fraction of the cost: rows of a square are first folded into one row of maxima
  * (a straight loop over the packed cells), then that row is folded across columns.
  */
 export function poolColour(section, region, maxPixels, colours) {
-  const { block, w, h } = pixelGrid(region, maxPixels);
+  const { side, w, h } = pixelGrid(region, maxPixels);
   const bits = new Int16Array(section.data.buffer, section.data.byteOffset, section.data.length);
   const tril = section.layout === "tril";
   const nk = tril ? section.shape[0] : section.shape[1];
   const { q0, q1, k0, k1 } = region;
   const rgba = new Uint32Array(w * h);
   const EMPTY = -32768;
-  if (block === 1) {
+  if (side === 1) {
     for (let q = q0; q < q1; q++) {
       const start = tril ? (q * (q + 1)) >>> 1 : q * nk;
       const kEnd = Math.min(k1, tril ? q + 1 : nk);
       const o = (q - q0) * w - k0;
       for (let k = k0; k < kEnd; k++) rgba[o + k] = colours[bits[start + k] & 0xffff];
     }
-    return { rgba, w, h, block };
+    return { rgba, w, h, side };
   }
   const span = k1 - k0;
   const acc = new Int16Array(span);
   for (let r = 0; r < h; r++) {
     acc.fill(EMPTY);
-    let width = 0; // columns any row of this block reaches
-    const qEnd = Math.min(q1, q0 + (r + 1) * block);
-    for (let q = q0 + r * block; q < qEnd; q++) {
+    let width = 0; // columns any row of this square reaches
+    const qEnd = Math.min(q1, q0 + (r + 1) * side);
+    for (let q = q0 + r * side; q < qEnd; q++) {
       const kEnd = Math.min(k1, tril ? q + 1 : nk);
       const n = kEnd - k0;
       if (n <= 0) continue;
@@ -175,50 +175,50 @@ export function poolColour(section, region, maxPixels, colours) {
     const o = r * w;
     for (let c = 0, j = 0; j < width; c++) {
       let m = acc[j];
-      const stop = Math.min(width, j + block);
+      const stop = Math.min(width, j + side);
       for (j++; j < stop; j++) if (acc[j] > m) m = acc[j];
       rgba[o + c] = colours[m & 0xffff];
     }
   }
-  return { rgba, w, h, block };
+  return { rgba, w, h, side };
 }
 
-function poolRelativeRow(bits, start, kEnd, k0, block, rowLength, out, rowOut) {
+function poolRelativeRow(bits, start, kEnd, k0, side, rowLength, out, rowOut) {
   let m = -32768;
   for (let k = 0; k < rowLength; k++) if (bits[start + k] > m) m = bits[start + k];
   const rowMax = F16[m & 0xffff];
   const inv = rowMax > 0 ? 1 / rowMax : 0;
   for (let k = k0, c = 0; k < kEnd; c++) {
-    const stop = Math.min(kEnd, k + block);
+    const stop = Math.min(kEnd, k + side);
     let b = bits[start + k];
     for (let j = start + k + 1, end = start + stop; j < end; j++) if (bits[j] > b) b = bits[j];
     const v = F16[b & 0xffff] * inv;
     const o = rowOut + c;
-    if (!(out[o] >= v)) out[o] = v; // NaN-safe max over the block's rows
+    if (!(out[o] >= v)) out[o] = v; // NaN-safe max over the square's rows
     k = stop;
   }
 }
 
 /**
- * Block max of |A − B| over the part of `region` both sections cover, with its overall max.
+ * Max over squares of cells of |A − B| over the part of `region` both sections cover, with its overall max.
  */
 export function poolDiff(a, b, region, maxPixels) {
-  const { block, w, h } = pixelGrid(region, maxPixels);
+  const { side, w, h } = pixelGrid(region, maxPixels);
   const out = new Float32Array(w * h).fill(NaN);
   let max = 0;
   const nq = Math.min(region.q1, rows(a), rows(b));
   const nk = Math.min(region.k1, cols(a), cols(b));
   for (let q = region.q0; q < nq; q++) {
     const kEnd = Math.min(nk, a.layout === "tril" || b.layout === "tril" ? q + 1 : nk);
-    const base = ((q - region.q0) / block | 0) * w;
+    const base = ((q - region.q0) / side | 0) * w;
     for (let k = region.k0; k < kEnd; k++) {
       const v = Math.abs(cell(a, q, k) - cell(b, q, k));
-      const o = base + ((k - region.k0) / block | 0);
+      const o = base + ((k - region.k0) / side | 0);
       if (!(out[o] >= v)) out[o] = v;
       if (v > max) max = v;
     }
   }
-  return { values: out, w, h, block, max };
+  return { values: out, w, h, side, max };
 }
 
 const rows = (s) => s.shape[0];

@@ -1,4 +1,4 @@
-// Block max pooling and colouring with WebAssembly SIMD (src/pool.wat): the heatmap of a head
+// Max pooling over squares of cells and colouring with WebAssembly SIMD (src/pool.wat): the heatmap of a head
 // never shown before, at 4096 tokens, is 8 M float16 cells to fold on every slider move, and a
 // JavaScript compare-and-store loop over random-looking weights runs at branch-mispredict
 // speed. Same output as colour.js's poolColour, which it falls back to without WebAssembly.
@@ -54,19 +54,19 @@ export function useWasm(on) {
 }
 
 /**
- * {rgba, w, h, block}: `region` of a float16 section pooled to at most `maxPixels` a side (each
- * pixel the max of its block × block cells) and coloured through `colours` (bitsLUT).
+ * {rgba, w, h, side}: `region` of a float16 section pooled to at most `maxPixels` a side (each
+ * pixel the max of its side × side cells) and coloured through `colours` (bitsLUT).
  */
 export function poolColourFast(section, region, maxPixels, colours) {
   const e = wasmEngine();
   if (!e) return poolColour(section, region, maxPixels, colours);
-  const { block, w, h } = pixelGrid(region, maxPixels);
+  const { side, w, h } = pixelGrid(region, maxPixels);
   const { nk, start: rowStart, length } = rowsOf(section);
   const { q0, q1, k0, k1 } = region;
   const span = Math.max(0, k1 - k0);
   const OUT = ACC + align16(span * 2);
   const SCRATCH = OUT + align16(w * h * 4);
-  const need = SCRATCH + align16(block * (nk + block) * 2);
+  const need = SCRATCH + align16(side * (nk + side) * 2);
   const { heap16, heap32 } = heaps(e, need);
   if (e.colours !== colours) {
     heap32.set(colours, LUT / 4);
@@ -77,12 +77,12 @@ export function poolColourFast(section, region, maxPixels, colours) {
   const data = section.data;
   const rowEnd = (q) => Math.min(k1, length(q)); // keys of row q inside the region
   for (let r = 0; r < h; r++) {
-    const qa = q0 + r * block;
-    const qb = Math.min(q1, qa + block);
+    const qa = q0 + r * side;
+    const qb = Math.min(q1, qa + side);
     const c0 = rowStart(qa);
-    heap16.set(data.subarray(c0, rowStart(qb)), SCRATCH / 2); // the block's rows are contiguous
+    heap16.set(data.subarray(c0, rowStart(qb)), SCRATCH / 2); // the square's rows are contiguous
     const out = OUT + r * w * 4;
-    if (block === 1) {
+    if (side === 1) {
       const n = rowEnd(qa) - k0;
       if (n > 0) colour(SCRATCH + k0 * 2, n, LUT, out);
       continue;
@@ -95,32 +95,32 @@ export function poolColourFast(section, region, maxPixels, colours) {
       if (n > width) width = n;
       vmax(SCRATCH + (rowStart(q) - c0 + k0) * 2, ACC, n);
     }
-    if (width > 0) hfold(ACC, width, block, LUT, out);
+    if (width > 0) hfold(ACC, width, side, LUT, out);
   }
-  return { rgba: heap32.slice(OUT / 4, OUT / 4 + w * h), w, h, block };
+  return { rgba: heap32.slice(OUT / 4, OUT / 4 + w * h), w, h, side };
 }
 
 /**
- * The row-relative scale: {values, w, h, block} as colour.js's poolSection(..., relative=true)
- * gives them (each query row divided by its own max over all its keys, then the block max),
- * with the row maxima and the per-row block maxima folded in WebAssembly.
+ * The row-relative scale: {values, w, h, side} as colour.js's poolSection(..., relative=true)
+ * gives them (each query row divided by its own max over all its keys, then the square max),
+ * with the row maxima and the per-row square maxima folded in WebAssembly.
  */
 export function poolRelativeFast(section, region, maxPixels) {
   const e = wasmEngine();
   if (!e) return poolSection(section, region, maxPixels, true);
-  const { block, w, h } = pixelGrid(region, maxPixels);
+  const { side, w, h } = pixelGrid(region, maxPixels);
   const { nk, start: rowStart, length: rowLength } = rowsOf(section);
   const { q0, q1, k0, k1 } = region;
-  const TMP = ACC; // row max, then one row's block maxima (as uint32 patterns)
+  const TMP = ACC; // row max, then one row's square maxima (as uint32 patterns)
   const SCRATCH = TMP + align16((w + 1) * 4);
-  const need = SCRATCH + align16(block * (nk + block) * 2);
+  const need = SCRATCH + align16(side * (nk + side) * 2);
   const { heap16, heap32 } = heaps(e, need);
   const { hfold } = e.exports;
   const data = section.data;
   const values = new Float32Array(w * h).fill(NaN);
   for (let r = 0; r < h; r++) {
-    const qa = q0 + r * block;
-    const qb = Math.min(q1, qa + block);
+    const qa = q0 + r * side;
+    const qb = Math.min(q1, qa + side);
     const c0 = rowStart(qa);
     heap16.set(data.subarray(c0, rowStart(qb)), SCRATCH / 2);
     const o = r * w;
@@ -132,12 +132,12 @@ export function poolRelativeFast(section, region, maxPixels) {
       hfold(start, length, length, IDENTITY, TMP); // the row's max over all its keys
       const rowMax = F16[heap32[TMP / 4]];
       const inv = rowMax > 0 ? 1 / rowMax : 0;
-      hfold(start + k0 * 2, n, block, IDENTITY, TMP);
-      for (let c = 0, m = Math.ceil(n / block); c < m; c++) {
+      hfold(start + k0 * 2, n, side, IDENTITY, TMP);
+      for (let c = 0, m = Math.ceil(n / side); c < m; c++) {
         const v = F16[heap32[TMP / 4 + c]] * inv;
         if (!(values[o + c] >= v)) values[o + c] = v;
       }
     }
   }
-  return { values, w, h, block };
+  return { values, w, h, side };
 }

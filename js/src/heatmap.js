@@ -146,7 +146,7 @@ export class Heatmap {
       const mapping = entry.mapping;
       p.cds.data = {
         image: [entry.image],
-        x: [region.k0], y: [region.q0], dw: [entry.w * entry.block], dh: [entry.h * entry.block],
+        x: [region.k0], y: [region.q0], dw: [entry.w * entry.side], dh: [entry.h * entry.side],
       };
       // Bokeh re-lays out on every property write, so write only what changed.
       const mapper = mapping.kind === "log" ? p.log : p.linear;
@@ -194,7 +194,7 @@ export class Heatmap {
     const { ndarray } = this.bokeh.require("core/util/ndarray");
     const made = {
       image: ndarray(rgba, { shape: [pooled.h, pooled.w], dtype: "uint32" }),
-      w: pooled.w, h: pooled.h, block: pooled.block, max: pooled.max, mapping,
+      w: pooled.w, h: pooled.h, side: pooled.side, max: pooled.max, mapping,
     };
     this.images.set(cacheKey, used, made, rgba.byteLength);
     return { entry: made, region, hit: false };
@@ -374,7 +374,7 @@ function commonShape(sections) {
 export function colourBarTitle(kind, scale, image) {
   const name = kind === "diff" ? `|A − B| (max ${image.max.toFixed(3)})`
     : { linear: "weight", log: `weight (log, < ${LOG_LOW} at bottom)`, row: "weight ÷ row max" }[scale];
-  return image.block > 1 ? `${name} · 1 px = max of ${image.block}×${image.block}` : name;
+  return image.side > 1 ? `${name} · 1 px = max of ${image.side}×${image.side}` : name;
 }
 
 /** Readout lines of a hovered cell {q, k}: its tokens, then its weight (A, B and |Δ| compared). */

@@ -1,4 +1,4 @@
-;; Block max pooling of float16 attention rows, for js/src/fastpool.js. Values are float16 bit
+;; Max pooling over squares of float16 attention rows, for js/src/fastpool.js. Values are float16 bit
 ;; patterns read as int16: non-negative weights order like their patterns, so maxima are
 ;; integer maxima (i16x8.max_s, 8 cells an instruction). Built by js/scripts/wasm.mjs.
 ;; All pointers are byte offsets into the exported memory.
@@ -33,9 +33,9 @@
         (local.set $src (i32.add (local.get $src) (i32.const 2)))
         (br $tail))))
 
-  ;; out[c] = lut[max(acc[c*block .. min(width, (c+1)*block))] & 0xffff] for every block of
+  ;; out[c] = lut[max(acc[c*side .. min(width, (c+1)*side))] & 0xffff] for every square of
   ;; the first `width` cells (lut: 65536 uint32 colours, out: uint32 pixels)
-  (func (export "hfold") (param $acc i32) (param $width i32) (param $block i32) (param $lut i32) (param $out i32)
+  (func (export "hfold") (param $acc i32) (param $width i32) (param $side i32) (param $lut i32) (param $out i32)
     (local $end i32)
     (local $stop i32)
     (local $m i32)
@@ -44,7 +44,7 @@
     (block $done
       (loop $pixel
         (br_if $done (i32.ge_u (local.get $acc) (local.get $end)))
-        (local.set $stop (i32.add (local.get $acc) (i32.shl (local.get $block) (i32.const 1))))
+        (local.set $stop (i32.add (local.get $acc) (i32.shl (local.get $side) (i32.const 1))))
         (if (i32.gt_u (local.get $stop) (local.get $end)) (then (local.set $stop (local.get $end))))
         (local.set $m (i32.load16_s (local.get $acc)))
         (local.set $acc (i32.add (local.get $acc) (i32.const 2)))

@@ -46,9 +46,9 @@ test("colorize leaves NaN cells transparent and colours the rest", () => {
   assert.equal(out[2], lut[255]);
 });
 
-test("pixel grid shrinks 4096 cells to at most 512 pixels with 8×8 blocks", () => {
-  assert.deepEqual(pixelGrid({ q0: 0, q1: 4096, k0: 0, k1: 4096 }, 512), { block: 8, w: 512, h: 512 });
-  assert.deepEqual(pixelGrid({ q0: 0, q1: 10, k0: 0, k1: 10 }, 512), { block: 1, w: 10, h: 10 });
+test("pixel grid shrinks 4096 cells to at most 512 pixels with 8×8 squares", () => {
+  assert.deepEqual(pixelGrid({ q0: 0, q1: 4096, k0: 0, k1: 4096 }, 512), { side: 8, w: 512, h: 512 });
+  assert.deepEqual(pixelGrid({ q0: 0, q1: 10, k0: 0, k1: 10 }, 512), { side: 1, w: 10, h: 10 });
 });
 
 function causalSection(dense, t) {
@@ -67,17 +67,17 @@ function randomCausal(t, seed = 1) {
   return d;
 }
 
-test("pooling a causal head keeps each block's max and leaves blocks above the diagonal empty", () => {
+test("pooling a causal head keeps each square's max and leaves squares above the diagonal empty", () => {
   const t = 37;
   const dense = randomCausal(t);
   const sec = causalSection(dense, t);
-  const { values, w, h, block } = poolSection(sec, { q0: 0, q1: t, k0: 0, k1: t }, 10);
-  assert.equal(block, 4);
+  const { values, w, h, side } = poolSection(sec, { q0: 0, q1: t, k0: 0, k1: t }, 10);
+  assert.equal(side, 4);
   for (let r = 0; r < h; r++) {
     for (let c = 0; c < w; c++) {
       let m = NaN;
-      for (let q = r * block; q < Math.min(t, (r + 1) * block); q++) {
-        for (let k = c * block; k < Math.min(t, (c + 1) * block); k++) {
+      for (let q = r * side; q < Math.min(t, (r + 1) * side); q++) {
+        for (let k = c * side; k < Math.min(t, (c + 1) * side); k++) {
           if (k <= q) { const v = F16[sec.data[(q * (q + 1)) / 2 + k]]; if (!(m >= v)) m = v; }
         }
       }
@@ -110,13 +110,13 @@ test("row-relative pooling divides each query row by its own max", () => {
   });
 });
 
-test("pooling a negative zero never hides a positive weight in the same block", () => {
+test("pooling a negative zero never hides a positive weight in the same square", () => {
   const sec = { layout: "dense", dtype: "float16", shape: [1, 2], data: Uint16Array.from([0x8000, f16array([0.3])[0]]) };
   const { values } = poolSection(sec, { q0: 0, q1: 1, k0: 0, k1: 2 }, 1);
   assert.ok(Math.abs(values[0] - 0.3) < 1e-3);
 });
 
-test("|A − B| is the block max of the absolute difference, with its overall max", () => {
+test("|A − B| is the square max of the absolute difference, with its overall max", () => {
   const a = causalSection([1, 0, 0.5, 0.5], 2);
   const b = causalSection([1, 0, 0.25, 0.75], 2);
   const { values, max } = poolDiff(a, b, { q0: 0, q1: 2, k0: 0, k1: 2 }, 10);
@@ -140,9 +140,9 @@ function reference(sec, region, maxPixels, mapping, lut) {
 }
 
 const CASES = [
-  ["whole causal head, block 1", 37, { q0: 0, q1: 37, k0: 0, k1: 37 }, 100],
-  ["whole causal head, block 4", 37, { q0: 0, q1: 37, k0: 0, k1: 37 }, 10],
-  ["whole causal head, block 3 (not a power of two)", 64, { q0: 0, q1: 64, k0: 0, k1: 64 }, 22],
+  ["whole causal head, side 1", 37, { q0: 0, q1: 37, k0: 0, k1: 37 }, 100],
+  ["whole causal head, side 4", 37, { q0: 0, q1: 37, k0: 0, k1: 37 }, 10],
+  ["whole causal head, side 3 (not a power of two)", 64, { q0: 0, q1: 64, k0: 0, k1: 64 }, 22],
   ["zoomed region straddling the diagonal", 64, { q0: 5, q1: 41, k0: 17, k1: 60 }, 9],
   ["zoomed region, one cell a pixel", 64, { q0: 5, q1: 41, k0: 17, k1: 60 }, 100],
   ["zoomed region above the diagonal only", 64, { q0: 0, q1: 10, k0: 20, k1: 40 }, 4],
@@ -174,7 +174,7 @@ for (const engine of ["JavaScript", "WebAssembly"]) {
           const sec = causalSection(randomCausal(t), t);
           const want = reference(sec, region, maxPixels, mapping, lut);
           const got = pool(sec, region, maxPixels, bitsLUT(mapping, lut));
-          assert.deepEqual([got.w, got.h, got.block], [want.w, want.h, want.block], `${name}, ${scale}: grid`);
+          assert.deepEqual([got.w, got.h, got.side], [want.w, want.h, want.side], `${name}, ${scale}: grid`);
           assert.deepEqual(got.rgba, want.rgba, `${name}, ${scale}: pixels`);
         }
       }
@@ -212,7 +212,7 @@ test("WebAssembly row-relative pooling equals the JavaScript one", async () => {
     const sec = causalSection(randomCausal(t), t);
     const want = poolSection(sec, region, maxPixels, true);
     const got = poolRelativeFast(sec, region, maxPixels);
-    assert.deepEqual([got.w, got.h, got.block], [want.w, want.h, want.block], name);
+    assert.deepEqual([got.w, got.h, got.side], [want.w, want.h, want.side], name);
     assert.deepEqual(got.values, want.values, name);
   }
   const dense = Array.from({ length: 13 * 29 }, (_, i) => ((i * 7919) % 101) / 100);

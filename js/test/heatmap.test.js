@@ -19,10 +19,10 @@ test("the visible region is the ranges' whole cells, clamped to the matrix (y ru
 });
 
 test("the colour bar names the scale, and the pooling when a pixel covers several cells", () => {
-  assert.equal(colourBarTitle("single", "linear", { block: 1 }), "weight");
-  assert.equal(colourBarTitle("single", "log", { block: 1 }), "weight (log, < 0.0001 at bottom)");
-  assert.equal(colourBarTitle("single", "row", { block: 4 }), "weight ÷ row max · 1 px = max of 4×4");
-  assert.equal(colourBarTitle("diff", "linear", { block: 1, max: 0.25 }), "|A − B| (max 0.250)");
+  assert.equal(colourBarTitle("single", "linear", { side: 1 }), "weight");
+  assert.equal(colourBarTitle("single", "log", { side: 1 }), "weight (log, < 0.0001 at bottom)");
+  assert.equal(colourBarTitle("single", "row", { side: 4 }), "weight ÷ row max · 1 px = max of 4×4");
+  assert.equal(colourBarTitle("diff", "linear", { side: 1, max: 0.25 }), "|A − B| (max 0.250)");
 });
 
 test("the hover readout names both tokens and the weight; compare view gives A, B and |Δ|", () => {
