@@ -52,7 +52,8 @@ GRID_WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attn_widget-
 
 @dataclasses.dataclass(frozen=True)
 class ViewData:
-    """What one view shows and sends: build it with :meth:`encode`.
+    """What one view shows and sends: ``ViewData.of(trace, compare, block=...)`` picks the
+    views, :meth:`encode` makes what is sent.
 
     Attributes
     ----------
@@ -80,8 +81,8 @@ class ViewData:
     grid: tuple[Future[bytes], ...] = ()
 
     @classmethod
-    def select(cls, trace: AttentionTrace, compare: AttentionTrace | None = None, *,
-               block: str | None = None, labels: Sequence[str] = ("A", "B")) -> ViewData:
+    def of(cls, trace: AttentionTrace, compare: AttentionTrace | None = None, *,
+           block: str | None = None, labels: Sequence[str] = ("A", "B")) -> ViewData:
         """The views of ``trace`` (and ``compare``) on ``block``, before any encoding.
 
         Raises ``TypeError`` for a non-trace, ``KeyError`` for a block the traces do not share

@@ -93,7 +93,7 @@ class AttentionWidget(anywidget.AnyWidget):
         self._run = run
         self._running: Future[None] | None = None  # the prompt-box run in progress
         self._later: list[Future[None]] = []  # replies to send once the grid is ready
-        self._data = self._select(trace, compare, block, self._labels)
+        self._data = self._views_of(trace, compare, block, self._labels)
         layer, head = self._first_view(layer, head)
         self._data = self._data.encode(layer, head, send_all_below=self._send_all_below)
         super().__init__(layer=layer, head=head, scale=scale, theme=theme,
@@ -138,7 +138,7 @@ class AttentionWidget(anywidget.AnyWidget):
               new_run: bool, prompt: str | None = None) -> None:
         """Encode and send the traces' ``block`` in place; layer and head stay where they exist.
         ``new_run``: new traces (the generation step and the blocks offered start over)."""
-        data = self._select(trace, compare, block, self._labels)
+        data = self._views_of(trace, compare, block, self._labels)
         keep_head = self.head if self.head == MEAN or self.head in data.heads else None
         layer, head = self._first_view(self.layer if self.layer in data.layers else None, keep_head, data)
         # One assignment: a fetch answered meanwhile sees the old views or the new, never half.
@@ -170,10 +170,10 @@ class AttentionWidget(anywidget.AnyWidget):
 
     # ----------------------------------------------------------------- traces and views
     @staticmethod
-    def _select(trace: AttentionTrace, compare: AttentionTrace | None, block: str | None,
-                labels: Sequence[str]) -> ViewData:
+    def _views_of(trace: AttentionTrace, compare: AttentionTrace | None, block: str | None,
+                  labels: Sequence[str]) -> ViewData:
         try:
-            return ViewData.select(trace, compare, block=block, labels=labels)
+            return ViewData.of(trace, compare, block=block, labels=labels)
         except KeyError as e:
             raise traitlets.TraitError(e.args[0]) from None
 
