@@ -1,0 +1,84 @@
+"""ViewData: what a view shows, and the answers to the front end's requests, without a widget."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from attn_widget import encoding
+from attn_widget.protocol import ViewData, bokeh_reply, unknown_reply
+from attn_widget.trace import AttentionTrace
+
+
+def _trace(n_layers=2, n_heads=3, t=7, seed=0) -> AttentionTrace:
+    rng = np.random.default_rng(seed)
+    a = np.tril(rng.random((n_layers, n_heads, t, t))) + np.tril(np.ones((t, t)))
+    a /= a.sum(-1, keepdims=True)
+    return AttentionTrace.from_dense(a, [f"w{i}" for i in range(t)], prompt_len=5)
+
+
+def test_a_view_answers_a_head_fetch_with_the_heads_float16_values():
+    trace = _trace()
+    data = ViewData.of(trace).encode(1, 2, send_all_below=0)
+    reply, [buf] = data.answer({"type": "fetch", "id": "f1", "trace_id": data.trace_id, "source": 0,
+                                "key": "head/0/1"})
+    assert reply == {"type": "data", "id": "f1", "trace_id": data.trace_id, "key": "head/0/1", "source": 0}
+    _, arrays = encoding.decode_payload(buf)
+    np.testing.assert_array_equal(arrays[(0, "head/0/1")], trace.block().data[0, 1])
+
+
+def test_the_grid_is_prepared_once_and_answered_from_the_worker():
+    data = ViewData.of(_trace()).encode(0, 0, send_all_below=0)
+    assert len(data.grid) == 1
+    reply, [buf] = data.answer({"type": "fetch", "id": "g", "trace_id": data.trace_id, "source": 0,
+                                "key": "grid"})
+    assert reply["type"] == "data" and buf == data.grid[0].result()
+    assert not data.grid_pending({"key": "grid", "trace_id": data.trace_id, "source": 0})
+
+
+def test_a_small_view_is_sent_whole_with_no_grid_to_prepare():
+    data = ViewData.of(_trace()).encode(0, 0, send_all_below=2**20)
+    header, arrays = encoding.decode_payload(data.payload)
+    assert header["complete"] and data.grid == () and (0, "thumbs") in arrays
+
+
+@pytest.mark.parametrize("request_, message", [
+    ({"source": 2, "trace_id": None}, r"source must be 0\.\.0; got 2"),
+    ({"source": 0, "trace_id": "old"}, "the trace shown was replaced"),
+    ({"source": 0, "trace_id": None, "key": "head/9/0"}, r"cannot send 'head/9/0': layer 9 was not captured"),
+])
+def test_fetches_that_cannot_be_answered_get_an_error_that_says_why(request_, message):
+    data = ViewData.of(_trace()).encode(0, 0, send_all_below=0)
+    request = {"type": "fetch", "id": "x", "key": "head/0/0", **request_}
+    if request["trace_id"] is None:
+        request["trace_id"] = data.trace_id
+    reply, buffers = data.answer(request)
+    assert reply["type"] == "error" and buffers == []
+    assert reply["trace_id"] == request["trace_id"]  # the view that asked shows it
+    assert re.search(message, reply["message"]), reply["message"]
+
+
+def test_views_share_the_layers_and_heads_both_traces_captured():
+    a = _trace()
+    b = _trace(seed=1).narrow(layers=[1], heads=[0, 2])
+    data = ViewData.of(a, b, labels=("base", "edited"))
+    assert data.layers == (1,) and data.heads == (0, 2) and data.labels == ("base", "edited")
+
+
+def test_bad_traces_and_blocks_are_named():
+    with pytest.raises(TypeError, match="compare must be an AttentionTrace; got str"):
+        ViewData.of(_trace(), "trace")
+    with pytest.raises(KeyError, match=r"block must be one of \['self'\]; got 'cross'"):
+        ViewData.of(_trace(), block="cross")
+    with pytest.raises(ValueError, match="share no captured layer and head"):
+        ViewData.of(_trace(n_layers=1), _trace(n_layers=2).narrow(layers=[1]))
+
+
+def test_bokeh_and_unknown_requests_get_their_replies():
+    reply, [source] = bokeh_reply({"type": "bokeh", "id": 3})
+    assert reply["type"] == "bokeh" and reply["id"] == 3 and b"Bokeh" in source[:4096]
+    reply, buffers = unknown_reply({"type": "paint", "id": 4})
+    assert reply == {"type": "error", "id": 4, "message": "unknown request type 'paint'; expected 'fetch', "
+                     "'bokeh' or 'run'"} and buffers == []
