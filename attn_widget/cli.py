@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import __version__
+
 
 def _int_list(text: str) -> list[int]:
     """``"0,5,29"`` or ranges ``"0-4,29"`` → layer indices."""
@@ -52,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="attn-widget", description="See what a transformer attends to: capture a run and write "
         "a self-contained offline HTML snapshot, or describe a saved trace.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     snap = sub.add_parser("snapshot", help="capture a prompt (or open a saved trace) and write one "

@@ -95,3 +95,10 @@ def test_snapshot_captures_the_bundled_model(smollm2, tmp_path, capsys):
     assert f"tokens: {len(trace.tokens)} ({trace.prompt_len} prompt + 6 generated)" in out
     assert "sinks: 0 '<|im_start|>'" in out
     assert b"<h1>smollm2: &#8220;The capital of France is Paris." in out_file.read_bytes()[:5000]
+
+
+def test_version_prints_the_package_version(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out == f"attn-widget {aw.__version__}\n"
