@@ -10,6 +10,7 @@ next row of that triangle, so the stitched trace equals one forward pass over th
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import math
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from .geometry import tril_offset
-from .models import ensure_eager
+from .qk_capture import QueryKeyTap, fast_implementation, tapped
 from .selection import check_count, indices_below
 from .tokens import token_table
 from .trace import AttentionBlock, AttentionTrace
@@ -96,7 +97,17 @@ def _capture(model, tokenizer, prompt, *, max_new_tokens, layers, heads, chat, t
              memory_budget, progress, **generate_kwargs) -> AttentionTrace:
     prompt_ids = _tokenize(tokenizer, prompt, chat)
     max_new_tokens = check_count(max_new_tokens, "max_new_tokens")
-    ensure_eager(model)
+    fast = fast_implementation(model)
+    if fast is not None and not recompute_matches(model, fast):
+        fast = None
+    with _attention_implementation(model, fast or "eager"):
+        return _capture_with(model, tokenizer, prompt, prompt_ids, fast, max_new_tokens=max_new_tokens,
+                             layers=layers, heads=heads, target=target, memory_budget=memory_budget,
+                             progress=progress, chat=chat, **generate_kwargs)
+
+
+def _capture_with(model, tokenizer, prompt, prompt_ids, fast, *, max_new_tokens, layers, heads, chat,
+                  target, memory_budget, progress, **generate_kwargs) -> AttentionTrace:
     config = model.config
     enc_dec = bool(getattr(config, "is_encoder_decoder", False))
     decoder_only = not enc_dec and (model.can_generate() or bool(getattr(config, "is_decoder", False)))
@@ -148,14 +159,8 @@ def _capture(model, tokenizer, prompt, *, max_new_tokens, layers, heads, chat, t
     rec = _Recorder(kinds, lengths, causal)
     was_training = model.training
     model.eval()
-    handles = []
     try:
-        for kind, mods in modules.items():
-            keep_layers = kinds[kind][0]
-            for li, layer in enumerate(keep_layers):
-                module, index = mods[layer]
-                handles.append(module.register_forward_hook(rec.hook(kind, li, layer, index)))
-        with torch.no_grad():
+        with torch.no_grad(), _recording(rec, modules, kinds, causal, fast):
             if max_new_tokens == 0:
                 mask = torch.ones_like(prompt_ids)
                 if enc_dec:
@@ -168,8 +173,6 @@ def _capture(model, tokenizer, prompt, *, max_new_tokens, layers, heads, chat, t
                 seq = _generate(model, tokenizer, prompt_ids, max_new_tokens, enc_dec, rec, progress,
                                 generate_kwargs)
     finally:
-        for h in handles:
-            h.remove()
         rec.close_progress()
         if was_training:
             model.train()
@@ -209,9 +212,94 @@ def _capture(model, tokenizer, prompt, *, max_new_tokens, layers, heads, chat, t
     options = {"prompt": prompt if isinstance(prompt, (str, list, tuple)) else prompt.tolist(),
                "max_new_tokens": max_new_tokens, "layers": None if layers is None else list(layers),
                "heads": None if heads is None else list(heads), "chat": chat,
-               "generate_kwargs": generate_kwargs, "torch": torch.__version__,
-               "transformers": transformers.__version__}
+               "generate_kwargs": generate_kwargs, "attention": fast or "eager",
+               "torch": torch.__version__, "transformers": transformers.__version__}
     return AttentionTrace(tokens, blocks, spans, model_info, options, source)
+
+
+# --------------------------------------------------------------------- attention implementation
+@contextlib.contextmanager
+def _attention_implementation(model, impl: str):
+    """The model on ``impl`` for the block, then back on what it was (also after errors)."""
+    before = getattr(model.config, "_attn_implementation", None)
+    if before == impl:
+        yield
+        return
+    setter = getattr(model, "set_attn_implementation", None)
+    if setter is None:
+        raise CaptureError(f"this model uses attn_implementation={before!r}, which returns no attention "
+                           f"weights, and cannot be switched to {impl!r}; load it with "
+                           f"attn_implementation={impl!r}")
+    setter(impl)
+    try:
+        yield
+    finally:
+        setter(before)
+
+
+_RECOMPUTE_CHECKED: dict[tuple[str, str], bool] = {}
+_CHECK_TOKENS = 12
+
+
+def recompute_matches(model, impl: str) -> bool:
+    """Whether queries and keys taken from ``impl`` give the weights eager attention gives, on a
+    short prefix, for this model class (checked once per class and implementation).
+
+    A mismatch means the model adds something the recompute cannot see (a position bias such as
+    ALiBi's); capture then uses eager attention for the call, and says so once.
+    """
+    key = (type(model).__qualname__, impl)
+    if key not in _RECOMPUTE_CHECKED:
+        vocab = int(getattr(model.config, "vocab_size", 0) or 0) or 1000
+        ids = (torch.arange(_CHECK_TOKENS) * 7 + 3) % vocab
+        ids = ids.reshape(1, -1).to(next(model.parameters()).device)
+        fast = _forward_weights(model, ids, impl)
+        with _attention_implementation(model, "eager"):
+            eager = _forward_weights(model, ids, None)
+        diff = max(float(np.abs(fast[k] - eager[k]).max()) for k in eager)
+        _RECOMPUTE_CHECKED[key] = ok = diff <= 2e-3
+        if not ok:
+            log.warning("attn_widget: attention recomputed from %s queries and keys differs from eager "
+                        "attention by %.1e for %s; capturing with eager attention instead", impl, diff,
+                        type(model).__name__)
+    return _RECOMPUTE_CHECKED[key]
+
+
+def _forward_weights(model, ids: torch.Tensor, fast: str | None) -> dict[str, np.ndarray]:
+    """Every head's attention of one forward pass over ``ids``, taken from ``fast``'s queries and
+    keys, or from eager attention's weights when ``fast`` is None."""
+    modules = _attention_modules(model, False)
+    kinds = {kind: (list(range(len(mods))), list(range(_n_heads(model.config, kind))),
+                    _n_heads(model.config, kind)) for kind, mods in modules.items()}
+    n = ids.shape[1]
+    decoder = bool(model.can_generate() or getattr(model.config, "is_decoder", False))
+    causal = dict.fromkeys(kinds, decoder)
+    rec = _Recorder(kinds, {kind: (n, n) for kind in kinds}, causal)
+    with torch.no_grad(), _recording(rec, modules, kinds, causal, fast):
+        model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    return {kind: rec.result(kind, n).astype(np.float32) for kind in kinds}
+
+
+@contextlib.contextmanager
+def _recording(rec: _Recorder, modules, kinds, causal, fast: str | None):
+    """Within the block, the kept layers' attention goes into ``rec``: eager weights taken by
+    forward hooks, or (``fast``) weights recomputed from the queries and keys of ``fast``."""
+    if fast is not None:
+        slots = {id(mods[layer][0]): (kind, li, layer) for kind, mods in modules.items()
+                 for li, layer in enumerate(kinds[kind][0])}
+        tap = QueryKeyTap(slots, {kind: hs for kind, (_, hs, _) in kinds.items()}, causal,
+                          lambda kind, li, layer, w, sinks: rec.take(kind, li, layer, w, selected=True,
+                                                                     sinks=sinks))
+        with tapped(fast, tap):
+            yield
+        return
+    handles = [mods[layer][0].register_forward_hook(rec.hook(kind, li, layer, mods[layer][1]))
+               for kind, mods in modules.items() for li, layer in enumerate(kinds[kind][0])]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 # --------------------------------------------------------------------- inputs
@@ -404,17 +492,21 @@ class _Recorder:
                     f"{kind} attention layer {layer} ({type(module).__name__}) returned no attention "
                     "weights; the model's attention implementation does not expose them. Load it "
                     "with attn_implementation='eager' (attn_widget.load_model does this)")
-            self.take(kind, li, layer, weights)
+            self.take(kind, li, layer, weights, sinks=getattr(module, "sinks", None) is not None)
         return _hook
 
-    def take(self, kind: str, li: int, layer: int, weights: torch.Tensor) -> None:
+    def take(self, kind: str, li: int, layer: int, weights: torch.Tensor, selected: bool = False,
+             sinks: bool = False) -> None:
+        """Store one pass's weights (1, heads, queries, keys): all the model's heads, or only the
+        kept ones when ``selected``. With learned ``sinks`` (gpt-oss) a row sums to at most 1: the
+        sink logit takes the rest."""
         if weights.dim() != 4 or weights.shape[0] != 1:
             raise CaptureError(f"{kind} attention layer {layer} gave weights of shape "
                                f"{tuple(weights.shape)}; expected (1, heads, queries, keys)")
         index = self.head_index[kind]
         if index.device != weights.device:  # models on an accelerator: select there, store here
             index = self.head_index[kind] = index.to(weights.device)
-        all_heads = self.all_heads[kind] and len(index) == weights.shape[1]
+        all_heads = selected or (self.all_heads[kind] and len(index) == weights.shape[1])
         q, k = weights.shape[-2:]
         buf = self.buffers[kind]
         causal = self.causal[kind]
@@ -437,10 +529,10 @@ class _Recorder:
             w = w.float()
             if causal:
                 rows = w[:, 0, :] if keep is None else w.reshape(w.shape[0], -1).index_select(1, keep)
-                self._validate(kind, layer, w, rows if keep is not None else None, h0)
+                self._validate(kind, layer, w, rows if keep is not None else None, h0, sinks)
                 buf[li, h0:h0 + step, lo:hi] = rows.to("cpu", torch.float16)
             else:
-                self._validate(kind, layer, w, None, h0)
+                self._validate(kind, layer, w, None, h0, sinks)
                 if kind == "cross":
                     buf[li, h0:h0 + step, r0:r0 + q, :k] = w.to("cpu", torch.float16)
                 else:
@@ -452,13 +544,13 @@ class _Recorder:
         else:
             self.rows_done[kind][li] = r0 + q if kind == "cross" else q
 
-    def _validate(self, kind, layer, w, kept, h0: int = 0) -> None:
+    def _validate(self, kind, layer, w, kept, h0: int = 0, sinks: bool = False) -> None:
         """Rows sum to 1 (a NaN anywhere fails this too) and, for causal attention, the kept
         lower triangle holds all of it: weights are non-negative, so a total above the diagonal
         (all weight minus the kept weight, summed in float64) is the weight on future keys."""
         heads = self.kinds[kind][1][h0:]
         sums = w.sum(dim=-1)
-        err = (sums - 1).abs().flatten(1).amax(dim=1)
+        err = ((sums - 1).clamp(min=0) if sinks else (sums - 1).abs()).flatten(1).amax(dim=1)
         if not bool((err <= ROW_SUM_TOLERANCE).all()):
             i = int((~(err <= ROW_SUM_TOLERANCE)).nonzero()[0])
             if torch.isnan(err[i]):

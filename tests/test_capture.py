@@ -92,15 +92,6 @@ def test_step_is_the_row_of_the_query_that_produced_the_token(word_tokenizer):
     assert trace.step_position(2) == trace.prompt_len + 1
 
 
-def test_sdpa_model_is_switched_to_eager_with_a_note(word_tokenizer, caplog):
-    model = tiny_model("llama")
-    model.set_attn_implementation("sdpa")
-    with caplog.at_level("WARNING", logger="attn_widget"):
-        trace = aw.capture(model, word_tokenizer, PROMPT)
-    assert "switched the model from 'sdpa' to eager" in caplog.text
-    assert trace.attention().sum() > 0
-
-
 def test_chat_prompt_uses_the_template(smollm2):
     model, tokenizer = smollm2
     trace = aw.capture(model, tokenizer, "Hi", chat=True)
