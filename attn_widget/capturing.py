@@ -1,11 +1,12 @@
 """Capture the attention of a Hugging Face model, forward pass or ``generate``.
 
-Hugging Face keeps every layer of every decode step as float32 until ``generate`` returns
-(and under SDPA returns no weights at all, without an error). We instead hook each attention
-module and take its weights the moment they are produced: only the requested layers and heads
-are kept, downcast to float16, and causal rows are appended to a packed lower triangle. A
-decode step with a KV cache produces one query row over all earlier keys, which is exactly the
-next row of that triangle, so the stitched trace equals one forward pass over the final text.
+Hugging Face keeps every layer of every decode step as float32 until ``generate`` returns, and
+under SDPA or flash attention returns no weights at all, without an error. We instead take what
+we need while the model runs, on the model as it was loaded: on a fast kernel, the queries and
+keys it computes (weights recomputed exactly from them, :mod:`attn_widget.qk_capture`); on eager
+attention, its weights the moment a layer produces them (:mod:`attn_widget.recording`). Only the
+requested layers and heads are kept; decode steps are stitched in order, so the trace equals one
+forward pass over the final text.
 """
 
 from __future__ import annotations
@@ -18,42 +19,49 @@ import os
 import threading
 import weakref
 from collections.abc import Sequence
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import torch
 
 from .geometry import tril_offset
-from .qk_capture import QueryKeyTap, fast_implementation, tapped
+from .qk_capture import fast_implementation
+from .recording import (
+    CaptureError,
+    QueryKeyRecorder,
+    Recorder,
+    captured_block,
+    recording,
+)
 from .selection import check_count, indices_below
 from .tokens import token_table
 from .trace import AttentionBlock, AttentionTrace
 
 log = logging.getLogger("attn_widget")
 
-ROW_SUM_TOLERANCE = 1e-3
-FUTURE_TOLERANCE = 1e-4  # total weight a query may put above the diagonal (float rounding)
-
-
-class CaptureError(RuntimeError):
-    """The model's attention could not be captured (no weights, invalid weights, bad setup)."""
+FORMS = ("auto", "weights", "queries-keys")
 
 
 class MemoryBudgetError(CaptureError):
     """A capture would need more memory than its budget; the message lists cheaper choices."""
 
 
+
 def capture(model, tokenizer, prompt: str | Sequence[dict], *, max_new_tokens: int = 0,
             layers: Sequence[int] | None = None, heads: Sequence[int] | None = None,
             chat: bool = False, target: str | None = None, memory_budget: int | None = None,
-            progress: bool | None = None, **generate_kwargs: Any) -> AttentionTrace:
+            progress: bool | None = None, form: str = "auto", **generate_kwargs: Any) -> AttentionTrace:
     """Run ``model`` on ``prompt`` and capture its attention as an :class:`AttentionTrace`.
 
     Parameters
     ----------
     model, tokenizer : a Hugging Face model (decoder-only, encoder-only or encoder-decoder)
-        and its tokenizer. A model not on eager attention is switched to it, with a note.
+        and its tokenizer, on whatever attention implementation it was loaded with. On a fast
+        kernel (SDPA, flash attention) the model keeps running it: capture keeps the queries and
+        keys it computes and recomputes the weights exactly (see :mod:`attn_widget.qk_capture`).
+        Eager models, encoder-decoder models and models whose recompute does not match eager
+        attention (checked once per model class) are captured from eager attention weights; the
+        model is switched for the call only and always put back.
     prompt : str, token ids (a list of ints or a tensor), or a list of chat messages
         (``{"role": ..., "content": ...}``).
     max_new_tokens : 0 for one forward pass; otherwise tokens to ``generate`` (greedy unless
@@ -67,18 +75,22 @@ def capture(model, tokenizer, prompt: str | Sequence[dict], *, max_new_tokens: i
     memory_budget : bytes the capture may use (default: half the memory available now). An
         estimate above it raises :class:`MemoryBudgetError` before anything runs.
     progress : show a progress bar over decode steps (default: for 64 or more new tokens).
+    form : how the trace stores attention: ``"weights"`` (float16, T²/2 per head),
+        ``"queries-keys"`` (grows with T; weights recomputed when asked; needs a fast kernel) or
+        ``"auto"``: queries and keys when they take less memory than the weights.
     **generate_kwargs : passed to ``model.generate``.
 
     Returns
     -------
-    AttentionTrace with float16 attention; causal blocks hold (n_layers, n_heads, T(T+1)/2).
+    AttentionTrace; ``trace.block().form`` says which form it holds, ``trace.options["attention"]``
+    which attention implementation it was taken from.
     """
     # One capture at a time per model: the hooks of two would record each other's passes (a
     # prompt-box run on its thread and a notebook cell, say). A second one waits its turn.
     with _model_lock(model):
         return _capture(model, tokenizer, prompt, max_new_tokens=max_new_tokens, layers=layers,
                         heads=heads, chat=chat, target=target, memory_budget=memory_budget,
-                        progress=progress, **generate_kwargs)
+                        progress=progress, form=form, **generate_kwargs)
 
 
 _LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -94,20 +106,26 @@ def _model_lock(model) -> threading.Lock:
 
 
 def _capture(model, tokenizer, prompt, *, max_new_tokens, layers, heads, chat, target,
-             memory_budget, progress, **generate_kwargs) -> AttentionTrace:
+             memory_budget, progress, form, **generate_kwargs) -> AttentionTrace:
     prompt_ids = _tokenize(tokenizer, prompt, chat)
     max_new_tokens = check_count(max_new_tokens, "max_new_tokens")
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {list(FORMS)}; got {form!r}")
     fast = fast_implementation(model)
     if fast is not None and not recompute_matches(model, fast):
         fast = None
+    if form == "queries-keys" and fast is None:
+        raise ValueError(f"form='queries-keys' needs the model on a fast attention kernel that attn_widget "
+                         f"can tap (sdpa, flash attention); {type(model).__name__} is captured from eager "
+                         "attention weights here; use form='weights' or 'auto'")
     with _attention_implementation(model, fast or "eager"):
         return _capture_with(model, tokenizer, prompt, prompt_ids, fast, max_new_tokens=max_new_tokens,
                              layers=layers, heads=heads, target=target, memory_budget=memory_budget,
-                             progress=progress, chat=chat, **generate_kwargs)
+                             progress=progress, chat=chat, form=form, **generate_kwargs)
 
 
 def _capture_with(model, tokenizer, prompt, prompt_ids, fast, *, max_new_tokens, layers, heads, chat,
-                  target, memory_budget, progress, **generate_kwargs) -> AttentionTrace:
+                  target, memory_budget, progress, form, **generate_kwargs) -> AttentionTrace:
     config = model.config
     enc_dec = bool(getattr(config, "is_encoder_decoder", False))
     decoder_only = not enc_dec and (model.can_generate() or bool(getattr(config, "is_decoder", False)))
@@ -156,11 +174,11 @@ def _capture_with(model, tokenizer, prompt, prompt_ids, fast, *, max_new_tokens,
     causal = {k: (k == "decoder" or (k == "self" and decoder_only)) for k in kinds}
     _check_budget(kinds, lengths, causal, memory_budget, P, max_new_tokens)
 
-    rec = _Recorder(kinds, lengths, causal)
+    rec = Recorder(kinds, lengths, causal) if fast is None else QueryKeyRecorder(modules, kinds, causal)
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), _recording(rec, modules, kinds, causal, fast):
+        with torch.no_grad(), recording(rec, modules, kinds, fast):
             if max_new_tokens == 0:
                 mask = torch.ones_like(prompt_ids)
                 if enc_dec:
@@ -180,11 +198,12 @@ def _capture_with(model, tokenizer, prompt, prompt_ids, fast, *, max_new_tokens,
 
     T = seq.shape[1]
     blocks = {}
-    for kind, (keep_layers, keep_heads, _) in kinds.items():
-        blocks[kind] = AttentionBlock(kind, causal[kind], tuple(keep_layers), tuple(keep_heads),
-                                      rec.result(kind, T),
-                                      queries="source_tokens" if kind == "encoder" else "tokens",
-                                      keys="source_tokens" if kind in ("encoder", "cross") else "tokens")
+    for kind in kinds:
+        b = captured_block(kind, kinds, causal, rec.result(kind, T))
+        weights_cheaper = form == "auto" and b.weights_nbytes <= b.nbytes
+        if b.form == "queries-keys" and (form == "weights" or weights_cheaper):
+            b = AttentionBlock(b.name, b.causal, b.layers, b.heads, b.data, b.queries, b.keys)
+        blocks[kind] = b
     if enc_dec:
         tokens = token_table(tokenizer, seq[0].tolist())
         source = token_table(tokenizer, prompt_ids[0].tolist())
@@ -274,32 +293,12 @@ def _forward_weights(model, ids: torch.Tensor, fast: str | None) -> dict[str, np
     n = ids.shape[1]
     decoder = bool(model.can_generate() or getattr(model.config, "is_decoder", False))
     causal = dict.fromkeys(kinds, decoder)
-    rec = _Recorder(kinds, {kind: (n, n) for kind in kinds}, causal)
-    with torch.no_grad(), _recording(rec, modules, kinds, causal, fast):
+    rec = Recorder(kinds, {kind: (n, n) for kind in kinds}, causal) if fast is None else \
+        QueryKeyRecorder(modules, kinds, causal)
+    with torch.no_grad(), recording(rec, modules, kinds, fast):
         model(input_ids=ids, attention_mask=torch.ones_like(ids))
-    return {kind: rec.result(kind, n).astype(np.float32) for kind in kinds}
-
-
-@contextlib.contextmanager
-def _recording(rec: _Recorder, modules, kinds, causal, fast: str | None):
-    """Within the block, the kept layers' attention goes into ``rec``: eager weights taken by
-    forward hooks, or (``fast``) weights recomputed from the queries and keys of ``fast``."""
-    if fast is not None:
-        slots = {id(mods[layer][0]): (kind, li, layer) for kind, mods in modules.items()
-                 for li, layer in enumerate(kinds[kind][0])}
-        tap = QueryKeyTap(slots, {kind: hs for kind, (_, hs, _) in kinds.items()}, causal,
-                          lambda kind, li, layer, w, sinks: rec.take(kind, li, layer, w, selected=True,
-                                                                     sinks=sinks))
-        with tapped(fast, tap):
-            yield
-        return
-    handles = [mods[layer][0].register_forward_hook(rec.hook(kind, li, layer, mods[layer][1]))
-               for kind, mods in modules.items() for li, layer in enumerate(kinds[kind][0])]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
+    return {kind: captured_block(kind, kinds, causal, rec.result(kind, n)).data.astype(np.float32)
+            for kind in kinds}
 
 
 # --------------------------------------------------------------------- inputs
@@ -455,148 +454,6 @@ def _check_budget(kinds, lengths, causal, budget, prompt_len, max_new_tokens) ->
         f"layers=[{ls[-1]}] needs {(len(hs) * per_head + transient) / gib:.2f} GiB, "
         f"heads=[{hs[0]}] with all layers {(len(ls) * per_head + transient) / gib:.2f} GiB), or "
         f"all of them fit up to about {t_fit} tokens (prompt {prompt_len} + {max_new_tokens} new).")
-
-
-# --------------------------------------------------------------------- recording
-@lru_cache(maxsize=8)
-def _tril_index(q: int, k: int, device: str) -> torch.Tensor:
-    """Flat indices into a (q, k) block of the causal rows k-q..k-1, in packed order."""
-    start = k - q
-    keep = torch.arange(k)[None, :] <= torch.arange(start, k)[:, None]
-    return keep.reshape(-1).nonzero().squeeze(1).to(device)
-
-
-class _Recorder:
-    """Takes attention weights from hooks into preallocated float16 buffers."""
-
-    def __init__(self, kinds, lengths, causal):
-        self.kinds = kinds
-        self.causal = causal
-        self.buffers = {}
-        self.rows_done = {}
-        for kind, (ls, hs, _) in kinds.items():
-            q, k = lengths[kind]
-            shape = (len(ls), len(hs), tril_offset(q)) if causal[kind] else (len(ls), len(hs), q, k)
-            self.buffers[kind] = torch.zeros(shape, dtype=torch.float16)
-            self.rows_done[kind] = np.zeros(len(ls), dtype=np.int64)
-        self.head_index = {kind: torch.tensor(hs) for kind, (_, hs, _) in kinds.items()}
-        self.all_heads = {kind: hs == list(range(n)) for kind, (_, hs, n) in kinds.items()}
-        self.bar = None
-        self.first_kind = "decoder" if "decoder" in kinds else "self"
-
-    def hook(self, kind: str, li: int, layer: int, index: int):
-        def _hook(module, args, output):
-            weights = output[index] if isinstance(output, (tuple, list)) else None
-            if not isinstance(weights, torch.Tensor):
-                raise CaptureError(
-                    f"{kind} attention layer {layer} ({type(module).__name__}) returned no attention "
-                    "weights; the model's attention implementation does not expose them. Load it "
-                    "with attn_implementation='eager' (attn_widget.load_model does this)")
-            self.take(kind, li, layer, weights, sinks=getattr(module, "sinks", None) is not None)
-        return _hook
-
-    def take(self, kind: str, li: int, layer: int, weights: torch.Tensor, selected: bool = False,
-             sinks: bool = False) -> None:
-        """Store one pass's weights (1, heads, queries, keys): all the model's heads, or only the
-        kept ones when ``selected``. With learned ``sinks`` (gpt-oss) a row sums to at most 1: the
-        sink logit takes the rest."""
-        if weights.dim() != 4 or weights.shape[0] != 1:
-            raise CaptureError(f"{kind} attention layer {layer} gave weights of shape "
-                               f"{tuple(weights.shape)}; expected (1, heads, queries, keys)")
-        index = self.head_index[kind]
-        if index.device != weights.device:  # models on an accelerator: select there, store here
-            index = self.head_index[kind] = index.to(weights.device)
-        all_heads = selected or (self.all_heads[kind] and len(index) == weights.shape[1])
-        q, k = weights.shape[-2:]
-        buf = self.buffers[kind]
-        causal = self.causal[kind]
-        if causal:
-            start = k - q
-            lo, hi = tril_offset(start), tril_offset(k)
-            if hi > buf.shape[-1]:
-                raise CaptureError(f"{kind} attention grew past the {buf.shape[-1]} expected values; "
-                                   "the model produced more positions than generate asked for")
-            keep = None if q == 1 else _tril_index(q, k, str(weights.device))
-        elif kind == "cross":
-            r0 = int(self.rows_done[kind][li])
-            if r0 + q > buf.shape[2]:
-                r0 = 0  # a full teacher-forced pass restarts the rows
-        # A long prompt pass gives (heads, T, T) float32 per layer; take it a few heads at a time
-        # so our copies stay near 64 MiB instead of adding several times the model's own.
-        step = max(1, (64 << 20) // (4 * q * k))
-        for h0 in range(0, len(index), step):
-            w = weights[0, h0:h0 + step] if all_heads else weights[0].index_select(0, index[h0:h0 + step])
-            w = w.float()
-            if causal:
-                rows = w[:, 0, :] if keep is None else w.reshape(w.shape[0], -1).index_select(1, keep)
-                self._validate(kind, layer, w, rows if keep is not None else None, h0, sinks)
-                buf[li, h0:h0 + step, lo:hi] = rows.to("cpu", torch.float16)
-            else:
-                self._validate(kind, layer, w, None, h0, sinks)
-                if kind == "cross":
-                    buf[li, h0:h0 + step, r0:r0 + q, :k] = w.to("cpu", torch.float16)
-                else:
-                    buf[li, h0:h0 + step, :q, :k] = w.to("cpu", torch.float16)
-        if causal:
-            self.rows_done[kind][li] = max(self.rows_done[kind][li], k)
-            if q == 1 and kind == self.first_kind and li == 0 and self.bar is not None:
-                self.bar.update(1)
-        else:
-            self.rows_done[kind][li] = r0 + q if kind == "cross" else q
-
-    def _validate(self, kind, layer, w, kept, h0: int = 0, sinks: bool = False) -> None:
-        """Rows sum to 1 (a NaN anywhere fails this too) and, for causal attention, the kept
-        lower triangle holds all of it: weights are non-negative, so a total above the diagonal
-        (all weight minus the kept weight, summed in float64) is the weight on future keys."""
-        heads = self.kinds[kind][1][h0:]
-        sums = w.sum(dim=-1)
-        err = ((sums - 1).clamp(min=0) if sinks else (sums - 1).abs()).flatten(1).amax(dim=1)
-        if not bool((err <= ROW_SUM_TOLERANCE).all()):
-            i = int((~(err <= ROW_SUM_TOLERANCE)).nonzero()[0])
-            if torch.isnan(err[i]):
-                raise CaptureError(f"{kind} attention layer {layer} head {heads[i]} contains NaN")
-            raise CaptureError(f"{kind} attention layer {layer} head {heads[i]}: rows sum to 1 ± "
-                               f"{float(err[i]):.2e}, outside ± {ROW_SUM_TOLERANCE}; this model's "
-                               "weights are not a softmax over keys")
-        if kept is not None:
-            above = sums.sum(dim=-1, dtype=torch.float64) - kept.sum(dim=-1, dtype=torch.float64)
-            if not bool((above.abs() <= FUTURE_TOLERANCE).all()):
-                i = int((above.abs() > FUTURE_TOLERANCE).nonzero()[0])
-                raise CaptureError(f"{kind} attention layer {layer} head {heads[i]} attends to future "
-                                   f"positions (weight {float(above[i]):.2e} above the diagonal) in "
-                                   "causal attention")
-
-    def open_progress(self, total: int) -> None:
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=total, desc="attention capture", unit="tok", leave=False)
-
-    def close_progress(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-    def check_complete(self, n_rows: int) -> None:
-        for kind, done in self.rows_done.items():
-            if kind == "encoder" or (kind == "self" and not self.causal[kind]):
-                continue  # bidirectional blocks come from one pass, not steps
-            if (done < n_rows).any():
-                li = int(np.argmin(done))
-                raise CaptureError(
-                    f"{kind} attention layer {self.kinds[kind][0][li]} produced rows for "
-                    f"{int(done[li])} of {n_rows} positions; the model's forward hooks did not "
-                    "see every step")
-
-    def result(self, kind: str, n: int) -> np.ndarray:
-        buf = self.buffers[kind]
-        if self.causal[kind]:
-            buf = buf[..., :tril_offset(n)]
-        elif kind == "cross":
-            buf = buf[:, :, :n]
-        out = buf.numpy()
-        # a much larger preallocation (early stop) would pin its memory through the view
-        return out.copy() if out.base is not None and out.nbytes < 0.9 * buf.untyped_storage().nbytes() \
-            else out
 
 
 def _generate(model, tokenizer, prompt_ids, max_new_tokens, enc_dec, rec, progress, kwargs):

@@ -148,7 +148,7 @@ def _summary(trace) -> str:
              f"{model.get('n_heads', '?')} heads)",
              f"tokens: {counts}",
              f"captured: layers {format_ranges(b.layers)}, heads {format_ranges(b.heads)} ({b.name!r} block, "
-             f"{'causal' if b.causal else 'bidirectional'})",
+             f"{'causal' if b.causal else 'bidirectional'}, stored as {b.form.replace('-', ' and ')})",
              f"text: {text[:100]!r}{'…' if len(text) > 100 else ''}"]
     if trace.n_generated:
         start = trace.spans["generated"][0]

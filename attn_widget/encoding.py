@@ -111,7 +111,7 @@ def _pad8(n: int) -> int:
 def head_section(trace: AttentionTrace, layer: int, head: int, source: int = 0) -> Section:
     """float16 attention of model layer ``layer``, head ``head`` (zero-copy for causal blocks)."""
     b = trace.block()
-    data = b.data[b.layer_pos(layer), b.head_pos(head)]
+    data = b.packed(b.layer_pos(layer), b.head_pos(head))
     return _matrix_section(f"head/{layer}/{head}", source, b, data)
 
 
@@ -221,7 +221,7 @@ def source_header(trace: AttentionTrace, label: str) -> dict[str, Any]:
 def all_bytes(trace: AttentionTrace) -> int:
     """Bytes of every head and layer mean of a trace's shown block."""
     b = trace.block()
-    return b.data.nbytes * (len(b.heads) + 1) // len(b.heads)
+    return b.weights_nbytes * (len(b.heads) + 1) // len(b.heads)
 
 
 def trace_payload(traces: Sequence[AttentionTrace], *, layer: int, head: int,

@@ -1,17 +1,14 @@
-"""Attention from fast kernels: keep the queries and keys, recompute the weights exactly.
+"""Attention from fast kernels: keep the queries and keys, recompute the weights when asked.
 
 SDPA and flash attention return no weights. Instead of switching a model to eager attention,
 capture wraps the model's own attention function (the one transformers' ``AttentionInterface``
 maps its ``attn_implementation`` to) for the duration of the call. The wrapper runs the model's
 kernel unchanged for the output and, for the attention modules being captured, keeps the
-post-RoPE (post q/k-norm) queries of the captured heads and every key produced so far, then
-computes
-
-    softmax(q · kᵀ · scaling  [soft-capped]  + causal mask + sliding window  [+ sink logit])
-
-for the new query rows, with each query head reading its key/value group's keys (GQA). Keys
-are kept by absolute position, so sliding-window caches, which drop old keys, still give rows
-laid out over every position (zeros outside the window).
+post-RoPE (post q/k-norm) queries of the captured heads and the new keys of the key/value
+groups they read, with the layer's scaling, sliding window, soft-capping and sink logits:
+:class:`~attn_widget.querykeys.QueryKeys` recomputes the weights from them exactly. Keys are
+kept by absolute position, so sliding-window caches, which drop old keys, still give rows laid
+out over every position (zeros outside the window).
 
 What this cannot see is an additive position bias inside the mask (ALiBi) or computed in the
 module (T5): :func:`recompute_matches` checks the recompute against an eager pass once per model
@@ -26,76 +23,82 @@ from typing import Any
 
 import torch
 
+from .querykeys import QueryKeys
+
 _TAPS: dict[str, tuple[Callable, int]] = {}  # implementation → (its original function, users)
 _TAPS_LOCK = threading.Lock()
 _ACTIVE: dict[int, QueryKeyTap] = {}  # capturing thread → its tap
 
 
 class QueryKeyTap:
-    """The queries and keys of the modules one capture watches, and the weights they give.
+    """Keeps the queries and keys of the modules one capture watches.
 
     slots : ``{id(module): (kind, li, layer)}`` for the attention modules to record.
     heads : ``{kind: [query heads kept]}``.
-    take : ``take(kind, li, layer, weights, sinks)`` receives float32 weights of shape
-        (1, len(heads), new queries, all keys so far), as eager attention would give them, and
-        whether learned sink logits took part of each row.
     causal : ``{kind: bool}``.
+    on_step : called once per decode step (one new query in the first watched module).
     """
 
     def __init__(self, slots: dict[int, tuple[str, int, int]], heads: dict[str, list[int]],
-                 causal: dict[str, bool], take: Callable[..., None]):
+                 causal: dict[str, bool], on_step: Callable[[], None] | None = None):
         self.slots = slots
         self.heads = {kind: list(hs) for kind, hs in heads.items()}
         self.causal = causal
-        self.take = take
-        self.keys: dict[int, torch.Tensor] = {}  # per module: every key produced so far
-        self._index: dict[tuple[int, str], torch.Tensor] = {}
+        self.on_step = on_step
+        self.first = min(slots.values(), key=lambda s: s[1])[0:2] if slots else None
+        self.queries: dict[tuple[str, int], list[torch.Tensor]] = {}
+        self.keys: dict[tuple[str, int], list[torch.Tensor]] = {}
+        self.facts: dict[tuple[str, int], dict[str, Any]] = {}
+        self._index: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        self.group_of: dict[str, Any] = {}  # per kind: the position in ``keys`` each kept head reads
 
     def record(self, module, query: torch.Tensor, key: torch.Tensor, scaling: float | None,
                kwargs: dict[str, Any]) -> None:
-        kind, li, layer = self.slots[id(module)]
+        """Keep the kept heads' new queries and their groups' new keys, on the host."""
+        kind, li, _ = self.slots[id(module)]
         n_new = query.shape[2]
+        heads, groups = self._indices(kind, query.shape[1], key.shape[1], query.device)
         new_keys = key[:, :, -n_new:] if self.causal[kind] else key
-        past = self.keys.get(id(module))
-        keys = new_keys if past is None or not self.causal[kind] else torch.cat([past, new_keys], dim=2)
-        self.keys[id(module)] = keys
-        self.take(kind, li, layer, self.weights(kind, query, keys, scaling, kwargs),
-                  kwargs.get("s_aux") is not None)
+        host = {"device": "cpu", "dtype": torch.float32}
+        self.queries.setdefault((kind, li), []).append(query[0].index_select(0, heads).to(**host))
+        self.keys.setdefault((kind, li), []).append(new_keys[0].index_select(0, groups).to(**host))
+        if (kind, li) not in self.facts:
+            sinks = kwargs.get("s_aux")
+            self.facts[(kind, li)] = {
+                "scaling": scaling if scaling is not None else query.shape[-1] ** -0.5,
+                "window": int(kwargs.get("sliding_window") or 0), "softcap": kwargs.get("softcap") or 0.0,
+                "sinks": None if sinks is None else sinks.detach().index_select(0, heads).to(**host)}
+        if n_new == 1 and self.on_step is not None and (kind, li) == self.first:
+            self.on_step()
 
-    def weights(self, kind: str, query: torch.Tensor, keys: torch.Tensor, scaling: float | None,
-                kwargs: dict[str, Any]) -> torch.Tensor:
-        """float32 (1, kept heads, new queries, keys) attention of the kept heads."""
-        n_heads, n_groups = query.shape[1], keys.shape[1]
-        heads = self._heads_on(kind, query.device)
-        q = query[0].index_select(0, heads).float()
-        k = keys[0].index_select(0, heads // (n_heads // n_groups)).float()
-        scale = scaling if scaling is not None else q.shape[-1] ** -0.5
-        scores = torch.matmul(q, k.transpose(-1, -2)) * scale
-        softcap = kwargs.get("softcap")
-        if softcap is not None:
-            scores = torch.tanh(scores / softcap) * softcap
-        n_q, n_k = scores.shape[-2:]
-        if self.causal[kind]:
-            rows = torch.arange(n_k - n_q, n_k, device=scores.device)[:, None]
-            cols = torch.arange(n_k, device=scores.device)[None, :]
-            hidden = cols > rows
-            window = kwargs.get("sliding_window")
-            if window is not None:
-                hidden |= cols <= rows - int(window)
-            scores = scores.masked_fill(hidden, float("-inf"))
-        sinks = kwargs.get("s_aux")
-        if sinks is not None:  # learned sink logits (gpt-oss): a softmax column that is then dropped
-            sink = sinks.float().index_select(0, heads).reshape(-1, 1, 1).expand(-1, n_q, 1)
-            combined = torch.cat([scores, sink], dim=-1)
-            combined = combined - combined.amax(dim=-1, keepdim=True)
-            return torch.softmax(combined, dim=-1)[..., :-1].unsqueeze(0)
-        return torch.softmax(scores, dim=-1).unsqueeze(0)
+    def _indices(self, kind: str, n_heads: int, n_groups: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The kept heads, and the key/value groups they read, as index tensors on ``device``."""
+        key = (kind, str(device))
+        if key not in self._index:
+            heads = torch.tensor(self.heads[kind])
+            group_of_head = heads // (n_heads // n_groups)
+            groups = torch.unique(group_of_head)
+            self.group_of[kind] = torch.searchsorted(groups, group_of_head).numpy()
+            self._index[key] = (heads.to(device), groups.to(device))
+        return self._index[key]
 
-    def _heads_on(self, kind: str, device: torch.device) -> torch.Tensor:
-        index = self._index.get((id(device), kind))
-        if index is None or index.device != device:
-            index = self._index[(id(device), kind)] = torch.tensor(self.heads[kind], device=device)
-        return index
+    def positions(self, kind: str, li: int) -> int:
+        """Query positions recorded so far for captured layer ``li``."""
+        return sum(q.shape[1] for q in self.queries.get((kind, li), []))
+
+    def query_keys(self, kind: str, n_layers: int) -> QueryKeys:
+        """What was recorded for ``kind``'s ``n_layers`` captured layers."""
+        import numpy as np
+
+        facts = [self.facts[(kind, li)] for li in range(n_layers)]
+        sinks = None if facts[0]["sinks"] is None else torch.stack([f["sinks"] for f in facts]).numpy()
+        stack = lambda parts: torch.stack([torch.cat(parts[(kind, li)], dim=1)  # noqa: E731
+                                           for li in range(n_layers)]).numpy()
+        return QueryKeys(queries=stack(self.queries), keys=stack(self.keys),
+                         groups=self.group_of[kind].astype(np.int64),
+                         scaling=np.array([f["scaling"] for f in facts], np.float64),
+                         windows=np.array([f["window"] for f in facts], np.int64),
+                         softcap=float(facts[0]["softcap"]), sinks=sinks, causal=self.causal[kind])
 
 
 def _wrap(original: Callable) -> Callable:

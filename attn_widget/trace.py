@@ -12,60 +12,82 @@ layout lives in :mod:`attn_widget.geometry`, tokens in :mod:`attn_widget.tokens`
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
-import struct
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .geometry import n_from_packed, pack_causal, packed_rows, unpack_causal
+from .geometry import n_from_packed, pack_causal, packed_rows, tril_offset, unpack_causal
+from .querykeys import QueryKeys
 from .selection import Indices, check_index, format_ranges, model_indices, position_in
-from .storage import jsonable, write_atomically
 from .tokens import TokenTable
 
-FORMAT_NAME = "attn_widget.trace"
-FORMAT_VERSION = 1
-MAGIC = b"ATTNTRACE\x00"
-_HEADER = struct.Struct("<10sIQ")  # magic, format version, json length
-_ALIGN = 64
 
-
-class TraceFormatError(ValueError):
-    """A file is not a readable attn_widget trace (foreign, truncated, corrupted or newer)."""
-
-
-@dataclasses.dataclass
 class AttentionBlock:
     """One kind of attention in a trace: ``self``, or ``encoder``/``decoder``/``cross``.
 
-    data : ndarray of float16
-        causal blocks: shape (n_layers, n_heads, T * (T + 1) // 2), packed lower triangles;
-        otherwise: shape (n_layers, n_heads, n_queries, n_keys).
-    layers, heads : the model's layer and (query) head indices the rows of ``data`` hold.
+    A block holds its weights in one of two forms (``form``):
+
+    - ``"weights"``: ``data``, float16; causal blocks (n_layers, n_heads, T * (T + 1) // 2),
+      packed lower triangles; otherwise (n_layers, n_heads, n_queries, n_keys);
+    - ``"queries-keys"``: ``qk``, a :class:`~attn_widget.querykeys.QueryKeys` that grows with T
+      instead of T²; heads, rows and layer means are recomputed from it when asked, and ``data``
+      is built (once, then kept) only when something needs every weight.
+
+    layers, heads : the model's layer and (query) head indices the block holds, in order.
     queries, keys : which token sequence each axis runs over: ``"tokens"`` or
         ``"source_tokens"``.
     """
 
-    name: str
-    causal: bool
-    layers: tuple[int, ...]
-    heads: tuple[int, ...]
-    data: np.ndarray
-    queries: str = "tokens"
-    keys: str = "tokens"
+    def __init__(self, name: str, causal: bool, layers: tuple[int, ...], heads: tuple[int, ...],
+                 data: np.ndarray | None = None, queries: str = "tokens", keys: str = "tokens", *,
+                 qk: QueryKeys | None = None):
+        if (data is None) == (qk is None):
+            raise ValueError("an attention block holds either its weights (data) or its queries and "
+                             "keys (qk), exactly one of them")
+        self.name, self.causal = name, bool(causal)
+        self.layers, self.heads = tuple(layers), tuple(heads)
+        self.queries, self.keys = queries, keys
+        self._data, self.qk = data, qk
+
+    @property
+    def form(self) -> str:
+        """``"weights"`` or ``"queries-keys"``: what the block stores."""
+        return "weights" if self.qk is None else "queries-keys"
+
+    @property
+    def data(self) -> np.ndarray:
+        """float16 weights of every layer and head in the stored layout (built from ``qk`` on first
+        use: 2 · n_layers · n_heads · T²/2 bytes for a causal block)."""
+        if self._data is None:
+            self._data = np.stack([np.stack([self.qk.packed(li, hi) for hi in range(len(self.heads))])
+                                   for li in range(len(self.layers))])
+        return self._data
 
     @property
     def n_queries(self) -> int:
-        return n_from_packed(self.data.shape[-1]) if self.causal else self.data.shape[2]
+        if self.qk is not None:
+            return self.qk.n_queries
+        return n_from_packed(self._data.shape[-1]) if self.causal else self._data.shape[2]
 
     @property
     def n_keys(self) -> int:
-        return self.n_queries if self.causal else self.data.shape[3]
+        if self.qk is not None:
+            return self.qk.n_keys
+        return self.n_queries if self.causal else self._data.shape[3]
+
+    @property
+    def weights_nbytes(self) -> int:
+        """Bytes of every weight as float16 in the stored layout (what ``data`` is or would be)."""
+        cells = tril_offset(self.n_queries) if self.causal else self.n_queries * self.n_keys
+        return 2 * len(self.layers) * len(self.heads) * cells
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the block holds now."""
+        return (0 if self._data is None else self._data.nbytes) + (0 if self.qk is None else self.qk.nbytes)
 
     def layer_pos(self, layer: int) -> int:
         return position_in(self.layers, layer, "layer", self.name)
@@ -73,20 +95,62 @@ class AttentionBlock:
     def head_pos(self, head: int) -> int:
         return position_in(self.heads, head, "head", self.name)
 
+    def _pairs(self, li, hi) -> tuple[np.ndarray, np.ndarray]:
+        """Layer and head positions that ``data[li, hi]`` would select, with numpy's indexing."""
+        grid = np.indices((len(self.layers), len(self.heads)))
+        return grid[0][li, hi], grid[1][li, hi]
+
+    def packed(self, li: int, hi: int) -> np.ndarray:
+        """float16 weights of one head (positions into the block) in the stored layout; a view
+        when the block holds weights."""
+        return self.qk.packed(li, hi) if self._data is None else self._data[li, hi]
+
     def dense(self, li: int | slice | np.ndarray, hi: int | slice | np.ndarray) -> np.ndarray:
-        """float32 dense (…, n_queries, n_keys) for positional indices into ``data``."""
-        packed = self.data[li, hi]
+        """float32 dense (…, n_queries, n_keys) for positional indices (broadcast together)."""
+        if self._data is None:
+            pairs = self._pairs(li, hi)
+            out = np.empty(pairs[0].shape + (self.n_queries, self.n_keys), np.float32)
+            for idx in np.ndindex(pairs[0].shape):
+                out[idx] = self.qk.head(int(pairs[0][idx]), int(pairs[1][idx]))
+            return out
+        packed = self._data[li, hi]
         return unpack_causal(packed, self.n_queries) if self.causal else packed.astype(np.float32)
 
     def rows(self, li, hi, start: int, stop: int) -> np.ndarray:
         """float32 (…, stop - start, n_keys) for query rows ``start:stop``; zeros above diagonal."""
+        if self._data is None:
+            pairs = self._pairs(li, hi)
+            out = np.empty(pairs[0].shape + (stop - start, self.n_keys), np.float32)
+            for idx in np.ndindex(pairs[0].shape):
+                out[idx] = self.qk.rows(int(pairs[0][idx]), int(pairs[1][idx]), start, stop)
+            return out
         if not self.causal:
-            return self.data[li, hi, ..., start:stop, :].astype(np.float32)
-        return packed_rows(self.data[li, hi], start, stop, self.n_keys)
+            return self._data[li, hi, ..., start:stop, :].astype(np.float32)
+        return packed_rows(self._data[li, hi], start, stop, self.n_keys)
 
     def mean_of_heads(self, li: int) -> np.ndarray:
-        """float32 mean over the captured heads of ``data[li]``, in the stored layout."""
-        return self.data[li].astype(np.float32).mean(axis=0)
+        """float32 mean over the captured heads of layer position ``li``, in the stored layout."""
+        if self._data is not None:
+            return self._data[li].astype(np.float32).mean(axis=0)
+        total = self.qk.packed(li, 0).astype(np.float32)
+        for hi in range(1, len(self.heads)):
+            total += self.qk.packed(li, hi)
+        return total / len(self.heads)
+
+    def select(self, li: Sequence[int], hi: Sequence[int]) -> AttentionBlock:
+        """This block for layer positions ``li`` and head positions ``hi``."""
+        layers = tuple(self.layers[i] for i in li)
+        heads = tuple(self.heads[i] for i in hi)
+        if self._data is None:
+            return AttentionBlock(self.name, self.causal, layers, heads, None, self.queries, self.keys,
+                                  qk=self.qk.select(li, hi))
+        return AttentionBlock(self.name, self.causal, layers, heads, self._data[np.ix_(li, hi)],
+                              self.queries, self.keys)
+
+    def on_axes(self, queries: str, keys: str) -> AttentionBlock:
+        """The same block, its axes named ``queries`` and ``keys`` (no copy)."""
+        return AttentionBlock(self.name, self.causal, self.layers, self.heads, self._data, queries, keys,
+                              qk=self.qk)
 
 
 class AttentionTrace:
@@ -198,15 +262,13 @@ class AttentionTrace:
         b = self.block(name)
         if b.queries == "source_tokens":
             tokens, spans = self.source_tokens, {"input": (0, len(self.source_tokens))}
-            b = dataclasses.replace(b, queries="tokens", keys="tokens" if b.keys == b.queries else b.keys)
+            b = b.on_axes("tokens", "tokens" if b.keys == b.queries else b.keys)
         else:
             tokens, spans = self.tokens, dict(self.spans)
         if layers is not None or heads is not None:
             lsel = model_indices(layers, b.layers, self.model.get("n_layers"), "layers")
             hsel = model_indices(heads, b.heads, self.model.get("n_heads"), "heads")
-            li = [b.layer_pos(x) for x in lsel]
-            hi = [b.head_pos(x) for x in hsel]
-            b = dataclasses.replace(b, layers=tuple(lsel), heads=tuple(hsel), data=b.data[np.ix_(li, hi)])
+            b = b.select([b.layer_pos(x) for x in lsel], [b.head_pos(x) for x in hsel])
         elif list(self.blocks) == [name]:
             return self
         return AttentionTrace(tokens, {name: b}, spans, self.model, self.options, self.source_tokens)
@@ -324,8 +386,11 @@ class AttentionTrace:
         parts.append(f"heads={format_ranges(b.heads)}/{self.model.get('n_heads', '?')}")
         if len(self.blocks) > 1:
             parts.append(f"blocks={list(self.blocks)}")
-        nbytes = sum(x.data.nbytes for x in self.blocks.values())
-        parts.append(f"{nbytes / 2**20:.1f} MiB float16")
+        nbytes = sum(x.nbytes for x in self.blocks.values())
+        forms = {x.form for x in self.blocks.values()}
+        held = "float16 weights" if forms == {"weights"} else (
+            "queries and keys" if forms == {"queries-keys"} else "weights, queries and keys")
+        parts.append(f"{nbytes / 2**20:.1f} MiB of {held}")
         text = self.text.replace("\n", "⏎")
         parts.append(f"text={text[:60]!r}{'…' if len(text) > 60 else ''}")
         return "AttentionTrace(" + ", ".join(parts) + ")"
@@ -338,90 +403,8 @@ class AttentionTrace:
 
     # ----------------------------------------------------------------- disk format
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the trace to one file, atomically (a temporary file, then a rename)."""
-        path = Path(path)
-        arrays, layout = [], []
-        offset = 0
-        for b in self.blocks.values():
-            data = np.ascontiguousarray(b.data, dtype=np.float16)
-            layout.append({"name": b.name, "causal": b.causal, "layers": list(b.layers),
-                           "heads": list(b.heads), "queries": b.queries, "keys": b.keys,
-                           "shape": list(data.shape), "offset": offset, "nbytes": data.nbytes,
-                           "crc32": zlib.crc32(memoryview(data).cast("B"))})
-            arrays.append(data)
-            offset += _aligned(data.nbytes)
-        meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "tokens": self.tokens.to_json(),
-                "source_tokens": None if self.source_tokens is None else self.source_tokens.to_json(),
-                "spans": self.spans, "model": self.model, "options": jsonable(self.options),
-                "blocks": layout}
-        blob = json.dumps(meta, ensure_ascii=False).encode("utf-8")
-        data_start = _aligned(_HEADER.size + len(blob))
-        meta_total = data_start + offset
+        """Write the trace to one file, atomically (a temporary file, then a rename); read it
+        back with :func:`attn_widget.load_trace`."""
+        from .tracefile import save_trace
 
-        def write(f) -> None:
-            f.write(_HEADER.pack(MAGIC, FORMAT_VERSION, len(blob)))
-            f.write(blob)
-            f.write(b"\0" * (data_start - _HEADER.size - len(blob)))
-            for data in arrays:
-                f.write(memoryview(data).cast("B"))
-                f.write(b"\0" * (_aligned(data.nbytes) - data.nbytes))
-            if f.tell() != meta_total:
-                raise RuntimeError(f"wrote {f.tell()} bytes, expected {meta_total}")
-
-        return write_atomically(path, write, "trace")
-
-
-def load_trace(path: str | os.PathLike) -> AttentionTrace:
-    """Read a trace written by :meth:`AttentionTrace.save`.
-
-    Raises :class:`TraceFormatError` for a file that is not a trace, was truncated or
-    corrupted, or was written by a newer attn_widget.
-    """
-    path = Path(path)
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(_HEADER.size)
-        if len(head) < _HEADER.size or not head.startswith(MAGIC):
-            raise TraceFormatError(f"{str(path)!r} is not an attn_widget trace file (no "
-                                   f"{MAGIC[:-1].decode()} header); save one with trace.save(path)")
-        _, version, n_json = _HEADER.unpack(head)
-        if version > FORMAT_VERSION:
-            raise TraceFormatError(
-                f"{str(path)!r} is trace format version {version}, newer than this attn_widget "
-                f"reads ({FORMAT_VERSION}); upgrade attn_widget to open it")
-        if version < 1:
-            raise TraceFormatError(f"{str(path)!r} has unknown trace format version {version}")
-        blob = f.read(n_json)
-        if len(blob) < n_json:
-            raise TraceFormatError(f"{str(path)!r} is truncated ({size} bytes): its header is cut off")
-        try:
-            meta = json.loads(blob.decode("utf-8"))
-        except ValueError as e:
-            raise TraceFormatError(f"{str(path)!r} has a corrupted header: {e}") from None
-        if meta.get("format") != FORMAT_NAME:
-            raise TraceFormatError(f"{str(path)!r} is not an attn_widget trace (format "
-                                   f"{meta.get('format')!r})")
-        data_start = _aligned(_HEADER.size + n_json)
-        expected = data_start + sum(_aligned(b["nbytes"]) for b in meta["blocks"])
-        if size < expected:
-            raise TraceFormatError(f"{str(path)!r} is truncated: {size} bytes, expected {expected}; "
-                                   "the file was cut short while copying or writing")
-        blocks = {}
-        for b in meta["blocks"]:
-            f.seek(data_start + b["offset"])
-            raw = f.read(b["nbytes"])
-            if zlib.crc32(raw) != b["crc32"]:
-                raise TraceFormatError(f"{str(path)!r} is corrupted: block {b['name']!r} fails its "
-                                       "checksum")
-            data = np.frombuffer(raw, dtype=np.float16).reshape(b["shape"]).copy()
-            blocks[b["name"]] = AttentionBlock(b["name"], b["causal"], tuple(b["layers"]),
-                                               tuple(b["heads"]), data, b["queries"], b["keys"])
-    src = meta.get("source_tokens")
-    return AttentionTrace(TokenTable.from_json(meta["tokens"]), blocks,
-                          {k: tuple(v) for k, v in meta["spans"].items()}, meta["model"],
-                          meta.get("options"), None if src is None else TokenTable.from_json(src))
-
-
-# --------------------------------------------------------------------- disk layout
-def _aligned(n: int) -> int:
-    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+        return save_trace(self, path)

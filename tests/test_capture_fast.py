@@ -67,9 +67,12 @@ def eager_reference(model, ids: list[int]) -> np.ndarray:
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "mistral", "gemma3", "phi3", "gpt2",
                                     "gpt_neox", "opt"])
-def test_generation_on_sdpa_equals_an_eager_forward_pass_and_the_model_stays_on_sdpa(family, word_tokenizer):
+@pytest.mark.parametrize("form", ["weights", "queries-keys"])
+def test_generation_on_sdpa_equals_an_eager_forward_pass_and_the_model_stays_on_sdpa(family, form,
+                                                                                    word_tokenizer):
     model = fast_model(family)
-    trace = aw.capture(model, word_tokenizer, PROMPT, max_new_tokens=8, min_new_tokens=8)
+    trace = aw.capture(model, word_tokenizer, PROMPT, max_new_tokens=8, min_new_tokens=8, form=form)
+    assert trace.block().form == form
     assert model.config._attn_implementation == "sdpa"
     assert trace.options["attention"] == "sdpa"
     expected = eager_reference(model, trace.tokens.ids.tolist())

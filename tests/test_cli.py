@@ -34,7 +34,7 @@ def test_info_describes_a_saved_trace(saved, capsys):
     assert f"{saved}: attn_widget trace" in out
     assert "model: toy (decoder, 3 layers × 4 heads)" in out
     assert "tokens: 20 (15 prompt + 5 generated)" in out
-    assert "captured: layers 0..2, heads 0..3 ('self' block, causal)" in out
+    assert "captured: layers 0..2, heads 0..3 ('self' block, causal, stored as weights)" in out
     assert re.search(r"sinks: 0 'w0 ' \(α > 0.3 in \d+% of heads\)", out)
     assert re.search(r"strongest previous-token heads: (L\dH\d \d\.\d\d(, )?){3}", out)
 

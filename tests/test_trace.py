@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import attn_widget as aw
-from attn_widget.trace import TraceFormatError, pack_causal
+from attn_widget.geometry import pack_causal
+from attn_widget.tracefile import TraceFormatError
 
 
 def random_attention(layers=2, heads=3, t=6, seed=0, causal=True):
