@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-import math
 import os
 import threading
 import weakref
@@ -172,7 +171,8 @@ def _capture_with(model, tokenizer, prompt, prompt_ids, fast, *, max_new_tokens,
         t_max = P + max_new_tokens
         lengths = {"self": (t_max, t_max)}
     causal = {k: (k == "decoder" or (k == "self" and decoder_only)) for k in kinds}
-    _check_budget(kinds, lengths, causal, memory_budget, P, max_new_tokens)
+    _check_budget(kinds, lengths, causal, memory_budget, P, max_new_tokens,
+                  None if fast is None else _qk_dims(config, next(iter(kinds))), form)
 
     rec = Recorder(kinds, lengths, causal) if fast is None else QueryKeyRecorder(modules, kinds, causal)
     was_training = model.training
@@ -411,28 +411,51 @@ def _available_bytes() -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def _estimate(kinds, lengths, causal, prompt_len: int) -> tuple[int, int]:
-    """(float16 store, largest float32 transient) bytes of a capture: the store holds every kept
-    row; the transient is one layer's prompt pass while it is taken (scores, weights, a copy)."""
+def _estimate(kinds, lengths, causal, prompt_len: int, qk_dims: tuple[int, int] | None = None,
+              form: str = "auto") -> tuple[int, int]:
+    """(store, largest transient) bytes of a capture.
+
+    From eager weights (``qk_dims`` None): the float16 store holds every kept row; the transient
+    is one layer's float32 prompt pass while it is taken (scores, weights, a copy). From a fast
+    kernel (``qk_dims`` = (head_dim, n_kv_heads)): float32 queries and keys, which grow with T,
+    plus the float16 weights when they are kept instead (``auto`` keeps the smaller; both exist
+    while the weights are built); the transient is one layer's queries and keys being copied.
+    """
     store = transient = 0
     for kind, (ls, hs, n_heads) in kinds.items():
         q, k = lengths[kind]
-        store += len(ls) * len(hs) * (tril_offset(q) if causal[kind] else q * k) * 2
-        rows = prompt_len if kind in ("self", "encoder") else 1
-        keys = 1 if kind == "decoder" else prompt_len
-        transient = max(transient, 3 * n_heads * rows * keys * 4)
+        weights = len(ls) * len(hs) * (tril_offset(q) if causal[kind] else q * k) * 2
+        if qk_dims is None:
+            store += weights
+            rows = prompt_len if kind in ("self", "encoder") else 1
+            keys = 1 if kind == "decoder" else prompt_len
+            transient = max(transient, 3 * n_heads * rows * keys * 4)
+        else:
+            d, groups = qk_dims
+            qk = len(ls) * (len(hs) * q + min(groups, len(hs)) * k) * d * 4
+            store += qk + (weights if form == "weights" or (form == "auto" and weights <= qk) else 0)
+            transient = max(transient, 2 * (n_heads + groups) * prompt_len * d * 4)
     return store, transient
 
 
 def estimate_bytes(n_layers: int, n_heads: int, n_tokens: int, prompt_tokens: int,
-                   all_heads: int | None = None) -> int:
-    """Bytes a decoder-only capture of ``n_layers`` × ``n_heads`` over ``n_tokens`` needs."""
+                   all_heads: int | None = None, qk_dims: tuple[int, int] | None = None) -> int:
+    """Bytes a decoder-only capture of ``n_layers`` × ``n_heads`` over ``n_tokens`` needs: from
+    eager weights, or (``qk_dims`` = (head_dim, n_kv_heads)) from a fast kernel."""
     kinds = {"self": (range(n_layers), range(n_heads), all_heads or n_heads)}
-    return sum(_estimate(kinds, {"self": (n_tokens, n_tokens)}, {"self": True}, prompt_tokens))
+    return sum(_estimate(kinds, {"self": (n_tokens, n_tokens)}, {"self": True}, prompt_tokens, qk_dims))
 
 
-def _check_budget(kinds, lengths, causal, budget, prompt_len, max_new_tokens) -> None:
-    store, transient = _estimate(kinds, lengths, causal, prompt_len)
+def _qk_dims(config, kind: str) -> tuple[int, int]:
+    """(head_dim, n_kv_heads) of the model's ``kind`` attention, for the memory estimate."""
+    n_heads = _n_heads(config, kind)
+    d = getattr(config, "head_dim", None) or getattr(config, "hidden_size", 0) // n_heads
+    return int(d), int(getattr(config, "num_key_value_heads", None) or n_heads)
+
+
+def _check_budget(kinds, lengths, causal, budget, prompt_len, max_new_tokens, qk_dims=None,
+                  form: str = "auto") -> None:
+    store, transient = _estimate(kinds, lengths, causal, prompt_len, qk_dims, form)
     need = store + transient
     if budget is None:
         budget = _available_bytes() // 2
@@ -445,7 +468,14 @@ def _check_budget(kinds, lengths, causal, budget, prompt_len, max_new_tokens) ->
     q, _ = lengths[kind]
     per_head = need / max(1, sum(len(a) * len(b) for a, b, _ in kinds.values()))
     fit_heads = int(max(0, budget - transient) // max(per_head, 1))
-    t_fit = int(math.sqrt(max(0, budget - transient) / max(1, len(ls) * len(hs))))
+    lo, hi = 1, q  # the longest run of every kept head that fits, prompt and generation alike
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if sum(_estimate(kinds, dict.fromkeys(kinds, (mid, mid)), causal, min(mid, prompt_len), qk_dims,
+                         form)) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
     gib = 2 ** 30
     raise MemoryBudgetError(
         f"capturing {len(ls)} layers × {len(hs)} heads over {q} tokens needs about "
@@ -453,7 +483,7 @@ def _check_budget(kinds, lengths, causal, budget, prompt_len, max_new_tokens) ->
         f"choices: about {max(fit_heads, 0)} (layer, head) pairs fit at this length (e.g. "
         f"layers=[{ls[-1]}] needs {(len(hs) * per_head + transient) / gib:.2f} GiB, "
         f"heads=[{hs[0]}] with all layers {(len(ls) * per_head + transient) / gib:.2f} GiB), or "
-        f"all of them fit up to about {t_fit} tokens (prompt {prompt_len} + {max_new_tokens} new).")
+        f"all of them fit up to about {lo} tokens (prompt {prompt_len} + {max_new_tokens} new).")
 
 
 def _generate(model, tokenizer, prompt_ids, max_new_tokens, enc_dec, rec, progress, kwargs):

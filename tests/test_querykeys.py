@@ -128,3 +128,20 @@ def test_a_model_whose_recompute_differs_falls_back_to_eager_once_with_a_note(wo
     expected = eager_reference(model, trace.tokens.ids.tolist())
     assert np.abs(trace.attention() - expected).max() <= 2e-3
     assert torch.is_grad_enabled()
+
+
+def test_the_memory_estimate_of_queries_and_keys_grows_with_t():
+    from attn_widget.capturing import estimate_bytes
+
+    weights = [estimate_bytes(30, 9, t, t) for t in (4096, 8192)]
+    qk = [estimate_bytes(30, 9, t, t, qk_dims=(64, 3)) for t in (4096, 8192)]
+    assert weights[1] / weights[0] > 3.9 and qk[1] / qk[0] < 2.1
+    assert qk[1] < 0.05 * weights[1]
+    assert estimate_bytes(30, 9, 32768, 32768, qk_dims=(64, 3)) < 4 * 2**30  # 32k tokens fit this machine
+
+
+def test_a_fast_capture_over_budget_is_refused_with_what_fits(word_tokenizer):
+    model = fast_model("llama")
+    with pytest.raises(aw.MemoryBudgetError, match=r"all of them fit up to about \d+ tokens"):
+        aw.capture(model, word_tokenizer, PROMPT, max_new_tokens=4, memory_budget=2000)
+    assert model.config._attn_implementation == "sdpa"
