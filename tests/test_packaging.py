@@ -20,13 +20,14 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from browser.browser_support import CHROMIUM, CHROMIUM_ARGS, new_page
+from browser.browser_support import CHROMIUM
 
 import attn_widget as aw
 
 pytestmark = pytest.mark.packaging
 
 ROOT = Path(__file__).resolve().parent.parent
+BROWSER_HELPERS = ROOT / "tests" / "browser"
 FRONT_END = ("attn_widget/static/widget.js", "attn_widget/static/snapshot.js",
              "attn_widget/static/snapshot.css")
 
@@ -46,6 +47,27 @@ trace = aw.AttentionTrace.from_dense(a, [f"w{i} " for i in range(t)], prompt_len
 widget = aw.AttentionWidget(trace)
 widget.save_html(sys.argv[1])
 print(json.dumps({"file": aw.__file__, "torch": "torch" in sys.modules}))
+"""
+
+# Run by the dev venv's python: open the page from file:// in Chromium with every other request
+# refused, and wait for the heatmap's first paint.
+PAINT = """
+import json, sys
+from browser_support import CHROMIUM, CHROMIUM_ARGS, new_page
+from playwright.sync_api import sync_playwright
+
+with sync_playwright() as p:
+    browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    page = new_page(browser)
+    blocked = []
+    page.context.route("**/*", lambda r: r.continue_() if r.request.url.startswith("file:")
+                       else (blocked.append(r.request.url), r.abort()))
+    page.goto(sys.argv[1])
+    page.wait_for_function("document.documentElement.dataset.snapshotReady === '1'", timeout=60_000)
+    page.wait_for_function("Number(document.querySelector('.aw-root').dataset.paints || 0) > 0",
+                           timeout=60_000)
+    print(json.dumps({"painted": True, "page_errors": page.events["page_errors"], "blocked": blocked}))
+    browser.close()
 """
 
 
@@ -139,18 +161,9 @@ def test_installed_wheel_writes_a_snapshot_that_paints_in_chromium(venv, tmp_pat
     assert Path(drawn["file"]).is_relative_to(venv["site"]) and drawn["torch"] is False
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM} (set ATTN_WIDGET_CHROMIUM)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = new_page(browser)
-            page.context.route("**/*", lambda r: r.continue_() if r.request.url.startswith("file:")
-                               else r.abort())
-            page.goto(html.as_uri())
-            page.wait_for_function("document.documentElement.dataset.snapshotReady === '1'", timeout=60_000)
-            page.wait_for_function("Number(document.querySelector('.aw-root').dataset.paints || 0) > 0",
-                                   timeout=60_000)
-            assert page.events["page_errors"] == []
-        finally:
-            browser.close()
+    # Its own process: the browser tests' session-wide Playwright may be running in this one.
+    shown = subprocess.run([sys.executable, "-c", PAINT, html.as_uri()], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(BROWSER_HELPERS)}, timeout=300)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout.strip().splitlines()[-1]) == {"painted": True, "page_errors": [],
+                                                                 "blocked": []}
