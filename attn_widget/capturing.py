@@ -174,7 +174,8 @@ def _capture_with(model, tokenizer, prompt, prompt_ids, fast, *, max_new_tokens,
     _check_budget(kinds, lengths, causal, memory_budget, P, max_new_tokens,
                   None if fast is None else _qk_dims(config, next(iter(kinds))), form)
 
-    rec = Recorder(kinds, lengths, causal) if fast is None else QueryKeyRecorder(modules, kinds, causal)
+    rec = Recorder(kinds, lengths, causal) if fast is None else \
+        QueryKeyRecorder(modules, kinds, lengths, causal)
     was_training = model.training
     model.eval()
     try:
@@ -294,7 +295,7 @@ def _forward_weights(model, ids: torch.Tensor, fast: str | None) -> dict[str, np
     decoder = bool(model.can_generate() or getattr(model.config, "is_decoder", False))
     causal = dict.fromkeys(kinds, decoder)
     rec = Recorder(kinds, {kind: (n, n) for kind in kinds}, causal) if fast is None else \
-        QueryKeyRecorder(modules, kinds, causal)
+        QueryKeyRecorder(modules, kinds, {kind: (n, n) for kind in kinds}, causal)
     with torch.no_grad(), recording(rec, modules, kinds, fast):
         model(input_ids=ids, attention_mask=torch.ones_like(ids))
     return {kind: captured_block(kind, kinds, causal, rec.result(kind, n)).data.astype(np.float32)

@@ -36,18 +36,25 @@ class QueryKeyTap:
     slots : ``{id(module): (kind, li, layer)}`` for the attention modules to record.
     heads : ``{kind: [query heads kept]}``.
     causal : ``{kind: bool}``.
+    lengths : ``{kind: (queries, keys)}``: the most positions the run can produce.
     on_step : called once per decode step (one new query in the first watched module).
     """
 
     def __init__(self, slots: dict[int, tuple[str, int, int]], heads: dict[str, list[int]],
-                 causal: dict[str, bool], on_step: Callable[[], None] | None = None):
+                 causal: dict[str, bool], lengths: dict[str, tuple[int, int]],
+                 on_step: Callable[[], None] | None = None):
         self.slots = slots
         self.heads = {kind: list(hs) for kind, hs in heads.items()}
         self.causal = causal
+        self.lengths = lengths
         self.on_step = on_step
+        self.n_layers = {kind: 1 + max(li for k, li, _ in slots.values() if k == kind) for kind in heads}
         self.first = min(slots.values(), key=lambda s: s[1])[0:2] if slots else None
-        self.queries: dict[tuple[str, int], list[torch.Tensor]] = {}
-        self.keys: dict[tuple[str, int], list[torch.Tensor]] = {}
+        # One preallocated host buffer per kind (layers × kept heads or groups × positions × dim),
+        # filled in place: no chunk lists to concatenate, so the peak stays at the final size.
+        self.queries: dict[str, torch.Tensor] = {}
+        self.keys: dict[str, torch.Tensor] = {}
+        self.filled: dict[tuple[str, int], int] = {}
         self.facts: dict[tuple[str, int], dict[str, Any]] = {}
         self._index: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
         self.group_of: dict[str, Any] = {}  # per kind: the position in ``keys`` each kept head reads
@@ -55,19 +62,29 @@ class QueryKeyTap:
     def record(self, module, query: torch.Tensor, key: torch.Tensor, scaling: float | None,
                kwargs: dict[str, Any]) -> None:
         """Keep the kept heads' new queries and their groups' new keys, on the host."""
-        kind, li, _ = self.slots[id(module)]
+        kind, li, layer = self.slots[id(module)]
         n_new = query.shape[2]
         heads, groups = self._indices(kind, query.shape[1], key.shape[1], query.device)
         new_keys = key[:, :, -n_new:] if self.causal[kind] else key
-        host = {"device": "cpu", "dtype": torch.float32}
-        self.queries.setdefault((kind, li), []).append(query[0].index_select(0, heads).to(**host))
-        self.keys.setdefault((kind, li), []).append(new_keys[0].index_select(0, groups).to(**host))
+        if kind not in self.queries:
+            q_max, k_max = self.lengths[kind]
+            d = query.shape[-1]
+            self.queries[kind] = torch.zeros((self.n_layers[kind], len(heads), q_max, d), dtype=torch.float32)
+            self.keys[kind] = torch.zeros((self.n_layers[kind], len(groups), k_max, d), dtype=torch.float32)
+        start = self.filled.get((kind, li), 0) if self.causal[kind] else 0
+        stop = start + n_new
+        if stop > self.queries[kind].shape[2]:
+            raise RuntimeError(f"{kind} attention layer {layer} produced more than the "
+                               f"{self.queries[kind].shape[2]} positions expected")
+        self.queries[kind][li, :, start:stop] = query[0].index_select(0, heads)
+        self.keys[kind][li, :, start:start + new_keys.shape[2]] = new_keys[0].index_select(0, groups)
+        self.filled[(kind, li)] = stop
         if (kind, li) not in self.facts:
             sinks = kwargs.get("s_aux")
             self.facts[(kind, li)] = {
                 "scaling": scaling if scaling is not None else query.shape[-1] ** -0.5,
                 "window": int(kwargs.get("sliding_window") or 0), "softcap": kwargs.get("softcap") or 0.0,
-                "sinks": None if sinks is None else sinks.detach().index_select(0, heads).to(**host)}
+                "sinks": None if sinks is None else sinks.detach().index_select(0, heads).to("cpu").float()}
         if n_new == 1 and self.on_step is not None and (kind, li) == self.first:
             self.on_step()
 
@@ -84,17 +101,22 @@ class QueryKeyTap:
 
     def positions(self, kind: str, li: int) -> int:
         """Query positions recorded so far for captured layer ``li``."""
-        return sum(q.shape[1] for q in self.queries.get((kind, li), []))
+        return self.filled.get((kind, li), 0)
 
-    def query_keys(self, kind: str, n_layers: int) -> QueryKeys:
-        """What was recorded for ``kind``'s ``n_layers`` captured layers."""
+    def query_keys(self, kind: str, n: int) -> QueryKeys:
+        """What was recorded for ``kind``, over its first ``n`` positions."""
         import numpy as np
 
-        facts = [self.facts[(kind, li)] for li in range(n_layers)]
+        facts = [self.facts[(kind, li)] for li in range(self.n_layers[kind])]
         sinks = None if facts[0]["sinks"] is None else torch.stack([f["sinks"] for f in facts]).numpy()
-        stack = lambda parts: torch.stack([torch.cat(parts[(kind, li)], dim=1)  # noqa: E731
-                                           for li in range(n_layers)]).numpy()
-        return QueryKeys(queries=stack(self.queries), keys=stack(self.keys),
+
+        def first(buf: torch.Tensor, count: int) -> np.ndarray:
+            # a view would pin the whole preallocation (generation stopped early): copy then
+            out = buf[:, :, :count].numpy()
+            return out.copy() if count < 0.9 * buf.shape[2] else out
+
+        n_keys = n if self.causal[kind] else self.lengths[kind][1]
+        return QueryKeys(queries=first(self.queries[kind], n), keys=first(self.keys[kind], n_keys),
                          groups=self.group_of[kind].astype(np.int64),
                          scaling=np.array([f["scaling"] for f in facts], np.float64),
                          windows=np.array([f["window"] for f in facts], np.int64),

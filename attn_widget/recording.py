@@ -60,12 +60,13 @@ class Progress:
 class QueryKeyRecorder(Progress):
     """Keeps queries and keys from the model's own kernel (see :mod:`attn_widget.qk_capture`)."""
 
-    def __init__(self, modules, kinds, causal):
+    def __init__(self, modules, kinds, lengths, causal):
         self.kinds = kinds
         self.causal = causal
         slots = {id(mods[layer][0]): (kind, li, layer) for kind, mods in modules.items()
                  for li, layer in enumerate(kinds[kind][0])}
-        self.tap = QueryKeyTap(slots, {kind: hs for kind, (_, hs, _) in kinds.items()}, causal, self.step)
+        self.tap = QueryKeyTap(slots, {kind: hs for kind, (_, hs, _) in kinds.items()}, causal, lengths,
+                               self.step)
 
     def check_complete(self, n_rows: int) -> None:
         for kind, (ls, _, _) in self.kinds.items():
@@ -77,7 +78,7 @@ class QueryKeyRecorder(Progress):
                         "positions; the model's attention function did not see every step")
 
     def result(self, kind: str, n: int) -> QueryKeys:
-        qk = self.tap.query_keys(kind, len(self.kinds[kind][0]))
+        qk = self.tap.query_keys(kind, n)
         for li, layer in enumerate(self.kinds[kind][0]):
             if not (np.isfinite(qk.queries[li]).all() and np.isfinite(qk.keys[li]).all()):
                 raise CaptureError(f"{kind} attention layer {layer} has queries or keys that are NaN or "
