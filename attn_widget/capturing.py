@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .geometry import tril_offset
-from .qk_capture import fast_implementation
+from .qk_capture import EAGER_PREFIX, fast_implementation
 from .recording import (
     CaptureError,
     QueryKeyRecorder,
@@ -232,7 +232,8 @@ def _capture_with(model, tokenizer, prompt, prompt_ids, fast, *, max_new_tokens,
     options = {"prompt": prompt if isinstance(prompt, (str, list, tuple)) else prompt.tolist(),
                "max_new_tokens": max_new_tokens, "layers": None if layers is None else list(layers),
                "heads": None if heads is None else list(heads), "chat": chat,
-               "generate_kwargs": generate_kwargs, "attention": fast or "eager",
+               "generate_kwargs": generate_kwargs,
+               "attention": "eager" if fast is None or fast.startswith(EAGER_PREFIX) else fast,
                "torch": torch.__version__, "transformers": transformers.__version__}
     return AttentionTrace(tokens, blocks, spans, model_info, options, source)
 
@@ -273,7 +274,8 @@ def recompute_matches(model, impl: str) -> bool:
         vocab = int(getattr(model.config, "vocab_size", 0) or 0) or 1000
         ids = (torch.arange(_CHECK_TOKENS) * 7 + 3) % vocab
         ids = ids.reshape(1, -1).to(next(model.parameters()).device)
-        fast = _forward_weights(model, ids, impl)
+        with _attention_implementation(model, impl):
+            fast = _forward_weights(model, ids, impl)
         with _attention_implementation(model, "eager"):
             eager = _forward_weights(model, ids, None)
         diff = max(float(np.abs(fast[k] - eager[k]).max()) for k in eager)

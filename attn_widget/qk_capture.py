@@ -170,10 +170,41 @@ class tapped:
 
 
 def fast_implementation(model) -> str | None:
-    """The model's attention implementation when capture can tap it (not eager), else None."""
-    impl = getattr(model.config, "_attn_implementation", None)
-    if impl in (None, "eager") or getattr(model.config, "is_encoder_decoder", False):
+    """The model's attention implementation when capture can tap it, else None.
+
+    A fast kernel (SDPA, flash…) is tapped as it is. An eager model is tapped through its own
+    eager function, registered under a name of ours for the call (:func:`eager_alias`): eager
+    models then need no weights hook either, and sliding-window caches come out right. None for
+    encoder-decoder models and models whose attention does not go through transformers'
+    attention interface.
+    """
+    if getattr(model.config, "is_encoder_decoder", False):
         return None
+    impl = getattr(model.config, "_attn_implementation", None)
+    if impl == "eager":
+        return eager_alias(model)
     from transformers.modeling_utils import AttentionInterface
 
     return impl if impl in AttentionInterface._global_mapping else None
+
+
+EAGER_PREFIX = "attn_widget_eager:"
+
+
+def eager_alias(model) -> str | None:
+    """A registered name for the eager attention function of ``model``'s modeling module, so
+    that it can be tapped like any kernel (None when the module has no such function)."""
+    import sys
+
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+    from transformers.modeling_utils import AttentionInterface
+
+    module = sys.modules.get(type(model).__module__)
+    eager = getattr(module, "eager_attention_forward", None)
+    if eager is None or not getattr(model, "_can_set_attn_implementation", lambda: False)():
+        return None
+    name = EAGER_PREFIX + type(model).__module__
+    if name not in AttentionInterface._global_mapping:
+        AttentionInterface.register(name, eager)
+        AttentionMaskInterface.register(name, eager_mask)
+    return name

@@ -130,19 +130,21 @@ def test_encoder_cannot_generate(word_tokenizer):
         aw.capture(tiny_model("bert"), word_tokenizer, PROMPT, max_new_tokens=3)
 
 
+# Eager weights are taken by hooks only where queries and keys cannot be tapped (encoder-decoder
+# models); those weights are checked as they arrive.
 def test_attention_without_weights_fails_loudly(word_tokenizer):
-    model = tiny_model("llama")
-    attn = model.model.layers[1].self_attn
+    model = tiny_model("bart")
+    attn = model.model.decoder.layers[1].self_attn
     attn.register_forward_hook(lambda m, a, out: (out[0], None))  # what SDPA/flash give back
-    with pytest.raises(aw.CaptureError, match="layer 1 .*returned no attention weights"):
+    with pytest.raises(aw.CaptureError, match="decoder attention layer 1 .*returned no attention weights"):
         aw.capture(model, word_tokenizer, PROMPT, max_new_tokens=2)
 
 
 def test_weights_that_do_not_sum_to_one_name_the_layer_and_head(word_tokenizer):
-    model = tiny_model("llama")
-    model.model.layers[0].self_attn.register_forward_hook(lambda m, a, out: (out[0], out[1] * 1.5))
-    with pytest.raises(aw.CaptureError, match="self attention layer 0 head 0: rows sum to 1"):
-        aw.capture(model, word_tokenizer, PROMPT)
+    model = tiny_model("bart")
+    model.model.decoder.layers[0].self_attn.register_forward_hook(lambda m, a, out: (out[0], out[1] * 1.5))
+    with pytest.raises(aw.CaptureError, match="decoder attention layer 0 head 0: rows sum to 1"):
+        aw.capture(model, word_tokenizer, PROMPT, target="w3 w4 w5")
 
 
 def test_weights_above_the_diagonal_are_reported(word_tokenizer):
@@ -151,10 +153,10 @@ def test_weights_above_the_diagonal_are_reported(word_tokenizer):
         w[..., 0, :] = 1.0 / w.shape[-1]  # the first query sees the future
         return out[0], w
 
-    model = tiny_model("gpt2")
-    model.transformer.h[1].attn.register_forward_hook(leak)
-    with pytest.raises(aw.CaptureError, match="layer 1 head 0 attends to future positions"):
-        aw.capture(model, word_tokenizer, PROMPT)
+    model = tiny_model("bart")
+    model.model.decoder.layers[1].self_attn.register_forward_hook(leak)
+    with pytest.raises(aw.CaptureError, match="decoder attention layer 1 head 0 attends to future positions"):
+        aw.capture(model, word_tokenizer, PROMPT, target="w3 w4 w5")
 
 
 def test_over_budget_request_is_refused_before_running(word_tokenizer):

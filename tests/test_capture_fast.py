@@ -39,6 +39,10 @@ def _config(family: str):
     if family == "opt":
         return tf.OPTForCausalLM(tf.OPTConfig(vocab_size=101, hidden_size=32, ffn_dim=64, num_hidden_layers=2,
                                               num_attention_heads=4, word_embed_proj_dim=32))
+    if family == "gemma2":  # soft-capping and sliding windows, eager attention only
+        return tf.Gemma2ForCausalLM(tf.Gemma2Config(head_dim=8, sliding_window=4, attn_logit_softcapping=5.0,
+                                                    layer_types=["sliding_attention", "full_attention"],
+                                                    **small))
     if family == "gpt_oss":  # learned sink logits
         return tf.GptOssForCausalLM(tf.GptOssConfig(
             head_dim=8, num_local_experts=2, num_experts_per_tok=1, sliding_window=4,
@@ -47,9 +51,11 @@ def _config(family: str):
 
 
 def fast_model(family: str):
+    """A tiny ``family`` model on SDPA (eager for families that have no SDPA path)."""
     torch.manual_seed(0)
     model = _config(family).eval()
-    model.set_attn_implementation("sdpa")
+    if model._supports_sdpa:
+        model.set_attn_implementation("sdpa")
     return model
 
 

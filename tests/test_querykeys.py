@@ -101,15 +101,24 @@ def test_the_widget_payload_of_a_queries_keys_trace_holds_the_recomputed_head(qk
     np.testing.assert_allclose(unpack_causal(section.array, len(trace)), trace.head(1, 2), atol=1e-3)
 
 
-def test_auto_keeps_weights_for_short_runs_and_an_eager_model_cannot_keep_queries(word_tokenizer):
+def test_auto_keeps_weights_for_short_runs_and_hooked_models_cannot_keep_queries(word_tokenizer):
     model = fast_model("llama")
     # 9 tokens: the weights take less memory than the queries and keys
     assert aw.capture(model, word_tokenizer, PROMPT).block().form == "weights"
-    model.set_attn_implementation("eager")
-    with pytest.raises(ValueError, match="form='queries-keys' needs the model on a fast attention kernel"):
-        aw.capture(model, word_tokenizer, PROMPT, form="queries-keys")
     with pytest.raises(ValueError, match=r"form must be one of \['auto', 'weights', 'queries-keys'\]"):
         aw.capture(model, word_tokenizer, PROMPT, form="sparse")
+    bart = fast_model("bart")  # encoder-decoder: captured from eager weights by hooks
+    with pytest.raises(ValueError, match="form='queries-keys' needs the model on a fast attention kernel"):
+        aw.capture(bart, word_tokenizer, PROMPT, form="queries-keys")
+
+
+def test_an_eager_model_is_tapped_through_its_own_eager_function_and_stays_eager(word_tokenizer):
+    model = fast_model("gemma2")  # soft-capping and a sliding window; eager only
+    assert model.config._attn_implementation == "eager"
+    trace = aw.capture(model, word_tokenizer, PROMPT, max_new_tokens=8, min_new_tokens=8, form="queries-keys")
+    assert model.config._attn_implementation == "eager" and trace.options["attention"] == "eager"
+    expected = eager_reference(model, trace.tokens.ids.tolist())
+    assert np.abs(trace.attention() - expected).max() <= 2e-3
 
 
 def test_a_model_whose_recompute_differs_falls_back_to_eager_once_with_a_note(word_tokenizer, monkeypatch,
