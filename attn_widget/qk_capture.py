@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 from .querykeys import QueryKeys
@@ -105,8 +106,6 @@ class QueryKeyTap:
 
     def query_keys(self, kind: str, n: int) -> QueryKeys:
         """What was recorded for ``kind``, over its first ``n`` positions."""
-        import numpy as np
-
         facts = [self.facts[(kind, li)] for li in range(self.n_layers[kind])]
         sinks = None if facts[0]["sinks"] is None else torch.stack([f["sinks"] for f in facts]).numpy()
 
@@ -131,7 +130,6 @@ def _wrap(original: Callable) -> Callable:
             tap.record(module, query, key, kwargs.get("scaling"), kwargs)
         return out
 
-    attention_with_tap.original = original
     return attention_with_tap
 
 

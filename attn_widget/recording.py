@@ -25,6 +25,15 @@ ROW_SUM_TOLERANCE = 1e-3
 FUTURE_TOLERANCE = 1e-4  # total weight a query may put above the diagonal (float rounding)
 
 
+def row_sum_tolerance(dtype: torch.dtype) -> float:
+    """How far from 1 a row of weights computed in ``dtype`` may sum: 1e-3 in float32, two
+    machine epsilons where rounding each weight to a half-precision type costs more (bfloat16:
+    1.6e-2, float16: 2.0e-3)."""
+    if not dtype.is_floating_point:
+        return ROW_SUM_TOLERANCE
+    return max(ROW_SUM_TOLERANCE, 2 * torch.finfo(dtype).eps)
+
+
 class CaptureError(RuntimeError):
     """The model's attention could not be captured (no weights, invalid weights, bad setup)."""
 
@@ -145,13 +154,14 @@ class Recorder(Progress):
         step = max(1, (64 << 20) // (4 * q * k))
         for h0 in range(0, len(index), step):
             w = weights[0, h0:h0 + step] if all_heads else weights[0].index_select(0, index[h0:h0 + step])
+            tolerance = row_sum_tolerance(w.dtype)
             w = w.float()
             if causal:
                 rows = w[:, 0, :] if keep is None else w.reshape(w.shape[0], -1).index_select(1, keep)
-                self._validate(kind, layer, w, rows if keep is not None else None, h0, sinks)
+                self._validate(kind, layer, w, rows if keep is not None else None, h0, sinks, tolerance)
                 buf[li, h0:h0 + step, lo:hi] = rows.to("cpu", torch.float16)
             else:
-                self._validate(kind, layer, w, None, h0, sinks)
+                self._validate(kind, layer, w, None, h0, sinks, tolerance)
                 if kind == "cross":
                     buf[li, h0:h0 + step, r0:r0 + q, :k] = w.to("cpu", torch.float16)
                 else:
@@ -163,24 +173,26 @@ class Recorder(Progress):
         else:
             self.rows_done[kind][li] = r0 + q if kind == "cross" else q
 
-    def _validate(self, kind, layer, w, kept, h0: int = 0, sinks: bool = False) -> None:
+    def _validate(self, kind, layer, w, kept, h0: int = 0, sinks: bool = False,
+                  tolerance: float = ROW_SUM_TOLERANCE) -> None:
         """Rows sum to 1 (a NaN anywhere fails this too) and, for causal attention, the kept
         lower triangle holds all of it: weights are non-negative, so a total above the diagonal
         (all weight minus the kept weight, summed in float64) is the weight on future keys."""
         heads = self.kinds[kind][1][h0:]
         sums = w.sum(dim=-1)
         err = ((sums - 1).clamp(min=0) if sinks else (sums - 1).abs()).flatten(1).amax(dim=1)
-        if not bool((err <= ROW_SUM_TOLERANCE).all()):
-            i = int((~(err <= ROW_SUM_TOLERANCE)).nonzero()[0])
+        if not bool((err <= tolerance).all()):
+            i = int((~(err <= tolerance)).nonzero()[0])
             if torch.isnan(err[i]):
                 raise CaptureError(f"{kind} attention layer {layer} head {heads[i]} contains NaN")
             raise CaptureError(f"{kind} attention layer {layer} head {heads[i]}: rows sum to 1 ± "
-                               f"{float(err[i]):.2e}, outside ± {ROW_SUM_TOLERANCE}; this model's "
+                               f"{float(err[i]):.2e}, outside ± {tolerance:g}; this model's "
                                "weights are not a softmax over keys")
         if kept is not None:
             above = sums.sum(dim=-1, dtype=torch.float64) - kept.sum(dim=-1, dtype=torch.float64)
-            if not bool((above.abs() <= FUTURE_TOLERANCE).all()):
-                i = int((above.abs() > FUTURE_TOLERANCE).nonzero()[0])
+            future = FUTURE_TOLERANCE * tolerance / ROW_SUM_TOLERANCE
+            if not bool((above.abs() <= future).all()):
+                i = int((above.abs() > future).nonzero()[0])
                 raise CaptureError(f"{kind} attention layer {layer} head {heads[i]} attends to future "
                                    f"positions (weight {float(above[i]):.2e} above the diagonal) in "
                                    "causal attention")

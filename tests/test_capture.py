@@ -203,3 +203,10 @@ def test_token_ids_capture_exactly_those_tokens(word_tokenizer):
     np.testing.assert_array_equal(trace.attention(), from_tensor.attention())
     with pytest.raises(ValueError, match="prompt is empty"):
         aw.capture(model, word_tokenizer, torch.tensor([], dtype=torch.long))
+
+
+def test_eager_weights_of_a_bfloat16_model_are_checked_with_bfloat16_tolerance(word_tokenizer):
+    model = tiny_model("bart").to(torch.bfloat16)  # captured from eager weights by hooks
+    trace = aw.capture(model, word_tokenizer, PROMPT, target="w3 w4 w5")
+    assert set(trace.blocks) == {"encoder", "decoder", "cross"}
+    assert np.abs(trace.attention("decoder").sum(-1) - 1).max() <= 2e-2

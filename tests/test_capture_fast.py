@@ -177,3 +177,25 @@ def test_smollm2_on_sdpa_generation_equals_an_eager_forward_pass_for_every_head(
         model.set_attn_implementation("eager")
     diff = np.abs(trace.attention() - expected).max(axis=(2, 3))
     assert diff.shape == (30, 9) and diff.max() <= 2e-3
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.bfloat16, 1e-2), (torch.float16, 2e-3)])
+def test_half_precision_models_capture_within_their_precision(dtype, tolerance, word_tokenizer):
+    model = fast_model("qwen2").to(dtype)
+    trace = aw.capture(model, word_tokenizer, PROMPT, max_new_tokens=6, min_new_tokens=6)
+    assert trace.model["dtype"] == str(dtype).replace("torch.", "")
+    expected = eager_reference(model, trace.tokens.ids.tolist())
+    assert np.abs(trace.attention() - expected).max() <= tolerance
+
+
+def test_a_model_dispatched_by_accelerate_with_a_layer_on_disk_captures_identically(word_tokenizer, tmp_path):
+    from accelerate import dispatch_model
+
+    plain = aw.capture(fast_model("llama"), word_tokenizer, PROMPT, max_new_tokens=5, min_new_tokens=5)
+    model = fast_model("llama")
+    device_map = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk",
+                  "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    model = dispatch_model(model, device_map=device_map, offload_dir=str(tmp_path))
+    trace = aw.capture(model, word_tokenizer, PROMPT, max_new_tokens=5, min_new_tokens=5)
+    assert trace.tokens.ids.tolist() == plain.tokens.ids.tolist()
+    np.testing.assert_allclose(trace.attention(), plain.attention(), atol=1e-6)
