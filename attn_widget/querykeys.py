@@ -100,9 +100,8 @@ class QueryKeys:
         out = np.empty(tril_offset(t), np.float16)
         for s in range(0, t, ROW_CHUNK):
             e = min(s + ROW_CHUNK, t)
-            rows = self.rows(li, hi, s, e)
-            for i in range(s, e):
-                out[tril_offset(i):tril_offset(i + 1)] = rows[i - s, :i + 1]
+            seen = np.arange(e)[None, :] <= np.arange(s, e)[:, None]  # row-major: the packed order
+            out[tril_offset(s):tril_offset(e)] = self.rows(li, hi, s, e)[:, :e][seen]
         return out
 
     def select(self, li: Sequence[int], hi: Sequence[int]) -> QueryKeys:
