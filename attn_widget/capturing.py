@@ -25,13 +25,7 @@ import torch
 
 from .geometry import tril_offset
 from .qk_capture import EAGER_PREFIX, fast_implementation
-from .recording import (
-    CaptureError,
-    QueryKeyRecorder,
-    Recorder,
-    captured_block,
-    recording,
-)
+from .recording import CaptureError, captured_block, recorder_for, recording
 from .selection import check_count, indices_below
 from .tokens import token_table
 from .trace import AttentionBlock, AttentionTrace
@@ -45,7 +39,6 @@ class MemoryBudgetError(CaptureError):
     """A capture would need more memory than its budget; the message lists cheaper choices."""
 
 
-
 def capture(model, tokenizer, prompt: str | Sequence[dict], *, max_new_tokens: int = 0,
             layers: Sequence[int] | None = None, heads: Sequence[int] | None = None,
             chat: bool = False, target: str | None = None, memory_budget: int | None = None,
@@ -55,12 +48,13 @@ def capture(model, tokenizer, prompt: str | Sequence[dict], *, max_new_tokens: i
     Parameters
     ----------
     model, tokenizer : a Hugging Face model (decoder-only, encoder-only or encoder-decoder)
-        and its tokenizer, on whatever attention implementation it was loaded with. On a fast
-        kernel (SDPA, flash attention) the model keeps running it: capture keeps the queries and
-        keys it computes and recomputes the weights exactly (see :mod:`attn_widget.qk_capture`).
-        Eager models, encoder-decoder models and models whose recompute does not match eager
-        attention (checked once per model class) are captured from eager attention weights; the
-        model is switched for the call only and always put back.
+        and its tokenizer, on whatever attention implementation it was loaded with. The model
+        keeps running it (SDPA, flash attention, or its own eager function): capture keeps the
+        queries and keys it computes and recomputes the weights exactly (see
+        :mod:`attn_widget.qk_capture`). Encoder-decoder models, models whose attention does not go
+        through transformers' attention interface and models whose recompute does not match
+        eager attention (checked once per model class) are captured from eager attention weights
+        by hooks; a model switched for the call is always put back.
     prompt : str, token ids (a list of ints or a tensor), or a list of chat messages
         (``{"role": ..., "content": ...}``).
     max_new_tokens : 0 for one forward pass; otherwise tokens to ``generate`` (greedy unless
@@ -75,7 +69,8 @@ def capture(model, tokenizer, prompt: str | Sequence[dict], *, max_new_tokens: i
         estimate above it raises :class:`MemoryBudgetError` before anything runs.
     progress : show a progress bar over decode steps (default: for 64 or more new tokens).
     form : how the trace stores attention: ``"weights"`` (float16, T²/2 per head),
-        ``"queries-keys"`` (grows with T; weights recomputed when asked; needs a fast kernel) or
+        ``"queries-keys"`` (grows with T; weights recomputed when asked; not for models captured
+        by hooks) or
         ``"auto"``: queries and keys when they take less memory than the weights.
     **generate_kwargs : passed to ``model.generate``.
 
@@ -114,9 +109,9 @@ def _capture(model, tokenizer, prompt, *, max_new_tokens, layers, heads, chat, t
     if fast is not None and not recompute_matches(model, fast):
         fast = None
     if form == "queries-keys" and fast is None:
-        raise ValueError(f"form='queries-keys' needs the model on a fast attention kernel that attn_widget "
-                         f"can tap (sdpa, flash attention); {type(model).__name__} is captured from eager "
-                         "attention weights here; use form='weights' or 'auto'")
+        raise ValueError(f"form='queries-keys' needs the model on a fast attention kernel (or an eager "
+                         f"function) that attn_widget can tap; {type(model).__name__} is captured from "
+                         "eager attention weights by hooks here; use form='weights' or 'auto'")
     with _attention_implementation(model, fast or "eager"):
         return _capture_with(model, tokenizer, prompt, prompt_ids, fast, max_new_tokens=max_new_tokens,
                              layers=layers, heads=heads, target=target, memory_budget=memory_budget,
@@ -174,8 +169,7 @@ def _capture_with(model, tokenizer, prompt, prompt_ids, fast, *, max_new_tokens,
     _check_budget(kinds, lengths, causal, memory_budget, P, max_new_tokens,
                   None if fast is None else _qk_dims(config, next(iter(kinds))), form)
 
-    rec = Recorder(kinds, lengths, causal) if fast is None else \
-        QueryKeyRecorder(modules, kinds, lengths, causal)
+    rec = recorder_for(fast, modules, kinds, lengths, causal)
     was_training = model.training
     model.eval()
     try:
@@ -296,8 +290,7 @@ def _forward_weights(model, ids: torch.Tensor, fast: str | None) -> dict[str, np
     n = ids.shape[1]
     decoder = bool(model.can_generate() or getattr(model.config, "is_decoder", False))
     causal = dict.fromkeys(kinds, decoder)
-    rec = Recorder(kinds, {kind: (n, n) for kind in kinds}, causal) if fast is None else \
-        QueryKeyRecorder(modules, kinds, {kind: (n, n) for kind in kinds}, causal)
+    rec = recorder_for(fast, modules, kinds, dict.fromkeys(kinds, (n, n)), causal)
     with torch.no_grad(), recording(rec, modules, kinds, fast):
         model(input_ids=ids, attention_mask=torch.ones_like(ids))
     return {kind: captured_block(kind, kinds, causal, rec.result(kind, n)).data.astype(np.float32)

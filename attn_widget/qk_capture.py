@@ -10,9 +10,11 @@ groups they read, with the layer's scaling, sliding window, soft-capping and sin
 kept by absolute position, so sliding-window caches, which drop old keys, still give rows laid
 out over every position (zeros outside the window).
 
-What this cannot see is an additive position bias inside the mask (ALiBi) or computed in the
-module (T5): :func:`recompute_matches` checks the recompute against an eager pass once per model
-class, and capture falls back to eager hooks where they differ.
+An eager model is tapped the same way, through its modeling module's own eager function
+registered under a name of ours for the call (:func:`eager_alias`). What this cannot see is an
+additive position bias inside the mask (ALiBi) or computed in the module (T5):
+:func:`attn_widget.capturing.recompute_matches` checks the recompute against an eager pass once
+per model class, and capture falls back to eager hooks where they differ.
 """
 
 from __future__ import annotations

@@ -61,8 +61,12 @@ class QueryKeys:
 
     def rows(self, li: int, hi: int, start: int = 0, stop: int | None = None) -> np.ndarray:
         """float32 (stop - start, n_keys): query rows ``start:stop`` of captured layer ``li``,
-        head ``hi`` (positions into the arrays, not model indices)."""
+        head ``hi`` (positions into the arrays, not model indices), computed ``ROW_CHUNK`` rows at
+        a time so the temporaries stay small."""
         stop = self.n_queries if stop is None else stop
+        if stop - start > ROW_CHUNK:
+            return np.concatenate([self.rows(li, hi, s, min(s + ROW_CHUNK, stop))
+                                   for s in range(start, stop, ROW_CHUNK)])
         q = self.queries[li, hi, start:stop]
         k = self.keys[li, self.groups[hi]]
         scores = q @ k.T
@@ -86,17 +90,12 @@ class QueryKeys:
         scores /= total
         return scores
 
-    def head(self, li: int, hi: int) -> np.ndarray:
-        """float32 (n_queries, n_keys) of one captured head, in row chunks."""
-        return np.concatenate([self.rows(li, hi, s, min(s + ROW_CHUNK, self.n_queries))
-                               for s in range(0, self.n_queries, ROW_CHUNK)])
-
     def packed(self, li: int, hi: int) -> np.ndarray:
         """float16 weights of one head in the stored layout: the packed lower triangle (causal)
         or the dense matrix."""
         t = self.n_queries
         if not self.causal:
-            return self.head(li, hi).astype(np.float16)
+            return self.rows(li, hi).astype(np.float16)
         out = np.empty(tril_offset(t), np.float16)
         for s in range(0, t, ROW_CHUNK):
             e = min(s + ROW_CHUNK, t)

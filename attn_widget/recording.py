@@ -229,6 +229,13 @@ def captured_block(kind: str, kinds, causal, stored) -> AttentionBlock:
                           keys="source_tokens" if kind in ("encoder", "cross") else "tokens", qk=qk)
 
 
+def recorder_for(fast: str | None, modules, kinds, lengths, causal) -> Recorder | QueryKeyRecorder:
+    """The recorder of a capture: of ``fast``'s queries and keys, or of eager weights (None)."""
+    if fast is None:
+        return Recorder(kinds, lengths, causal)
+    return QueryKeyRecorder(modules, kinds, lengths, causal)
+
+
 @contextlib.contextmanager
 def recording(rec, modules, kinds, fast: str | None):
     """Within the block, the kept layers' attention goes into ``rec``: eager weights taken by

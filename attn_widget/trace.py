@@ -108,11 +108,7 @@ class AttentionBlock:
     def dense(self, li: int | slice | np.ndarray, hi: int | slice | np.ndarray) -> np.ndarray:
         """float32 dense (…, n_queries, n_keys) for positional indices (broadcast together)."""
         if self._data is None:
-            pairs = self._pairs(li, hi)
-            out = np.empty(pairs[0].shape + (self.n_queries, self.n_keys), np.float32)
-            for idx in np.ndindex(pairs[0].shape):
-                out[idx] = self.qk.head(int(pairs[0][idx]), int(pairs[1][idx]))
-            return out
+            return self.rows(li, hi, 0, self.n_queries)
         packed = self._data[li, hi]
         return unpack_causal(packed, self.n_queries) if self.causal else packed.astype(np.float32)
 
