@@ -62,24 +62,31 @@ class QueryKeys:
     def rows(self, li: int, hi: int, start: int = 0, stop: int | None = None) -> np.ndarray:
         """float32 (stop - start, n_keys): query rows ``start:stop`` of captured layer ``li``,
         head ``hi`` (positions into the arrays, not model indices), computed ``ROW_CHUNK`` rows at
-        a time so the temporaries stay small."""
+        a time so the temporaries stay small. A causal chunk multiplies only by the keys it can
+        see (``< stop``; and ``> start - window`` with a sliding window); the rest stays 0."""
         stop = self.n_queries if stop is None else stop
         if stop - start > ROW_CHUNK:
-            return np.concatenate([self.rows(li, hi, s, min(s + ROW_CHUNK, stop))
-                                   for s in range(start, stop, ROW_CHUNK)])
-        q = self.queries[li, hi, start:stop]
-        k = self.keys[li, self.groups[hi]]
+            out = np.zeros((stop - start, self.n_keys), np.float32)
+            for s in range(start, stop, ROW_CHUNK):
+                e = min(s + ROW_CHUNK, stop)
+                out[s - start:e - start] = self.rows(li, hi, s, e)
+            return out
+        w = int(self.windows[li])
+        lo = max(0, start - w + 1) if w else 0
+        hi_key = min(stop, self.n_keys) if self.causal else self.n_keys
+        q = np.asarray(self.queries[li, hi, start:stop], np.float32)
+        k = np.asarray(self.keys[li, self.groups[hi], lo:hi_key], np.float32)
         scores = q @ k.T
         scores *= np.float32(self.scaling[li])
         if self.softcap:
             scores = np.tanh(scores / np.float32(self.softcap)) * np.float32(self.softcap)
-        if self.causal or self.windows[li]:
-            i = np.arange(start, stop)[:, None]
-            j = np.arange(self.n_keys)[None, :]
-            hidden = j > i if self.causal else np.zeros((stop - start, self.n_keys), bool)
-            if self.windows[li]:
-                hidden |= j <= i - int(self.windows[li])
-            scores[hidden] = -np.inf
+        i = np.arange(start, stop)[:, None]
+        if self.causal and start + 1 < hi_key:  # keys after the query: only columns start+1 .. stop-1
+            j = np.arange(start + 1, hi_key)[None, :]
+            np.copyto(scores[:, start + 1 - lo:], -np.inf, where=j > i)
+        if w and lo <= stop - 1 - w:  # keys out of the window: only columns lo .. stop-1-w
+            j = np.arange(lo, stop - w)[None, :]
+            np.copyto(scores[:, :stop - w - lo], -np.inf, where=j <= i - w)
         top = scores.max(axis=1, keepdims=True)
         if self.sinks is not None:
             top = np.maximum(top, self.sinks[li, hi])
@@ -88,7 +95,11 @@ class QueryKeys:
         if self.sinks is not None:
             total += np.exp(self.sinks[li, hi] - top)
         scores /= total
-        return scores
+        if lo == 0 and hi_key == self.n_keys:
+            return scores
+        out = np.zeros((stop - start, self.n_keys), np.float32)
+        out[:, lo:hi_key] = scores
+        return out
 
     def packed(self, li: int, hi: int) -> np.ndarray:
         """float16 weights of one head in the stored layout: the packed lower triangle (causal)

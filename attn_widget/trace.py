@@ -12,7 +12,10 @@ layout lives in :mod:`attn_widget.geometry`, tokens in :mod:`attn_widget.tokens`
 
 from __future__ import annotations
 
+import math
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,9 +23,13 @@ from typing import Any
 import numpy as np
 
 from .geometry import n_from_packed, pack_causal, packed_rows, tril_offset, unpack_causal
-from .querykeys import QueryKeys
+from .querykeys import ROW_CHUNK, QueryKeys
 from .selection import Indices, check_index, format_ranges, model_indices, position_in
 from .tokens import TokenTable
+
+
+CACHE_BYTES = 64 * 2**20
+"""Bytes of pooled images and regions each block keeps for reuse (least recently used dropped)."""
 
 
 class AttentionBlock:
@@ -51,6 +58,8 @@ class AttentionBlock:
         self.layers, self.heads = tuple(layers), tuple(heads)
         self.queries, self.keys = queries, keys
         self._data, self.qk = data, qk
+        self._cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._cache_lock = threading.Lock()
 
     @property
     def form(self) -> str:
@@ -124,6 +133,83 @@ class AttentionBlock:
             return self._data[li, hi, ..., start:stop, :].astype(np.float32)
         return packed_rows(self._data[li, hi], start, stop, self.n_keys)
 
+    def head_rows(self, li: int, hi: int | None, start: int, stop: int) -> np.ndarray:
+        """float32 (stop - start, n_keys): query rows of head position ``hi`` of layer position
+        ``li``, or of the mean of the block's heads when ``hi`` is None."""
+        if hi is not None:
+            return self.rows(li, hi, start, stop)
+        total = self.rows(li, 0, start, stop)
+        for h in range(1, len(self.heads)):
+            total += self.rows(li, h, start, stop)
+        total /= len(self.heads)
+        return total
+
+    def pooled(self, li: int, hi: int | None, side: int) -> np.ndarray:
+        """float32 (ceil(n_queries / side), ceil(n_keys / side)): each cell the max over a
+        ``side`` × ``side`` square of head ``hi`` (None: the mean of heads) of layer ``li``
+        (positions), so single strong weights survive. Computed ``ROW_CHUNK``-ish rows at a time
+        from queries and keys (never the whole matrix) and kept in the block's small cache."""
+        side = int(side)
+        if side < 1:
+            raise ValueError(f"side must be a positive number of tokens; got {side}")
+        key = ("pooled", int(li), None if hi is None else int(hi), side)
+        hit = self._cache_get(key)
+        if hit is not None:
+            return hit
+        nq, nk = self.n_queries, self.n_keys
+        c = math.ceil(nk / side)
+        out = np.empty((math.ceil(nq / side), c), np.float32)
+        step = side * max(1, ROW_CHUNK // side)
+        for s in range(0, nq, step):
+            e = min(s + step, nq)
+            rows = self.head_rows(li, hi, s, e)
+            seen = min(e, nk) if self.causal else nk  # later columns are 0 in a causal chunk
+            cols = np.zeros((e - s, c), np.float32)
+            cols[:, :math.ceil(seen / side)] = np.maximum.reduceat(
+                rows[:, :seen], np.arange(0, seen, side), axis=1)
+            out[s // side:s // side + math.ceil((e - s) / side)] = np.maximum.reduceat(
+                cols, np.arange(0, e - s, side), axis=0)
+        return self._cache_put(key, out)
+
+    def region(self, li: int, hi: int | None, queries: tuple[int, int],
+               keys: tuple[int, int]) -> np.ndarray:
+        """float32 (q1 - q0, k1 - k0): full-resolution weights of rows ``q0:q1`` and columns
+        ``k0:k1`` of head ``hi`` (None: the mean of heads) of layer ``li`` (positions); rows are
+        normalised over all keys, as in the model. Kept in the block's small cache."""
+        (q0, q1), (k0, k1) = (int(x) for x in queries), (int(x) for x in keys)
+        if not (0 <= q0 < q1 <= self.n_queries and 0 <= k0 < k1 <= self.n_keys):
+            raise ValueError(f"region rows {q0}:{q1} and columns {k0}:{k1} must be non-empty and "
+                             f"inside {self.n_queries} queries × {self.n_keys} keys")
+        key = ("region", int(li), None if hi is None else int(hi), q0, q1, k0, k1)
+        hit = self._cache_get(key)
+        if hit is not None:
+            return hit
+        out = np.empty((q1 - q0, k1 - k0), np.float32)
+        for s in range(q0, q1, ROW_CHUNK):
+            e = min(s + ROW_CHUNK, q1)
+            out[s - q0:e - q0] = self.head_rows(li, hi, s, e)[:, k0:k1]
+        return self._cache_put(key, out)
+
+    def _cache_get(self, key: tuple) -> np.ndarray | None:
+        with self._cache_lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+            return hit
+
+    def _cache_put(self, key: tuple, value: np.ndarray) -> np.ndarray:
+        """Keep ``value`` (read-only) unless it is over a quarter of :data:`CACHE_BYTES`; drop the
+        least recently used entries past the budget."""
+        value.setflags(write=False)
+        if value.nbytes > CACHE_BYTES // 4:
+            return value
+        with self._cache_lock:
+            self._cache[key] = value
+            total = sum(v.nbytes for v in self._cache.values())
+            while total > CACHE_BYTES:
+                total -= self._cache.popitem(last=False)[1].nbytes
+        return value
+
     def mean_of_heads(self, li: int) -> np.ndarray:
         """float32 mean over the captured heads of layer position ``li``, in the stored layout."""
         if self._data is not None:
@@ -184,6 +270,9 @@ class AttentionTrace:
         self.spans = {k: (int(v[0]), int(v[1])) for k, v in spans.items()}
         self.model = dict(model)
         self.options = dict(options or {})
+        self.computed: dict[tuple, Any] = {}
+        """Results of analyses over this trace, keyed by what was asked (the trace never changes,
+        so they stay valid); bounded by what the analyses store."""
         for b in self.blocks.values():
             for axis, n in ((b.queries, b.n_queries), (b.keys, b.n_keys)):
                 seq = self.sequence(axis)
