@@ -1,9 +1,12 @@
 """Metrics and diagnosis reports over an :class:`~attn_widget.trace.AttentionTrace`.
 
 Pure numpy: nothing here needs torch, except :func:`induction_probe`, which runs a model and
-imports :func:`attn_widget.capture` (and with it torch) when called. Every metric works on the
-trace's packed float16 store one layer at a time, so memory stays at one layer in float32 even
-for long runs.
+imports :func:`attn_widget.capture` (and with it torch) when called. Every metric reads a
+trace's stored float16 weights in place, one layer at a time, or, for traces that keep queries
+and keys (long runs), recomputes the query rows it needs a chunk at a time and never builds a
+head's ``T²/2`` weights, so memory stays at one chunk of rows per head even at 32k tokens.
+What reads whole heads (head metrics, entropy, sinks, induction, rollout rows) is kept on the
+trace (``trace.computed``): asking again, or another report that needs the same sinks, reads it back.
 
 Where each concern lives (every public name is re-exported here):
 
@@ -16,8 +19,10 @@ Where each concern lives (every public name is re-exported here):
 ``compare``    two runs of one model: :func:`compare_attention`, with token alignment
 ``reports``    diagnosis reports: :func:`ignored_context`, :func:`hallucination`, :func:`repetition`
 ``findings``   what the reports share: :data:`FINDINGS`, :class:`Finding`, sink handling
-``engine``     the packed-store engine under all of them: layer/head selection, gathers, row and
-               column sums, float16 lookup tables
+``headstats``  per-head sums (row entropies, column sums, diagonals) from one pass, kept on the trace
+``engine``     the engine under all of them: layer/head selection, gathers, row and column sums
+               of the packed store, float16 lookup tables
+``streaming``  passes over queries-keys blocks a chunk of rows at a time, progress bars
 =============  ==================================================================================
 
 Each result type lives next to the function that returns it.
@@ -29,6 +34,8 @@ arguments take model indices (an int, a sequence, or ``None`` for every captured
 indices count from the end of the model); results keep the order asked for. ``block`` names
 the trace's attention block (default: ``self``, or ``decoder`` for encoder-decoder models).
 Position arguments accept negative values counted from the end, like Python lists.
+``progress`` (on the functions that may read whole heads) shows a ``tqdm`` bar: ``None`` (the
+default) when the pass would take more than about a second, ``True`` always, ``False`` never.
 
 The diagnosis reports follow the three failure modes of the article "Understanding What Your
 Model Attends To" and use its finding names. A report reads the attention of the query that

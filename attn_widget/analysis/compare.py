@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -11,6 +12,7 @@ from ..selection import Indices, format_ranges
 from ..tokens import TokenTable
 from ..trace import AttentionTrace
 from .engine import as_float32, flat_entries, geometry_of, select_layers_heads
+from .streaming import block_rows, chunk_rows, row_cells, whole_head_pass
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,12 +100,13 @@ class AttentionComparison:
 
 def compare_attention(trace_1: AttentionTrace, trace_2: AttentionTrace, *, layers: Indices = None,
                       heads: Indices = None, threshold: float = 0.1, max_positions: int = 10,
-                      block: str | None = None) -> AttentionComparison:
+                      block: str | None = None, progress: bool | None = None) -> AttentionComparison:
     """``|A1 − A2|`` per layer and head between two runs of the same model.
 
     When the token sequences differ they are aligned first (``difflib.SequenceMatcher`` on
     token ids) and compared on aligned (query, key) pairs only; positions with no partner are
-    reported in ``queries`` / ``keys``.
+    reported in ``queries`` / ``keys``. Traces that keep queries and keys are compared a chunk
+    of aligned query rows at a time, so memory stays at one chunk per head.
 
     Parameters
     ----------
@@ -128,30 +131,83 @@ def compare_attention(trace_1: AttentionTrace, trace_2: AttentionTrace, *, layer
     kal = qal if b1.keys == b1.queries else _align(trace_1.sequence(b1.keys), trace_2.sequence(b2.keys))
     if not len(qal.pairs) or not len(kal.pairs):
         raise ValueError("the two traces have no tokens in common to compare")
-    # the aligned (query, key) pairs a query can see, in (query, key) order; the alignment is
-    # monotonic, so a pair visible in run 1 is visible in run 2
-    qi, ki = np.nonzero(kal.pairs[None, :, 0] <= qal.pairs[:, 0, None]) if b1.causal else np.nonzero(
-        np.ones((len(qal.pairs), len(kal.pairs)), bool))
+    if b1.qk is None and b2.qk is None:
+        found = _stored_diffs(b1, b2, li1, hi1, li2, hi2, qal, kal)
+    else:
+        found = _streamed_diffs(b1, b2, li1, hi1, li2, hi2, qal, kal, progress)
+    max_diff = np.zeros((len(lsel), len(hsel)))
+    total = np.zeros_like(max_diff)
+    big: list[BigDiff] = []
+    n_big = n_pairs = 0
+    # ``found`` runs in (layer, head, query, key) order, so the first big differences come first
+    for j, m, diff, q1, k1, q2, k2 in found:
+        if m == 0 and j == 0:
+            n_pairs += diff.size
+        max_diff[j, m] = max(max_diff[j, m], float(diff.max(initial=0.0)))
+        total[j, m] += float(diff.sum(dtype=np.float64))
+        over = np.flatnonzero(diff > threshold)
+        n_big += len(over)
+        for v in over[:max(0, max_positions - len(big))]:
+            big.append(BigDiff(lsel[j], hsel[m], int(q1[v]), int(k1[v]), int(q2[v]), int(k2[v]),
+                               float(diff[v])))
+    return AttentionComparison(max_diff, total / max(n_pairs, 1), big, n_big, qal, kal, float(threshold),
+                               lsel, hsel)
+
+
+Diffs = Iterator[tuple[int, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+"""``(j, m, diff, q1, k1, q2, k2)``: ``|A1 − A2|`` of selected layer ``j`` and head ``m`` over some
+visible aligned (query, key) pairs, flat, with their positions in both traces."""
+
+
+def _visible_pairs(causal: bool, qal: SequenceAlignment, kal: SequenceAlignment,
+                   queries: slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
+    """Indices into ``qal.pairs[queries]`` and ``kal.pairs`` of the aligned (query, key) pairs a
+    query can see, in (query, key) order; the alignment is monotonic, so a pair visible in run 1
+    is visible in run 2."""
+    qp = qal.pairs[queries]
+    if causal:
+        return np.nonzero(kal.pairs[None, :, 0] <= qp[:, 0, None])
+    return np.nonzero(np.ones((len(qp), len(kal.pairs)), bool))
+
+
+def _stored_diffs(b1, b2, li1, hi1, li2, hi2, qal, kal) -> Diffs:
+    """Every visible pair of two ``"weights"`` blocks, a layer at a time, read in place."""
+    qi, ki = _visible_pairs(b1.causal, qal, kal)
     q1, k1, q2, k2 = qal.pairs[qi, 0], kal.pairs[ki, 0], qal.pairs[qi, 1], kal.pairs[ki, 1]
     g1, g2 = geometry_of(b1), geometry_of(b2)
     idx1, idx2 = g1.flat_index(q1, k1)[0], g2.flat_index(q2, k2)[0]
-    max_diff = np.zeros((len(lsel), len(hsel)))
-    mean_diff = np.zeros_like(max_diff)
-    big: list[BigDiff] = []
-    n_big = 0
-    for j in range(len(lsel)):
+    for j in range(len(li1)):
         diff = as_float32(flat_entries(b1.data[li1[j]][hi1], g1)[:, idx1])
         diff -= as_float32(flat_entries(b2.data[li2[j]][hi2], g2)[:, idx2])
         np.abs(diff, out=diff)
-        max_diff[j] = diff.max(axis=1)
-        mean_diff[j] = diff.mean(axis=1)
-        over = diff > threshold
-        n_big += int(np.count_nonzero(over))
-        if len(big) < max_positions and n_big:
-            for h, v in np.argwhere(over)[:max_positions - len(big)]:
-                big.append(BigDiff(lsel[j], hsel[h], int(q1[v]), int(k1[v]), int(q2[v]), int(k2[v]),
-                                   float(diff[h, v])))
-    return AttentionComparison(max_diff, mean_diff, big, n_big, qal, kal, float(threshold), lsel, hsel)
+        for m in range(len(hi1)):
+            yield j, m, diff[m], q1, k1, q2, k2
+
+
+def _streamed_diffs(b1, b2, li1, hi1, li2, hi2, qal, kal, progress) -> Diffs:
+    """The visible pairs of two blocks, either keeping queries and keys, a chunk of aligned
+    query rows of one head at a time (each chunk under ``chunk_rows`` rows in both traces)."""
+    qp, kp = qal.pairs, kal.pairs
+    step = chunk_rows(max(b1.n_keys, b2.n_keys))
+    groups = []
+    a = 0
+    while a < len(qp):
+        z = min(np.searchsorted(qp[:, 0], qp[a, 0] + step), np.searchsorted(qp[:, 1], qp[a, 1] + step))
+        groups.append((a, int(z)))
+        a = int(z)
+    cells = len(li1) * len(hi1) * sum(row_cells(b1, qp[a, 0], qp[z - 1, 0] + 1)
+                                      + row_cells(b2, qp[a, 1], qp[z - 1, 1] + 1) for a, z in groups)
+    with whole_head_pass(cells, "compare_attention", progress) as advance:
+        for j in range(len(li1)):
+            for m in range(len(hi1)):
+                for a, z in groups:
+                    qi, ki = _visible_pairs(b1.causal, qal, kal, slice(a, z))
+                    (s1, s2), (e1, e2) = qp[a], qp[z - 1] + 1
+                    diff = block_rows(b1, li1[j], hi1[m], s1, e1)[qp[a + qi, 0] - s1, kp[ki, 0]]
+                    diff -= block_rows(b2, li2[j], hi2[m], s2, e2)[qp[a + qi, 1] - s2, kp[ki, 1]]
+                    np.abs(diff, out=diff)
+                    yield j, m, diff, qp[a + qi, 0], kp[ki, 0], qp[a + qi, 1], kp[ki, 1]
+                    advance(row_cells(b1, s1, e1) + row_cells(b2, s2, e2))
 
 
 def _align(seq_1: TokenTable, seq_2: TokenTable) -> SequenceAlignment:

@@ -1,9 +1,11 @@
-"""The engine under every metric: one block's stored attention, read in place, a layer at a time.
+"""The engine under every metric: one block's attention, read in place or recomputed in chunks.
 
-Causal blocks hold packed float16 lower triangles (see :mod:`attn_widget.geometry`), other
-blocks dense (n_queries, n_keys) float16 matrices. The metrics read a few entries ``A[q, k]`` of
-many heads, or sum whole rows or columns, through the geometry's index arrays, so they never
-build a dense (T, T) matrix per head and memory stays at one layer in float32.
+A block holds its attention in one of two forms. ``"weights"`` blocks hold float16 weights:
+packed lower triangles for causal blocks (see :mod:`attn_widget.geometry`), dense
+(n_queries, n_keys) matrices otherwise; the metrics read a few entries ``A[q, k]`` of many
+heads, or sum whole rows or columns, through the geometry's index arrays, in place, a layer at
+a time. ``"queries-keys"`` blocks hold queries and keys; the same reads recompute only the query
+rows they need, a chunk at a time (:mod:`.streaming`), and never build a block's weights.
 
 It also turns the ``layers=``/``heads=`` and span arguments of every metric into positions in a
 block (:func:`select_layers_heads`, :func:`span_positions`), so all of them read those the same way.
@@ -20,6 +22,7 @@ from numpy.typing import ArrayLike
 from ..geometry import Geometry, geometry
 from ..selection import Indices, check_index, model_indices
 from ..trace import AttentionBlock, AttentionTrace
+from .streaming import block_rows, chunk_rows, row_cells, row_groups, whole_head_pass
 
 
 # ===================================================================== selecting
@@ -29,8 +32,7 @@ def select_layers_heads(trace: AttentionTrace, b: AttentionBlock, layers: Indice
 
     Returns
     -------
-    li, hi : ndarray of intp, positions of the selected layers and heads along ``b.data``'s first
-        two axes.
+    li, hi : ndarray of intp, positions of the selected layers and heads in the block.
     layers, heads : tuple of int, the model indices, in the order asked for.
     """
     lsel = model_indices(layers, b.layers, trace.model.get("n_layers"), "layers")
@@ -64,13 +66,36 @@ def span_positions(trace: AttentionTrace, b: AttentionBlock, span: str | Sequenc
 
 # ===================================================================== reading the store
 def geometry_of(b: AttentionBlock) -> Geometry:
-    """The (cached) index arrays of ``b``'s shape."""
+    """The (cached) index arrays of a ``"weights"`` block's stored layout (T²/2 of them for a
+    causal block: only for blocks that hold that many weights already)."""
     return geometry(b.causal, b.n_queries, b.n_keys)
 
 
+def seeing_queries(b: AttentionBlock) -> np.ndarray:
+    """(n_keys,) how many queries can see each key."""
+    if b.causal:
+        return b.n_queries - np.arange(b.n_keys)
+    return np.full(b.n_keys, b.n_queries)
+
+
+def entropy_scale(b: AttentionBlock) -> np.ndarray:
+    """float32 (n_queries,) ``1 / ln(keys the query sees)``, 0 where it sees one."""
+    keys = np.arange(1, b.n_queries + 1) if b.causal else np.full(b.n_queries, b.n_keys)
+    with np.errstate(divide="ignore"):
+        return np.where(keys > 1, 1.0 / np.log(np.maximum(keys, 2)), 0.0).astype(np.float32)
+
+
+def visible(b: AttentionBlock, q: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Where ``A[q, k]`` exists (position arrays broadcast together): both in range and, for a
+    causal block, the key not after the query."""
+    ok = (k >= 0) & (k < b.n_keys) & (q >= 0) & (q < b.n_queries)
+    return ok & (k <= q) if b.causal else ok
+
+
 def each_layer(b: AttentionBlock, li: np.ndarray, hi: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
-    """``(j, values)`` for each selected layer ``li[j]``: its stored float16 values of heads ``hi``,
-    of shape (n_heads, P) packed or (n_heads, n_queries, n_keys) dense."""
+    """``(j, values)`` for each selected layer ``li[j]`` of a ``"weights"`` block: its stored
+    float16 values of heads ``hi``, of shape (n_heads, P) packed or (n_heads, n_queries, n_keys)
+    dense."""
     # every head in stored order: a view of the layer, not a copy
     heads = slice(None) if np.array_equal(hi, np.arange(b.data.shape[1])) else hi
     for j, layer in enumerate(li):
@@ -94,10 +119,32 @@ def take(values: np.ndarray, g: Geometry, q: ArrayLike, k: ArrayLike) -> np.ndar
     return out
 
 
-def gather(b: AttentionBlock, li: np.ndarray, hi: np.ndarray, q: ArrayLike, k: ArrayLike) -> np.ndarray:
-    """float32 ``A[q, k]`` for selected layers and heads: (n_layers, n_heads, *broadcast(q, k).shape)."""
-    g = geometry_of(b)
-    return np.stack([take(b.data[layer][hi], g, q, k) for layer in li])
+def gather(b: AttentionBlock, li: np.ndarray, hi: np.ndarray, q: ArrayLike, k: ArrayLike, *,
+           progress: bool | None = None) -> np.ndarray:
+    """float32 ``A[q, k]`` for selected layers and heads: (n_layers, n_heads, *broadcast(q, k).shape),
+    0 where the key is out of range or a causal query cannot see it.
+
+    A ``"queries-keys"`` block recomputes only the query rows in ``q``, a chunk at a time (with a
+    progress bar when that is long, see :func:`~.streaming.whole_head_pass`)."""
+    if b.qk is None:
+        g = geometry_of(b)
+        return np.stack([take(b.data[layer][hi], g, q, k) for layer in li])
+    q, k = np.broadcast_arrays(np.asarray(q), np.asarray(k))
+    out = np.zeros((len(li), len(hi), q.size), np.float32)
+    where = np.flatnonzero(visible(b, q, k))
+    qv, kv = q.ravel()[where], k.ravel()[where]
+    order = np.argsort(qv, kind="stable")
+    groups = row_groups(np.unique(qv), chunk_rows(b.n_keys))
+    cells = len(li) * len(hi) * sum(row_cells(b, s, e) for s, e in groups)
+    with whole_head_pass(cells, "reading attention rows", progress) as advance:
+        for s, e in groups:
+            lo, up = np.searchsorted(qv, [s, e], sorter=order)
+            at = order[lo:up]
+            for j, layer in enumerate(li):
+                for m, head in enumerate(hi):
+                    out[j, m, where[at]] = block_rows(b, layer, head, s, e)[qv[at] - s, kv[at]]
+            advance(len(li) * len(hi) * row_cells(b, s, e))
+    return out.reshape((len(li), len(hi)) + q.shape)
 
 
 def query_row(b: AttentionBlock, li: np.ndarray, hi: np.ndarray, q: int,

@@ -131,15 +131,16 @@ def self_attention_block(trace: AttentionTrace, block: str | None, what: str) ->
 
 
 def report_sinks(trace: AttentionTrace, b: AttentionBlock, lsel: Sequence[int], hsel: Sequence[int],
-                 ignore: bool, visible: np.ndarray, keep: Sequence[int]) -> list[int]:
+                 ignore: bool, visible: np.ndarray, keep: Sequence[int], progress: bool | None) -> list[int]:
     """Sink positions a report leaves out: found by both rules, seen by the query, not in ``keep``.
 
     Both rules, because Gu et al.'s α of the last few positions averages over a handful of
-    queries and flags recent tokens in heads that attend locally.
+    queries and flags recent tokens in heads that attend locally. Finding them reads every
+    selected head whole, once per trace (:func:`find_attention_sinks` keeps what it read).
     """
     if not ignore:
         return []
-    sinks = find_attention_sinks(trace, layers=lsel, heads=hsel, block=b.name).positions
+    sinks = find_attention_sinks(trace, layers=lsel, heads=hsel, block=b.name, progress=progress).positions
     return sorted(set(sinks) & set(visible.tolist()) - set(keep))
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from ..selection import Indices, check_index, format_ranges, model_indices
 from ..trace import AttentionBlock, AttentionTrace
 from .engine import query_row, select_layers_heads
+from .streaming import mean_chunks, row_cells, whole_head_pass
 
 
 @dataclasses.dataclass(eq=False)
@@ -60,7 +61,8 @@ class Influence:
 
 
 def attention_rollout(trace: AttentionTrace, *, start_layer: int | None = None, end_layer: int | None = None,
-                      positions: Sequence[int] | None = None, block: str | None = None) -> np.ndarray:
+                      positions: Sequence[int] | None = None, block: str | None = None,
+                      progress: bool | None = None) -> np.ndarray:
     """Attention rollout (Abnar & Zuidema 2020) from ``start_layer`` through ``end_layer``.
 
     Each layer becomes ``Â_l = 0.5 · mean_heads(A_l) + 0.5 · I`` with rows renormalised, and
@@ -72,7 +74,9 @@ def attention_rollout(trace: AttentionTrace, *, start_layer: int | None = None, 
     start_layer, end_layer : model layers (default: the first and last captured); every layer
         between them must have been captured.
     positions : query positions whose rows to return (default: all). Asking for a few rows
-        costs O(n_layers · T²) instead of O(n_layers · T³).
+        costs O(n_layers · T²) instead of O(n_layers · T³); on a ``"queries-keys"`` block they
+        are computed a chunk of ``Â``'s rows at a time (only the rows up to the last position
+        when causal) and kept on the trace.
 
     Returns
     -------
@@ -90,6 +94,11 @@ def attention_rollout(trace: AttentionTrace, *, start_layer: int | None = None, 
             out = _rollout_factor(trace, b, layer) @ out
         return out
     rows = [check_index(p, t, "positions") for p in np.atleast_1d(positions).tolist()]
+    if b.qk is not None:
+        key = ("rollout", b.name, layers[0], layers[-1], tuple(rows))
+        if key not in trace.computed:
+            trace.computed[key] = _streamed_rollout(b, layers, rows, progress)
+        return trace.computed[key].copy()
     out = np.eye(t, dtype=np.float32)[rows]
     for layer in reversed(layers):
         out = out @ _rollout_factor(trace, b, layer)
@@ -98,7 +107,7 @@ def attention_rollout(trace: AttentionTrace, *, start_layer: int | None = None, 
 
 def trace_influence(trace: AttentionTrace, output_position: int, *, layers: Indices = None,
                     heads: Indices = None, threshold: float = 0.1, rollout: bool = True,
-                    block: str | None = None) -> Influence:
+                    block: str | None = None, progress: bool | None = None) -> Influence:
     """Which positions query ``output_position`` attended to, as ``trace_influence`` does in the
     article "Understanding What Your Model Attends To".
 
@@ -110,7 +119,8 @@ def trace_influence(trace: AttentionTrace, output_position: int, *, layers: Indi
     Parameters
     ----------
     threshold : list positions whose averaged attention exceeds it (default 0.1, the article's).
-    rollout : also compute the rollout row (needs every layer up to ``max(layers)`` captured).
+    rollout : also compute the rollout row (needs every layer up to ``max(layers)`` captured;
+        it reads every head of those layers up to ``output_position``).
 
     Returns
     -------
@@ -125,7 +135,8 @@ def trace_influence(trace: AttentionTrace, output_position: int, *, layers: Indi
     hits = np.flatnonzero(attention > threshold).tolist()
     roll, roll_hits = None, []
     if rollout:
-        roll = attention_rollout(trace, end_layer=max(lsel), positions=[q], block=b.name)[0]
+        roll = attention_rollout(trace, end_layer=max(lsel), positions=[q], block=b.name,
+                                 progress=progress)[0]
         roll_hits = np.flatnonzero(roll > threshold).tolist()
     return Influence(q, trace.sequence(b.queries).display[q], lsel, hsel, float(threshold), attention,
                      hits, [float(attention[p]) for p in hits], roll, roll_hits,
@@ -156,3 +167,25 @@ def _rollout_factor(trace: AttentionTrace, b: AttentionBlock, layer: int) -> np.
     a[np.diag_indices_from(a)] += 0.5
     a /= a.sum(axis=1, keepdims=True)
     return a
+
+
+def _streamed_rollout(b: AttentionBlock, layers: list[int], rows: list[int],
+                      progress: bool | None) -> np.ndarray:
+    """Rows ``rows`` of the rollout, ``out @ Â`` summed over chunks of ``Â``'s rows: only rows up
+    to the last position when causal (``out`` never reaches later keys)."""
+    t = b.n_queries
+    reach = max(rows) + 1 if b.causal else t
+    out = np.eye(t, dtype=np.float32)[rows]
+    cells = len(layers) * len(b.heads) * row_cells(b, 0, reach)
+    with whole_head_pass(cells, "attention_rollout", progress) as advance:
+        for layer in reversed(layers):
+            rolled = np.zeros_like(out)
+            for s, e, mean in mean_chunks(b, b.layer_pos(layer), 0, reach):
+                mean *= 0.5
+                i = np.arange(s, e)
+                mean[i - s, i] += 0.5
+                mean /= mean.sum(axis=1, keepdims=True)
+                rolled[:, :mean.shape[1]] += out[:, s:e] @ mean
+                advance(len(b.heads) * row_cells(b, s, e))
+            out = rolled
+    return out

@@ -1,8 +1,9 @@
 """What each head does: entropy, sink, previous-token and self scores, attention sinks, induction.
 
-:func:`head_scores` and :func:`find_attention_sinks` read every selected head in one pass over
-the trace, a layer at a time; :func:`induction_probe` runs a model (and imports torch) to build
-the repeated-sequence trace that :func:`induction_scores` reads.
+:func:`head_scores`, :func:`attention_entropy` and :func:`find_attention_sinks` read every
+selected head in one pass over the trace (:mod:`.headstats`) and keep what they read on it;
+:func:`induction_probe` runs a model (and imports torch) to build the repeated-sequence trace
+that :func:`induction_scores` reads.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import numpy as np
 
 from ..selection import Indices, check_count, is_int
 from ..trace import AttentionTrace
-from .engine import col_sums, each_layer, gather, geometry_of, row_entropy, select_layers_heads, take
+from .engine import entropy_scale, gather, seeing_queries, select_layers_heads
+from .headstats import head_stats
 
 
 @dataclasses.dataclass(eq=False)
@@ -170,7 +172,8 @@ class InductionScores:
 
 
 def attention_entropy(trace: AttentionTrace, *, layers: Indices = None, heads: Indices = None,
-                      normalised: bool = False, block: str | None = None) -> np.ndarray:
+                      normalised: bool = False, block: str | None = None,
+                      progress: bool | None = None) -> np.ndarray:
     """Entropy of each query's attention, ``H_i = −Σ_k A[i,k] ln A[i,k]`` (0·ln 0 = 0).
 
     Parameters
@@ -184,16 +187,16 @@ def attention_entropy(trace: AttentionTrace, *, layers: Indices = None, heads: I
     """
     b = trace.block(block)
     li, hi, _, _ = select_layers_heads(trace, b, layers, heads)
-    g = geometry_of(b)
-    out = np.empty((len(li), len(hi), g.n_queries), np.float32)
-    for j, values in each_layer(b, li, hi):
-        out[j] = row_entropy(values, g)
-    return out * g.entropy_scale if normalised else out
+    out = head_stats(trace, b, li, hi, ["entropy"], progress=progress, desc="attention_entropy")["entropy"]
+    return out * entropy_scale(b) if normalised else out
 
 
 def head_scores(trace: AttentionTrace, *, layers: Indices = None, heads: Indices = None,
-                block: str | None = None) -> HeadScores:
+                block: str | None = None, progress: bool | None = None) -> HeadScores:
     """Per-head metrics for every selected head, in one pass over the trace.
+
+    The per-head sums they come from are kept on the trace (``trace.computed``), so asking
+    again, for fewer heads, or for :func:`find_attention_sinks` after it, reads them back.
 
     Returns
     -------
@@ -202,29 +205,20 @@ def head_scores(trace: AttentionTrace, *, layers: Indices = None, heads: Indices
     """
     b = trace.block(block)
     li, hi, lsel, hsel = select_layers_heads(trace, b, layers, heads)
-    g = geometry_of(b)
-    shape = (len(li), len(hi))
-    entropy = np.empty(shape)
-    sink = np.empty(shape)
-    prev = np.full(shape, np.nan)
-    diag = np.full(shape, np.nan)
-    seeing = g.entropy_scale > 0
-    queries = np.arange(g.n_queries)
-    square = b.queries == b.keys
-    for j, values in each_layer(b, li, hi):
-        scaled = row_entropy(values, g) * g.entropy_scale
-        entropy[j] = scaled[:, seeing].mean(axis=1) if seeing.any() else np.nan
-        sink[j] = take(values, g, queries, np.zeros_like(queries)).sum(axis=-1) / g.seeing_queries[0]
-        if square:
-            prev[j] = take(values, g, queries[1:], queries[1:] - 1).mean(axis=-1) if g.n_queries > 1 \
-                else np.nan
-            diag[j] = take(values, g, queries, queries).mean(axis=-1)
-    return HeadScores(lsel, hsel, entropy, sink, prev, diag, b.name)
+    stats = head_stats(trace, b, li, hi, ["entropy", "first", "diagonal", "previous"], progress=progress,
+                       desc="head_scores")
+    scale = entropy_scale(b)
+    seeing = scale > 0
+    entropy = ((stats["entropy"][..., seeing] * scale[seeing]).mean(axis=-1, dtype=np.float64)
+               if seeing.any() else np.full((len(li), len(hi)), np.nan))
+    sink = stats["first"] / seeing_queries(b)[0]
+    prev = stats["previous"] / (b.n_queries - 1) if b.n_queries > 1 else np.full_like(sink, np.nan)
+    return HeadScores(lsel, hsel, entropy, sink, prev, stats["diagonal"] / b.n_queries, b.name)
 
 
 def find_attention_sinks(trace: AttentionTrace, *, n_std: float = 2.0, epsilon: float = 0.3,
                          min_share: float = 0.5, layers: Indices = None, heads: Indices = None,
-                         block: str | None = None) -> AttentionSinks:
+                         block: str | None = None, progress: bool | None = None) -> AttentionSinks:
     """Attention sinks by both rules: received attention above mean + n_std·std (the article
     "Understanding What Your Model Attends To") and α > ε in enough heads (Gu et al., "When
     Attention Sink Emerges in Language Models").
@@ -242,14 +236,12 @@ def find_attention_sinks(trace: AttentionTrace, *, n_std: float = 2.0, epsilon: 
     """
     b = trace.block(block)
     li, hi, lsel, hsel = select_layers_heads(trace, b, layers, heads)
-    g = geometry_of(b)
-    received_by_head = np.empty((len(li), len(hi), g.n_keys))
-    for j, values in each_layer(b, li, hi):
-        received_by_head[j] = col_sums(values, g)
-    received = received_by_head.mean(axis=(0, 1)) / g.n_queries
+    received_by_head = head_stats(trace, b, li, hi, ["received"], progress=progress,
+                                  desc="find_attention_sinks")["received"]
+    received = received_by_head.mean(axis=(0, 1)) / b.n_queries
     # the article takes torch's std, whose default is the sample standard deviation
     threshold = float(received.mean() + n_std * (received.std(ddof=1) if received.size > 1 else 0.0))
-    alpha = received_by_head / g.seeing_queries
+    alpha = received_by_head / seeing_queries(b)
     share = (alpha > epsilon).mean(axis=(0, 1))
     return AttentionSinks(received, threshold, np.flatnonzero(received > threshold).tolist(), alpha, share,
                           np.flatnonzero(share >= min_share).tolist(), n_std, epsilon, min_share, lsel, hsel,
@@ -257,7 +249,8 @@ def find_attention_sinks(trace: AttentionTrace, *, n_std: float = 2.0, epsilon: 
 
 
 def induction_scores(trace: AttentionTrace, n: int, *, offset: int = 0, layers: Indices = None,
-                     heads: Indices = None, block: str | None = None) -> InductionScores:
+                     heads: Indices = None, block: str | None = None,
+                     progress: bool | None = None) -> InductionScores:
     """Induction and duplicate-token scores on a trace of ``n`` tokens repeated twice.
 
     Parameters
@@ -286,10 +279,14 @@ def induction_scores(trace: AttentionTrace, n: int, *, offset: int = 0, layers: 
                          f"one sequence repeated twice (they first differ at copy index {bad}); check n "
                          "and offset")
     li, hi, lsel, hsel = select_layers_heads(trace, b, layers, heads)
-    i = np.arange(offset + n, offset + 2 * n)
-    ind = gather(b, li, hi, i, i - n + 1).mean(axis=-1)
-    dup = gather(b, li, hi, i, i - n).mean(axis=-1)
-    return InductionScores(ind, dup, n, int(offset), lsel, hsel)
+    key = ("induction", b.name, n, int(offset), lsel, hsel)
+    if key not in trace.computed:
+        i = np.arange(offset + n, offset + 2 * n)
+        # both scores read the same query rows: one read, keys i - n + 1 and i - n
+        both = gather(b, li, hi, i[None, :], np.stack([i - n + 1, i - n]), progress=progress).mean(axis=-1)
+        trace.computed[key] = both[..., 0], both[..., 1]
+    ind, dup = trace.computed[key]
+    return InductionScores(ind.copy(), dup.copy(), n, int(offset), lsel, hsel)
 
 
 def induction_probe(model, tokenizer, n: int = 50, seed: int = 0, *, layers: Indices = None,

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..selection import Indices, check_count
 from ..trace import AttentionBlock, AttentionTrace
-from .engine import gather, geometry_of, query_row, select_layers_heads, span_positions, xlogx
+from .engine import entropy_scale, gather, query_row, select_layers_heads, span_positions, xlogx
 from .findings import (
     Finding,
     FindingsReport,
@@ -203,8 +203,8 @@ class RepetitionReport(FindingsReport):
 def ignored_context(trace: AttentionTrace, output_position: int, context: str | Sequence[int], *,
                     occurrence: int = 0, layers: Indices = None, heads: Indices = None,
                     low_ratio: float = 1.0, irrelevant_ratio: float = 1.0, position_window: int = 2,
-                    top_k: int = 5, ignore_sinks: bool = True,
-                    block: str | None = None) -> IgnoredContextReport:
+                    top_k: int = 5, ignore_sinks: bool = True, block: str | None = None,
+                    progress: bool | None = None) -> IgnoredContextReport:
     """The "model ignored context" investigation of the article "Understanding What Your Model
     Attends To", for one output token.
 
@@ -252,7 +252,7 @@ def ignored_context(trace: AttentionTrace, output_position: int, context: str | 
     strongest = mass_lh.argmax(axis=1)
     attention = rows.mean(axis=(0, 1))
     mass = float(attention[span].sum())
-    sinks = report_sinks(trace, b, lsel, hsel, ignore_sinks, visible, span)
+    sinks = report_sinks(trace, b, lsel, hsel, ignore_sinks, visible, span, progress)
     candidates = np.setdiff1d(visible, sinks)
     outside = np.setdiff1d(candidates, span)
     share = mass / max(float(attention[candidates].sum()), 1e-12)
@@ -294,8 +294,8 @@ def ignored_context(trace: AttentionTrace, output_position: int, context: str | 
 
 def hallucination(trace: AttentionTrace, positions: int | Sequence[int], *, layers: Indices = None,
                   heads: Indices = None, spread_threshold: float = 0.7, similar_threshold: float = 0.5,
-                  loop_threshold: float = 0.5, ignore_sinks: bool = True,
-                  block: str | None = None) -> HallucinationReport:
+                  loop_threshold: float = 0.5, ignore_sinks: bool = True, block: str | None = None,
+                  progress: bool | None = None) -> HallucinationReport:
     """The "model hallucinated" investigation of the article "Understanding What Your Model
     Attends To", for suspect output tokens.
 
@@ -324,17 +324,16 @@ def hallucination(trace: AttentionTrace, positions: int | Sequence[int], *, laye
     b = self_attention_block(trace, block, "hallucination")
     li, hi, lsel, hsel = select_layers_heads(trace, b, layers, heads)
     outs, qs = output_positions(trace, np.atleast_1d(positions).tolist(), "positions", "hallucination")
-    g = geometry_of(b)
     keys = np.arange(b.n_keys)
     rows = gather(b, li, hi, qs[:, None], keys[None, :])
-    ent = -xlogx(rows).sum(axis=-1) * g.entropy_scale[qs]
+    ent = -xlogx(rows).sum(axis=-1) * entropy_scale(b)[qs]
     attention = rows.mean(axis=(0, 1))
     table = trace.tokens
     p0, p1 = trace.spans.get("prompt", (0, trace.spans["generated"][0]))
     texts = [comparable_text(table.text[p]) if not table.special[p] else "" for p in range(p0, p1)]
     counts = Counter(texts)
     similar = [p0 + i for i, t in enumerate(texts) if t and counts[t] > 1]
-    sinks = report_sinks(trace, b, lsel, hsel, ignore_sinks, keys, [])
+    sinks = report_sinks(trace, b, lsel, hsel, ignore_sinks, keys, [], progress)
     generated = list(range(trace.spans["generated"][0], len(table)))
     similar_share = shares(attention, similar, sinks)
     generated_share = shares(attention, generated, sinks)
@@ -352,7 +351,8 @@ def hallucination(trace: AttentionTrace, positions: int | Sequence[int], *, laye
 
 def repetition(trace: AttentionTrace, *, min_length: int = 3, layers: Indices = None, heads: Indices = None,
                self_threshold: float = 0.5, pattern_threshold: float = 0.5, window: int = 32,
-               ignore_sinks: bool = True, block: str | None = None) -> RepetitionReport:
+               ignore_sinks: bool = True, block: str | None = None,
+               progress: bool | None = None) -> RepetitionReport:
     """The "model repeated itself" investigation of the article "Understanding What Your Model
     Attends To", over the generated text.
 
@@ -382,7 +382,7 @@ def repetition(trace: AttentionTrace, *, min_length: int = 3, layers: Indices = 
     repeats = [Repeat(g0 + s, d, n, "".join(table.text[g0 + s:g0 + s + n]))
                for s, d, n in _find_repeats(table.ids[g0:], min_length)]
     keys = np.arange(b.n_keys)
-    sinks = report_sinks(trace, b, lsel, hsel, ignore_sinks and bool(repeats), keys, [])
+    sinks = report_sinks(trace, b, lsel, hsel, ignore_sinks and bool(repeats), keys, [], progress)
     generated = list(range(g0, len(table)))
     self_share = np.zeros(len(repeats))
     corr = np.zeros(len(repeats))

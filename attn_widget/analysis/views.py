@@ -10,6 +10,7 @@ import numpy as np
 from ..selection import Indices, check_index
 from ..trace import AttentionTrace
 from .engine import gather, query_row, select_layers_heads, span_positions
+from .streaming import mean_chunks, row_cells, whole_head_pass
 
 
 @dataclasses.dataclass(eq=False)
@@ -65,8 +66,12 @@ def attention_from(trace: AttentionTrace, position: int, *, layers: Indices = No
 
 
 def attention_to(trace: AttentionTrace, position: int, *, layers: Indices = None,
-                 heads: Indices = None, average: bool = True, block: str | None = None) -> np.ndarray:
+                 heads: Indices = None, average: bool = True, block: str | None = None,
+                 progress: bool | None = None) -> np.ndarray:
     """How much every query attends to key ``position`` (a column of ``A``).
+
+    A column needs every query row that sees the key: on a ``"queries-keys"`` block they are
+    recomputed (for causal attention, the rows from ``position`` on).
 
     Returns
     -------
@@ -76,20 +81,31 @@ def attention_to(trace: AttentionTrace, position: int, *, layers: Indices = None
     b = trace.block(block)
     li, hi, _, _ = select_layers_heads(trace, b, layers, heads)
     k = check_index(position, b.n_keys, "position")
-    cols = gather(b, li, hi, np.arange(b.n_queries)[None, :], np.array([[k]]))[:, :, 0, :]
+    cols = gather(b, li, hi, np.arange(b.n_queries)[None, :], np.array([[k]]), progress=progress)[:, :, 0, :]
     return cols.mean(axis=(0, 1)) if average else cols
 
 
-def layer_means(trace: AttentionTrace, *, layers: Indices = None, block: str | None = None) -> np.ndarray:
+def layer_means(trace: AttentionTrace, *, layers: Indices = None, block: str | None = None,
+                progress: bool | None = None) -> np.ndarray:
     """Head-averaged attention of every selected layer (the mean over the captured heads).
 
     Returns
     -------
-    ndarray of float32, shape (n_layers, n_queries, n_keys). Memory: 4 · n_layers · T² bytes.
+    ndarray of float32, shape (n_layers, n_queries, n_keys). Memory: 4 · n_layers · T² bytes
+    (a ``"queries-keys"`` block fills it a chunk of rows at a time, with nothing else that size).
     """
     b = trace.block(block)
-    _, _, lsel, _ = select_layers_heads(trace, b, layers, None)
-    return np.stack([trace.layer_mean(layer, b.name) for layer in lsel])
+    li, _, lsel, _ = select_layers_heads(trace, b, layers, None)
+    if b.qk is None:
+        return np.stack([trace.layer_mean(layer, b.name) for layer in lsel])
+    out = np.zeros((len(li), b.n_queries, b.n_keys), np.float32)
+    cells = len(li) * len(b.heads) * row_cells(b, 0, b.n_queries)
+    with whole_head_pass(cells, "layer_means", progress) as advance:
+        for j, layer in enumerate(li):
+            for s, e, mean in mean_chunks(b, layer):
+                out[j, s:e, :mean.shape[1]] = mean
+                advance(len(b.heads) * row_cells(b, s, e))
+    return out
 
 
 def span_attention(trace: AttentionTrace, query_position: int, span: str | Sequence[int], *,

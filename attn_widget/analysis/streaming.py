@@ -1,0 +1,156 @@
+"""Passes over whole heads of blocks that keep queries and keys, a chunk of query rows at a time.
+
+A ``"queries-keys"`` block stores no weights: every metric that reads whole heads recomputes
+their rows from queries and keys (:meth:`~attn_widget.querykeys.QueryKeys.rows`), one chunk at
+a time, and folds each chunk into what it keeps before the next one, so memory stays at one
+chunk of rows per head whatever the length (never the ``T²/2`` weights of a head). Two choices
+make these passes fast on a CPU, measured on SmolLM2-shaped heads at 8192 tokens:
+
+- chunks of about :data:`CHUNK_CELLS` weights (4 MB of float32) stay in the processor's cache
+  between the softmax and the metrics: 128-row chunks ran the whole pass in 0.7× the time of
+  512-row ones;
+- the many small ``q · kᵀ`` products run on one BLAS thread (with ``threadpoolctl``, when it is
+  installed): OpenBLAS's helper threads spin between small products and spent 2.5–5× the CPU
+  time of one thread for the same work.
+
+A pass estimated past about a second of work shows a ``tqdm`` progress bar (see
+:func:`whole_head_pass`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from ..geometry import tril_offset
+from ..querykeys import ROW_CHUNK
+from ..trace import AttentionBlock
+
+CHUNK_CELLS = 2**20
+"""Weights per chunk of rows (rows × keys): 4 MB of float32, kept in cache between steps."""
+
+PROGRESS_CELLS = 2 * 10**8
+"""Weights a pass must recompute before its progress bar shows by default (about a second at
+the ~5 ns per weight a head's pass takes on one core)."""
+
+BLAS_CELLS = 2**22
+"""Weights a pass must recompute to be run on one BLAS thread (smaller ones would spend more
+time setting the limit than it saves)."""
+
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_limits = None
+
+
+def chunk_rows(n_keys: int) -> int:
+    """Query rows per chunk for a block of ``n_keys`` keys: about :data:`CHUNK_CELLS` weights,
+    between 16 and :data:`~attn_widget.querykeys.ROW_CHUNK` rows."""
+    return max(16, min(ROW_CHUNK, CHUNK_CELLS // max(n_keys, 1)))
+
+
+def row_cells(b: AttentionBlock, start: int, stop: int) -> int:
+    """Weights of query rows ``start:stop`` that a query can see (what recomputing them costs)."""
+    if b.causal:
+        return tril_offset(stop) - tril_offset(start)
+    return (stop - start) * b.n_keys
+
+
+def visible_width(b: AttentionBlock, stop: int) -> int:
+    """Keys that rows up to ``stop`` can see: all of them, or the first ``stop`` when causal."""
+    return min(stop, b.n_keys) if b.causal else b.n_keys
+
+
+def block_rows(b: AttentionBlock, layer: int, head: int, start: int, stop: int) -> np.ndarray:
+    """float32 (stop - start, n_keys) rows of head position ``head`` of layer position ``layer``;
+    straight from the queries and keys of a ``"queries-keys"`` block (no extra copy)."""
+    if b.qk is not None:
+        return b.qk.rows(layer, head, start, stop)
+    return b.rows(layer, head, start, stop)
+
+
+def head_chunks(b: AttentionBlock, layer: int, head: int, start: int = 0,
+                stop: int | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
+    """``(s, e, rows)`` for query rows ``start:stop`` (default all) of one head in chunks of
+    :func:`chunk_rows`; ``rows`` is float32 (e - s, :func:`visible_width` (e)): the keys after it
+    are 0 for every row of the chunk."""
+    stop = b.n_queries if stop is None else stop
+    step = chunk_rows(b.n_keys)
+    for s in range(start, stop, step):
+        e = min(s + step, stop)
+        yield s, e, block_rows(b, layer, head, s, e)[:, :visible_width(b, e)]
+
+
+def mean_chunks(b: AttentionBlock, layer: int, start: int = 0,
+                stop: int | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Like :func:`head_chunks`, for the mean over the block's heads of layer position ``layer``."""
+    stop = b.n_queries if stop is None else stop
+    step = chunk_rows(b.n_keys)
+    for s in range(start, stop, step):
+        e = min(s + step, stop)
+        width = visible_width(b, e)
+        total = block_rows(b, layer, 0, s, e)[:, :width].copy()
+        for head in range(1, len(b.heads)):
+            total += block_rows(b, layer, head, s, e)[:, :width]
+        total /= len(b.heads)
+        yield s, e, total
+
+
+def row_groups(rows: np.ndarray, step: int) -> list[tuple[int, int]]:
+    """``(s, e)`` row ranges covering the sorted unique ``rows``, each under ``step`` rows long,
+    so that a few scattered rows cost one small product each and a long run a chunk at a time."""
+    groups: list[tuple[int, int]] = []
+    i = 0
+    while i < len(rows):
+        j = int(np.searchsorted(rows, rows[i] + step))
+        groups.append((int(rows[i]), int(rows[j - 1]) + 1))
+        i = j
+    return groups
+
+
+@contextlib.contextmanager
+def whole_head_pass(cells: int, desc: str, progress: bool | None) -> Iterator[Callable[[int], None]]:
+    """The setting for a pass that recomputes ``cells`` weights: one BLAS thread (past
+    :data:`BLAS_CELLS`), and a progress
+    bar (``tqdm.auto``, cleared when done) when ``progress`` is True, or None and ``cells`` is at
+    least :data:`PROGRESS_CELLS`. Yields ``advance(n)``, to call as ``n`` weights are done."""
+    bar = None
+    if progress or (progress is None and cells >= PROGRESS_CELLS):
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cells, desc=desc, unit="weight", unit_scale=True, leave=False)
+    with _one_blas_thread() if cells >= BLAS_CELLS else contextlib.nullcontext():
+        try:
+            yield (lambda n: None) if bar is None else bar.update
+        finally:
+            if bar is not None:
+                bar.close()
+
+
+@contextlib.contextmanager
+def _one_blas_thread() -> Iterator[None]:
+    """Limit BLAS to one thread while any pass runs (the limit is process-wide, so concurrent
+    passes share it: the first one in sets it, the last one out restores it)."""
+    global _blas_users, _blas_limits
+    with _blas_lock:
+        if _blas_users == 0:
+            _blas_limits = _limit_blas()
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0 and _blas_limits is not None:
+                _blas_limits.restore_original_limits()
+                _blas_limits = None
+
+
+def _limit_blas():
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # optional: passes run, with BLAS's own threads
+        return None
+    return threadpool_limits(limits=1, user_api="blas")
