@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .selection import check_index
+from .selection import check_index, is_int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,18 +81,32 @@ class TokenTable(Sequence):
         return (self[i] for i in range(len(self)))
 
     def find(self, substring: str, occurrence: int = 0) -> list[int]:
-        """Token positions covering the ``occurrence``-th match of ``substring`` in the text.
+        """Token positions covering the ``occurrence``-th match of ``substring`` in the text
+        (counting from 0; negative counts from the last match: ``-1`` is the last).
 
-        Raises ``ValueError`` naming the substring when it is not in the text.
+        Raises ``ValueError`` naming the substring when it is not in the text, or occurs fewer
+        times than ``occurrence`` asks.
         """
+        if not isinstance(substring, str) or not substring:
+            raise ValueError(f"span text must be a non-empty string; got {substring!r}")
+        if not is_int(occurrence):
+            raise TypeError(f"occurrence must be an integer (negative counts from the last match); got "
+                            f"{occurrence!r}")
         text = self.full_text
-        start = -1
-        for _ in range(occurrence + 1):
+        starts = []
+        start = text.find(substring)
+        while start >= 0 and (occurrence < 0 or len(starts) <= occurrence):
+            starts.append(start)
             start = text.find(substring, start + 1)
-            if start < 0:
-                raise ValueError(
-                    f"span {substring!r} not found in the text (occurrence {occurrence}); the "
-                    f"text is {text[:200]!r}{'…' if len(text) > 200 else ''}")
+        if not starts:
+            raise ValueError(
+                f"span {substring!r} not found in the text (occurrence {occurrence}); the "
+                f"text is {text[:200]!r}{'…' if len(text) > 200 else ''}")
+        if not -len(starts) <= occurrence < len(starts):
+            raise ValueError(f"span {substring!r} occurs {len(starts)} time{'s' * (len(starts) > 1)} in the "
+                             f"text; occurrence {occurrence} is out of range (0..{len(starts) - 1}, or "
+                             f"-{len(starts)}..-1 from the last)")
+        start = starts[occurrence]
         end = start + len(substring)
         hits = np.nonzero((self.offsets[:, 0] < end) & (self.offsets[:, 1] > start))[0]
         return [int(h) for h in hits]
@@ -176,7 +190,12 @@ def token_table(tokenizer, ids: Sequence[int]) -> TokenTable:
         else:
             text = decoder.decode(data)
         if sp or data is None:
-            decoder.reset()  # a special token or an undecodable one ends any pending character
+            # a special token or an undecodable one ends a pending character: its bytes decode
+            # to U+FFFD there (as the tokenizer's own decode has them), on the token before
+            pending = decoder.decode(b"", final=True)
+            if pending and texts:
+                texts[-1] += pending
+            decoder.reset()
             display = text
         else:
             try:
@@ -188,3 +207,10 @@ def token_table(tokenizer, ids: Sequence[int]) -> TokenTable:
     if texts and scheme != "decode":
         texts[-1] += decoder.decode(b"", final=True)
     return TokenTable(ids, raw, texts, special, displays)
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (NUL, escape, DEL, C1…; not tab or newline) written as
+    ``\\xNN`` escapes: for page titles and other one-line places where they must not go raw."""
+    return "".join(f"\\x{ord(c):02x}" if (ord(c) < 32 and c not in "\t\n") or 127 <= ord(c) < 160 else c
+                   for c in text)

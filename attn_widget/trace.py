@@ -289,29 +289,71 @@ class AttentionTrace:
                    token_ids: Sequence[int] | None = None) -> AttentionTrace:
         """A trace from a dense array, for tests and for attention computed elsewhere.
 
-        attention : array of shape (n_layers, n_heads, T, T); rows are queries.
+        attention : array of shape (n_layers, n_heads, T, T); rows are queries, each a softmax
+            over keys: no NaN, nothing negative, summing to 1 (± ``max(1e-3, 2 eps)`` of its
+            dtype) and, when ``causal``, nothing above the diagonal.
         tokens : the T token texts.
         prompt_len : tokens before generation started (default: all of them are prompt).
+        layers, heads : the model indices of the array's layers and heads (default 0, 1, …).
+
+        Raises ``ValueError`` (``TypeError`` for a value of the wrong kind) for anything else.
         """
-        a = np.asarray(attention, dtype=np.float32)
-        if a.ndim != 4 or a.shape[2] != a.shape[3]:
-            raise ValueError(f"attention must have shape (n_layers, n_heads, T, T); got {a.shape}")
+        from .selection import is_int
+
+        raw = np.asarray(attention)
+        if raw.dtype == bool or not np.issubdtype(raw.dtype, np.number) or np.iscomplexobj(raw):
+            raise TypeError(f"attention must be an array of real numbers; got dtype {raw.dtype}")
+        if raw.ndim != 4 or raw.shape[2] != raw.shape[3] or 0 in raw.shape:
+            raise ValueError(f"attention must have shape (n_layers, n_heads, T, T) with at least one layer, "
+                             f"head and token; got {raw.shape}")
+        a = raw.astype(np.float32)
         t = a.shape[2]
+        tokens = list(tokens)
+        if not all(isinstance(x, str) for x in tokens):
+            raise TypeError("tokens must be strings (the token texts)")
         if len(tokens) != t:
             raise ValueError(f"attention covers {t} positions but {len(tokens)} tokens were given")
-        layers = tuple(range(a.shape[0])) if layers is None else tuple(int(x) for x in layers)
-        heads = tuple(range(a.shape[1])) if heads is None else tuple(int(x) for x in heads)
-        data = pack_causal(a) if causal else a.astype(np.float16)
+        if not isinstance(causal, (bool, np.bool_)):
+            raise TypeError(f"causal must be True or False; got {causal!r}")
+        if not np.isfinite(a).all():
+            raise ValueError("attention contains NaN or infinite values; rows must be softmax weights")
+        if (a < 0).any():
+            raise ValueError("attention has negative weights; rows must be softmax weights")
+        eps = np.finfo(raw.dtype).eps if np.issubdtype(raw.dtype, np.floating) else 0.0
+        tolerance = max(1e-3, 2 * float(eps))
+        sums = a.sum(axis=-1, dtype=np.float64)
+        above = sums - np.tril(a).sum(axis=-1, dtype=np.float64) if causal else np.zeros_like(sums)
+        rule = f"each sums to 1 ± {tolerance:g}{', nothing above the diagonal' if causal else ''}"
+        for bad, fact in ((np.abs(sums - 1) > tolerance, lambda i: f"sums to {sums[i]:.4g}"),
+                          (above > tolerance, lambda i: f"puts {above[i]:.3g} of its weight above the "
+                           "diagonal")):
+            if bad.any():
+                i = tuple(int(x) for x in np.argwhere(bad)[0])
+                raise ValueError(f"attention rows must be softmax weights ({rule}); layer {i[0]} head {i[1]} "
+                                 f"row {i[2]} {fact(i)}")
+
+        def indices(given, n: int, what: str) -> tuple[int, ...]:
+            out = tuple(range(n)) if given is None else tuple(given)
+            if len(out) != n or not all(is_int(x) and x >= 0 for x in out) or len(set(out)) != n:
+                raise ValueError(f"{what} must be {n} distinct non-negative integers (the model indices of "
+                                 f"the array's {n} {what}); got {list(out)!r}")
+            return tuple(int(x) for x in out)
+
+        layers, heads = indices(layers, a.shape[0], "layers"), indices(heads, a.shape[1], "heads")
         ids = list(token_ids) if token_ids is not None else list(range(t))
-        table = TokenTable(ids, list(tokens), list(tokens))
-        p = t if prompt_len is None else int(prompt_len)
-        if not 0 <= p <= t:
-            raise ValueError(f"prompt_len must be between 0 and {t}; got {prompt_len}")
+        if len(ids) != t or not all(is_int(i) for i in ids):
+            raise ValueError(f"token_ids must be {t} integers, one per token; got {ids!r}")
+        p = t if prompt_len is None else prompt_len
+        if not is_int(p) or not 0 <= p <= t:
+            raise ValueError(f"prompt_len must be an integer between 0 and {t}; got {prompt_len!r}")
+        p = int(p)
+        data = pack_causal(a) if causal else a.astype(np.float16)
+        table = TokenTable(ids, tokens, tokens)
         spans = {"prompt": (0, p), "generated": (p, t)} if causal else {"input": (0, t)}
         arch = "decoder" if causal else "encoder"
-        model = {"name": model_name, "architecture": arch, "n_layers": max(layers) + 1,
+        model = {"name": str(model_name), "architecture": arch, "n_layers": max(layers) + 1,
                  "n_heads": max(heads) + 1, "n_kv_heads": max(heads) + 1}
-        block = AttentionBlock("self", causal, layers, heads, data)
+        block = AttentionBlock("self", bool(causal), layers, heads, data)
         return cls(table, {"self": block}, spans, model, {"max_new_tokens": t - p})
 
     # ----------------------------------------------------------------- shape and names
@@ -400,17 +442,21 @@ class AttentionTrace:
             return self.source_tokens
         raise ValueError(f"unknown token axis {axis!r}")
 
-    def span(self, name_or_text: str | Sequence[int] | tuple[int, int], occurrence: int = 0) -> list[int]:
-        """Token positions of a span given by name (``"prompt"``), substring or indices."""
+    def span(self, name_or_text: str | Sequence[int], occurrence: int = 0) -> list[int]:
+        """Token positions of a span given by name (``"prompt"``), substring or positions.
+
+        occurrence : which match of a substring, counting from 0; negative counts from the last
+            (``-1``: the last match).
+        """
         if isinstance(name_or_text, str):
             if name_or_text in self.spans:
                 a, b = self.spans[name_or_text]
                 return list(range(a, b))
             return self.tokens.find(name_or_text, occurrence)
-        idx = [int(i) for i in name_or_text]
-        for i in idx:
-            check_index(i, len(self.tokens), "span position")
-        return idx
+        if not hasattr(name_or_text, "__iter__"):
+            raise TypeError(f"span must be a span name, a substring or a sequence of positions; got "
+                            f"{type(name_or_text).__name__}")
+        return [check_index(i, len(self.tokens), "span position") for i in name_or_text]
 
     # ----------------------------------------------------------------- attention access
     def head(self, layer: int, head: int, block: str | None = None) -> np.ndarray:
@@ -489,7 +535,12 @@ class AttentionTrace:
     # ----------------------------------------------------------------- disk format
     def save(self, path: str | os.PathLike) -> Path:
         """Write the trace to one file, atomically (a temporary file, then a rename); read it
-        back with :func:`attn_widget.load_trace`."""
+        back with :func:`attn_widget.load_trace`.
+
+        The trace is checked before anything at ``path`` is touched (a trace broken in memory
+        raises ``ValueError``); only a regular file or a new name is replaced, and a symbolic
+        link is followed (the file it points to is replaced, the link stays).
+        """
         from .tracefile import save_trace
 
         return save_trace(self, path)
