@@ -12,12 +12,13 @@ forward pass over the final text.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import logging
 import os
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,8 @@ import torch
 from .geometry import tril_offset
 from .qk_capture import EAGER_PREFIX, fast_implementation
 from .recording import CaptureError, captured_block, recorder_for, recording
-from .selection import check_count, indices_below
+from .selection import check_count, check_positive, index_list, indices_below, is_int
+from .storage import format_bytes
 from .tokens import token_table
 from .trace import AttentionBlock, AttentionTrace
 
@@ -36,12 +38,21 @@ FORMS = ("auto", "weights", "queries-keys")
 
 
 class MemoryBudgetError(CaptureError):
-    """A capture would need more memory than its budget; the message lists cheaper choices."""
+    """A capture would need more memory than its budget; the message lists cheaper choices.
+
+    ``choices`` holds them as keyword arguments of :func:`capture` (``{"layers": [28, 29]}``,
+    ``{"max_new_tokens": 12}``, ``{"memory_budget": 123456789}``…): each, with the rest of the
+    call unchanged, fits the budget.
+    """
+
+    def __init__(self, message: str, choices: Sequence[dict] = ()):
+        super().__init__(message)
+        self.choices = [dict(c) for c in choices]
 
 
 def capture(model, tokenizer, prompt: str | Sequence[dict], *, max_new_tokens: int = 0,
             layers: Sequence[int] | None = None, heads: Sequence[int] | None = None,
-            chat: bool = False, target: str | None = None, memory_budget: int | None = None,
+            chat: bool = False, target: str | None = None, memory_budget: float | None = None,
             progress: bool | None = None, form: str = "auto", **generate_kwargs: Any) -> AttentionTrace:
     """Run ``model`` on ``prompt`` and capture its attention as an :class:`AttentionTrace`.
 
@@ -55,18 +66,19 @@ def capture(model, tokenizer, prompt: str | Sequence[dict], *, max_new_tokens: i
         through transformers' attention interface and models whose recompute does not match
         eager attention (checked once per model class) are captured from eager attention weights
         by hooks; a model switched for the call is always put back.
-    prompt : str, token ids (a list of ints or a tensor), or a list of chat messages
-        (``{"role": ..., "content": ...}``).
+    prompt : str, token ids (a list of ints, a 1-D tensor or one row of a 2-D one), or a list of
+        chat messages (``{"role": ..., "content": ...}``). One sequence: a batch is refused.
     max_new_tokens : 0 for one forward pass; otherwise tokens to ``generate`` (greedy unless
         ``generate_kwargs`` say otherwise). Every decode step is stitched in, and the last
         generated token gets its row too, so the trace is square over the final text.
-    layers, heads : model layer and query-head indices to keep (default: all). Negative
-        indices count from the end.
-    chat : wrap a string prompt in the tokenizer's chat template (for instruct models).
+    layers, heads : model layer and query-head indices to keep (default: all): an integer, a
+        list, a range or any iterable of integers. Negative indices count from the end.
+    chat : True to wrap a string prompt in the tokenizer's chat template (for instruct models).
     target : encoder-decoder models only, with ``max_new_tokens=0``: the decoder text to
         teacher-force (default: just the decoder start token).
-    memory_budget : bytes the capture may use (default: half the memory available now). An
-        estimate above it raises :class:`MemoryBudgetError` before anything runs.
+    memory_budget : bytes the capture may use, a finite number above 0 (default: half the
+        memory available now). An estimate above it raises :class:`MemoryBudgetError` before
+        the model runs; its ``choices`` are keyword arguments that would fit.
     progress : show a progress bar over decode steps (default: for 64 or more new tokens).
     form : how the trace stores attention: ``"weights"`` (float16, T²/2 per head),
         ``"queries-keys"`` (grows with T; weights recomputed when asked; not for models captured
@@ -74,17 +86,49 @@ def capture(model, tokenizer, prompt: str | Sequence[dict], *, max_new_tokens: i
         ``"auto"``: queries and keys when they take less memory than the weights.
     **generate_kwargs : passed to ``model.generate``.
 
+    Every argument is checked, and the layers and heads against the model, before the model
+    runs. Only this call's own passes are recorded: another thread running the same model
+    meanwhile (a plain forward pass, say) is neither recorded nor disturbed.
+
     Returns
     -------
     AttentionTrace; ``trace.block().form`` says which form it holds, ``trace.options["attention"]``
     which attention implementation it was taken from.
     """
-    # One capture at a time per model: the hooks of two would record each other's passes (a
-    # prompt-box run on its thread and a notebook cell, say). A second one waits its turn.
+    options = capture_options(max_new_tokens=max_new_tokens, layers=layers, heads=heads, chat=chat,
+                              target=target, memory_budget=memory_budget, progress=progress, form=form,
+                              **generate_kwargs)
+    # One capture at a time per model: they would switch its attention under each other. A
+    # second one waits its turn.
     with _model_lock(model):
-        return _capture(model, tokenizer, prompt, max_new_tokens=max_new_tokens, layers=layers,
-                        heads=heads, chat=chat, target=target, memory_budget=memory_budget,
-                        progress=progress, form=form, **generate_kwargs)
+        return _capture(model, tokenizer, prompt, options)
+
+
+def capture_options(*, max_new_tokens: int = 0, layers=None, heads=None, chat: bool = False,
+                    target: str | None = None, memory_budget: float | None = None,
+                    progress: bool | None = None, form: str = "auto", **generate_kwargs: Any) -> dict:
+    """The keyword arguments of :func:`capture`, checked and normalised as it does first (layers
+    and heads read once into lists), without a model: what :class:`AttentionSession` checks its
+    defaults with. Raises ``ValueError`` or ``TypeError`` naming the argument."""
+    max_new_tokens = check_count(max_new_tokens, "max_new_tokens")
+    if not isinstance(chat, (bool, np.bool_)):
+        raise TypeError(f"chat must be True or False; got {chat!r}")
+    if progress is not None and not isinstance(progress, (bool, np.bool_)):
+        raise TypeError(f"progress must be True, False or None; got {progress!r}")
+    if target is not None and not isinstance(target, str):
+        raise TypeError(f"target must be the decoder text (a string) or None; got {type(target).__name__}")
+    if memory_budget is not None:
+        memory_budget = check_positive(memory_budget, "memory_budget (bytes)", example="4 * 2**30")
+    if not isinstance(form, str) or form not in FORMS:
+        raise ValueError(f"form must be one of {list(FORMS)}; got {form!r}")
+    for bad in ("num_beams", "num_return_sequences"):
+        if generate_kwargs.get(bad, 1) != 1:
+            raise ValueError(f"{bad}={generate_kwargs[bad]} is not supported: a trace follows one "
+                             "sequence; use 1")
+    return {"max_new_tokens": max_new_tokens, "layers": index_list(layers, "layers"),
+            "heads": index_list(heads, "heads"), "chat": bool(chat), "target": target,
+            "memory_budget": memory_budget, "progress": progress, "form": form,
+            "generate_kwargs": dict(generate_kwargs)}
 
 
 _LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -99,40 +143,41 @@ def _model_lock(model) -> threading.Lock:
         return lock
 
 
-def _capture(model, tokenizer, prompt, *, max_new_tokens, layers, heads, chat, target,
-             memory_budget, progress, form, **generate_kwargs) -> AttentionTrace:
-    prompt_ids = _tokenize(tokenizer, prompt, chat)
-    max_new_tokens = check_count(max_new_tokens, "max_new_tokens")
-    if form not in FORMS:
-        raise ValueError(f"form must be one of {list(FORMS)}; got {form!r}")
-    fast = fast_implementation(model)
-    if fast is not None and not recompute_matches(model, fast):
-        fast = None
-    if form == "queries-keys" and fast is None:
-        raise ValueError(f"form='queries-keys' needs the model on a fast attention kernel (or an eager "
-                         f"function) that attn_widget can tap; {type(model).__name__} is captured from "
-                         "eager attention weights by hooks here; use form='weights' or 'auto'")
-    with _attention_implementation(model, fast or "eager"):
-        return _capture_with(model, tokenizer, prompt, prompt_ids, fast, max_new_tokens=max_new_tokens,
-                             layers=layers, heads=heads, target=target, memory_budget=memory_budget,
-                             progress=progress, chat=chat, form=form, **generate_kwargs)
+@dataclasses.dataclass
+class _Plan:
+    """What a capture will run, settled from the arguments and the model's config before it does."""
+
+    prompt_ids: torch.Tensor
+    dec_ids: torch.Tensor | None
+    enc_dec: bool
+    decoder_only: bool
+    modules: dict
+    kinds: dict
+    causal: dict
+
+    def lengths(self, max_new_tokens: int, prompt_len: int | None = None) -> dict[str, tuple[int, int]]:
+        """Queries and keys of each kind for a run of ``max_new_tokens`` (and a prompt of
+        ``prompt_len`` tokens, default this one's)."""
+        p = self.prompt_ids.shape[1] if prompt_len is None else prompt_len
+        if not self.enc_dec:
+            return {"self": (p + max_new_tokens, p + max_new_tokens)}
+        t = self.dec_ids.shape[1] if max_new_tokens == 0 else 1 + max_new_tokens
+        return {"encoder": (p, p), "decoder": (t, t), "cross": (t, p)}
 
 
-def _capture_with(model, tokenizer, prompt, prompt_ids, fast, *, max_new_tokens, layers, heads, chat,
-                  target, memory_budget, progress, form, **generate_kwargs) -> AttentionTrace:
+def _plan(model, tokenizer, prompt, options: dict) -> _Plan:
+    """The arguments checked against the model (prompt, layers, heads, generation), before it runs."""
     config = model.config
+    prompt_ids = _tokenize(tokenizer, prompt, options["chat"])
     enc_dec = bool(getattr(config, "is_encoder_decoder", False))
     decoder_only = not enc_dec and (model.can_generate() or bool(getattr(config, "is_decoder", False)))
+    max_new_tokens, target = options["max_new_tokens"], options["target"]
     if max_new_tokens and not (enc_dec or decoder_only):
         raise ValueError(f"max_new_tokens={max_new_tokens}, but {type(model).__name__} is an encoder "
                          "and cannot generate; use max_new_tokens=0 for a forward pass")
     if target is not None and not (enc_dec and max_new_tokens == 0):
         raise ValueError("target= is for encoder-decoder models with max_new_tokens=0")
-    for bad in ("num_beams", "num_return_sequences"):
-        if generate_kwargs.get(bad, 1) != 1:
-            raise ValueError(f"{bad}={generate_kwargs[bad]} is not supported: a trace follows one "
-                             "sequence; use 1")
-
+    _check_vocabulary(model, prompt_ids, "prompt")
     modules = _attention_modules(model, enc_dec)
     if not modules:
         raise CaptureError(f"found no attention modules in {type(model).__name__}; attn_widget "
@@ -141,12 +186,9 @@ def _capture_with(model, tokenizer, prompt, prompt_ids, fast, *, max_new_tokens,
     kinds = {}
     for kind, mods in modules.items():
         n_heads = _n_heads(config, kind)
-        kinds[kind] = (indices_below(layers, len(mods), "layers", kind),
-                       indices_below(heads, n_heads, "heads", kind), n_heads)
-
-    device = next(model.parameters()).device
-    prompt_ids = prompt_ids.to(device)
-    P = prompt_ids.shape[1]
+        kinds[kind] = (indices_below(options["layers"], len(mods), "layers", kind),
+                       indices_below(options["heads"], n_heads, "heads", kind), n_heads)
+    dec_ids = None
     if enc_dec:
         start = getattr(config, "decoder_start_token_id", None)
         if start is None:
@@ -155,21 +197,41 @@ def _capture_with(model, tokenizer, prompt, prompt_ids, fast, *, max_new_tokens,
             dec_ids = _tokenize(tokenizer, target, False)
             if start is not None and dec_ids[0, 0] != start:
                 dec_ids = torch.cat([torch.tensor([[start]]), dec_ids], dim=1)
-            dec_ids = dec_ids.to(device)
+            _check_vocabulary(model, dec_ids, "target")
         else:
             if start is None:
                 raise CaptureError("this encoder-decoder model has no decoder_start_token_id")
-            dec_ids = torch.tensor([[start]], device=device)
-        t_max = dec_ids.shape[1] if max_new_tokens == 0 else 1 + max_new_tokens
-        lengths = {"encoder": (P, P), "decoder": (t_max, t_max), "cross": (t_max, P)}
-    else:
-        t_max = P + max_new_tokens
-        lengths = {"self": (t_max, t_max)}
+            dec_ids = torch.tensor([[start]])
     causal = {k: (k == "decoder" or (k == "self" and decoder_only)) for k in kinds}
-    _check_budget(kinds, lengths, causal, memory_budget, P, max_new_tokens,
-                  None if fast is None else _qk_dims(config, next(iter(kinds))), form)
+    return _Plan(prompt_ids, dec_ids, enc_dec, decoder_only, modules, kinds, causal)
 
-    rec = recorder_for(fast, modules, kinds, lengths, causal)
+
+def _capture(model, tokenizer, prompt, options: dict) -> AttentionTrace:
+    plan = _plan(model, tokenizer, prompt, options)
+    form = options["form"]
+    fast = fast_implementation(model)
+    # refused before any model work, on the path capture means to take…
+    _check_budget(model, plan, options, fast)
+    if fast is not None and not recompute_matches(model, fast):
+        fast = None
+        _check_budget(model, plan, options, fast)  # …and again when it falls back to eager hooks
+    if form == "queries-keys" and fast is None:
+        raise ValueError(f"form='queries-keys' needs the model on a fast attention kernel (or an eager "
+                         f"function) that attn_widget can tap; {type(model).__name__} is captured from "
+                         "eager attention weights by hooks here; use form='weights' or 'auto'")
+    with _attention_implementation(model, fast or "eager"):
+        return _capture_with(model, tokenizer, prompt, plan, fast, options)
+
+
+def _capture_with(model, tokenizer, prompt, plan: _Plan, fast, options: dict) -> AttentionTrace:
+    config = model.config
+    kinds, causal, modules, enc_dec = plan.kinds, plan.causal, plan.modules, plan.enc_dec
+    max_new_tokens, form = options["max_new_tokens"], options["form"]
+    device = next(model.parameters()).device
+    prompt_ids = plan.prompt_ids.to(device)
+    dec_ids = None if plan.dec_ids is None else plan.dec_ids.to(device)
+    P = prompt_ids.shape[1]
+    rec = recorder_for(fast, modules, kinds, plan.lengths(max_new_tokens), causal)
     was_training = model.training
     model.eval()
     try:
@@ -183,8 +245,8 @@ def _capture_with(model, tokenizer, prompt, prompt_ids, fast, *, max_new_tokens,
                     model(input_ids=prompt_ids, attention_mask=mask)
                     seq = prompt_ids
             else:
-                seq = _generate(model, tokenizer, prompt_ids, max_new_tokens, enc_dec, rec, progress,
-                                generate_kwargs)
+                seq = _generate(model, tokenizer, prompt_ids, max_new_tokens, enc_dec, rec,
+                                options["progress"], options["generate_kwargs"])
     finally:
         rec.close_progress()
         if was_training:
@@ -208,8 +270,8 @@ def _capture_with(model, tokenizer, prompt, prompt_ids, fast, *, max_new_tokens,
     else:
         tokens = token_table(tokenizer, seq[0].tolist())
         source = None
-        spans = {"prompt": (0, P), "generated": (P, T)} if decoder_only else {"input": (0, P)}
-    arch = "encoder-decoder" if enc_dec else ("decoder" if decoder_only else "encoder")
+        spans = {"prompt": (0, P), "generated": (P, T)} if plan.decoder_only else {"input": (0, P)}
+    arch = "encoder-decoder" if enc_dec else ("decoder" if plan.decoder_only else "encoder")
     first = next(iter(kinds.values()))
     model_info = {
         "name": str(getattr(config, "name_or_path", "") or type(model).__name__),
@@ -223,13 +285,12 @@ def _capture_with(model, tokenizer, prompt, prompt_ids, fast, *, max_new_tokens,
     }
     import transformers
 
-    options = {"prompt": prompt if isinstance(prompt, (str, list, tuple)) else prompt.tolist(),
-               "max_new_tokens": max_new_tokens, "layers": None if layers is None else list(layers),
-               "heads": None if heads is None else list(heads), "chat": chat,
-               "generate_kwargs": generate_kwargs,
-               "attention": "eager" if fast is None or fast.startswith(EAGER_PREFIX) else fast,
-               "torch": torch.__version__, "transformers": transformers.__version__}
-    return AttentionTrace(tokens, blocks, spans, model_info, options, source)
+    recorded = {"prompt": prompt if isinstance(prompt, (str, list, tuple)) else plan.prompt_ids[0].tolist(),
+                "max_new_tokens": max_new_tokens, "layers": options["layers"], "heads": options["heads"],
+                "chat": options["chat"], "generate_kwargs": options["generate_kwargs"],
+                "attention": "eager" if fast is None or fast.startswith(EAGER_PREFIX) else fast,
+                "torch": torch.__version__, "transformers": transformers.__version__}
+    return AttentionTrace(tokens, blocks, spans, model_info, recorded, source)
 
 
 # --------------------------------------------------------------------- attention implementation
@@ -299,20 +360,36 @@ def _forward_weights(model, ids: torch.Tensor, fast: str | None) -> dict[str, np
 
 # --------------------------------------------------------------------- inputs
 def _tokenize(tokenizer, prompt, chat: bool) -> torch.Tensor:
-    if isinstance(prompt, torch.Tensor) or (isinstance(prompt, (list, tuple)) and prompt
-                                            and all(isinstance(t, (int, np.integer)) for t in prompt)):
-        ids = torch.as_tensor(prompt, dtype=torch.long).reshape(1, -1)
-        if ids.shape[1] == 0:
-            raise ValueError("prompt is empty; pass the text (or token ids) to run the model on")
-        if chat:
-            raise ValueError("chat=True needs the prompt as text, not token ids")
-        return ids
+    """``prompt`` as token ids of shape (1, T): text (through the chat template when ``chat``),
+    chat messages, or token ids (one sequence: a batch of several is refused)."""
+    if isinstance(prompt, Mapping) and "input_ids" in prompt:  # what tokenizer(text) returns
+        prompt = prompt["input_ids"]
+    if isinstance(prompt, (torch.Tensor, np.ndarray)):
+        ids = torch.as_tensor(prompt)
+        if ids.dtype == torch.bool or ids.dtype.is_floating_point or ids.dtype.is_complex:
+            raise TypeError(f"prompt token ids must be integers; got a tensor of {ids.dtype}")
+        if ids.dim() == 2 and ids.shape[0] != 1 or ids.dim() > 2:
+            raise ValueError(f"prompt holds a batch of shape {tuple(ids.shape)}; a trace follows one "
+                             "sequence: capture each prompt on its own (one row, or a 1-D tensor)")
+        return _ids(ids.reshape(-1).tolist(), chat)
+    if isinstance(prompt, (list, tuple)) and prompt and all(
+            isinstance(t, (list, tuple, torch.Tensor, np.ndarray)) for t in prompt):
+        if len(prompt) != 1:
+            raise ValueError(f"prompt holds a batch of {len(prompt)} sequences; a trace follows one "
+                             "sequence: capture each prompt on its own")
+        return _tokenize(tokenizer, prompt[0], chat)
+    if isinstance(prompt, (list, tuple)) and prompt and all(
+            isinstance(t, (int, np.integer)) for t in prompt):  # bools too: _ids names them
+        return _ids(list(prompt), chat)
     if isinstance(prompt, str):
         if not prompt.strip():
             raise ValueError("prompt is empty; pass the text to run the model on")
         if chat:
             prompt = [{"role": "user", "content": prompt}]
     elif isinstance(prompt, (list, tuple)):
+        if prompt and all(isinstance(m, str) for m in prompt):
+            raise ValueError(f"prompt is a list of {len(prompt)} strings; pass one string (a trace "
+                             "follows one sequence: capture each prompt on its own)")
         if not prompt or not all(isinstance(m, dict) and "role" in m and "content" in m for m in prompt):
             raise ValueError("prompt must be a non-empty string, a list of token ids, or a non-empty "
                              "list of chat messages ({'role': ..., 'content': ...})")
@@ -331,6 +408,31 @@ def _tokenize(tokenizer, prompt, chat: bool) -> torch.Tensor:
     if ids.shape[1] == 0:
         raise ValueError(f"prompt {prompt!r} tokenizes to no tokens")
     return ids
+
+
+def _ids(ids: list, chat: bool) -> torch.Tensor:
+    """Token ids given by the caller, as a (1, T) tensor; bools are refused (True is not id 1)."""
+    if not ids:
+        raise ValueError("prompt is empty; pass the text (or token ids) to run the model on")
+    bad = next((t for t in ids if not is_int(t)), None)
+    if bad is not None:
+        raise TypeError(f"prompt token ids must be integers; got {bad!r} in {ids[:8]!r}")
+    if chat:
+        raise ValueError("chat=True needs the prompt as text, not token ids")
+    return torch.tensor([ids], dtype=torch.long)
+
+
+def _check_vocabulary(model, ids: torch.Tensor, what: str) -> None:
+    """Every id within the model's embedding table (an id past it would fail inside the model,
+    or on an accelerator, read memory it should not)."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    n = getattr(embeddings, "num_embeddings", None) or getattr(model.config, "vocab_size", None)
+    if n is None or ids.numel() == 0:
+        return
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi >= n:
+        raise ValueError(f"{what} token id {lo if lo < 0 else hi} is outside this model's vocabulary "
+                         f"(0..{n - 1})")
 
 
 def _n_heads(config, kind: str) -> int:
@@ -449,37 +551,91 @@ def _qk_dims(config, kind: str) -> tuple[int, int]:
     return int(d), int(getattr(config, "num_key_value_heads", None) or n_heads)
 
 
-def _check_budget(kinds, lengths, causal, budget, prompt_len, max_new_tokens, qk_dims=None,
-                  form: str = "auto") -> None:
-    store, transient = _estimate(kinds, lengths, causal, prompt_len, qk_dims, form)
-    need = store + transient
+def _check_budget(model, plan: _Plan, options: dict, fast: str | None) -> None:
+    """Refuse a capture whose estimate is over its budget, with choices that fit.
+
+    Each choice is keyword arguments of :func:`capture` that, with the rest of the call as it
+    is, would pass this check (the same estimate): fewer layers, fewer heads, fewer new tokens,
+    or a larger budget; they are in the message and in the error's ``choices``.
+    """
+    kinds, causal = plan.kinds, plan.causal
+    qk_dims = None if fast is None else _qk_dims(model.config, next(iter(kinds)))
+    max_new, form = options["max_new_tokens"], options["form"]
+    prompt_len = plan.prompt_ids.shape[1]
+
+    def need(ks=kinds, new=max_new, p=prompt_len) -> int:
+        return sum(_estimate(ks, plan.lengths(new, p), causal, p, qk_dims, form))
+
+    total = need()
+    budget = options["memory_budget"]
     if budget is None:
         budget = _available_bytes() // 2
         source = "half the memory available now; set memory_budget= to change it"
     else:
         source = "memory_budget"
-    if need <= budget:
+    if total <= budget:
         return
-    kind, (ls, hs, n_heads) = next(iter(kinds.items()))
-    q, _ = lengths[kind]
-    per_head = need / max(1, sum(len(a) * len(b) for a, b, _ in kinds.values()))
-    fit_heads = int(max(0, budget - transient) // max(per_head, 1))
-    lo, hi = 1, q  # the longest run of every kept head that fits, prompt and generation alike
+
+    def fits(n_bytes: int) -> bool:
+        return n_bytes <= budget
+
+    # layers and heads kept by every kind, so that one list is valid for all of them
+    layers = sorted(set.intersection(*(set(ls) for ls, _, _ in kinds.values())))
+    heads = sorted(set.intersection(*(set(hs) for _, hs, _ in kinds.values())))
+
+    def keep(layer_set=None, head_set=None):
+        return {k: ([x for x in ls if layer_set is None or x in layer_set],
+                    [x for x in hs if head_set is None or x in head_set], n)
+                for k, (ls, hs, n) in kinds.items()}
+
+    choices: list[tuple[dict, int]] = []
+    n = _largest(lambda i: fits(need(keep(layer_set=layers[-i:]))), len(layers) - 1)
+    if n:  # the last layers: nearest the output
+        choices.append(({"layers": layers[-n:]}, need(keep(layer_set=layers[-n:]))))
+    n = _largest(lambda i: fits(need(keep(head_set=heads[:i]))), len(heads) - 1)
+    if n:
+        choices.append(({"heads": heads[:n]}, need(keep(head_set=heads[:n]))))
+    longest = _largest(lambda t: fits(need(new=max(0, t - prompt_len), p=min(t, prompt_len))),
+                       prompt_len + max_new - 1)
+    if max_new and longest >= prompt_len:
+        choices.append(({"max_new_tokens": longest - prompt_len}, need(new=longest - prompt_len)))
+    choices.append(({"memory_budget": int(total) + 1}, total))
+
+    what = f"{len(kinds[next(iter(kinds))][0])} layers × {len(kinds[next(iter(kinds))][1])} heads"
+    q = plan.lengths(max_new)[next(iter(kinds))][0]
+    shown = "; ".join(f"{', '.join(f'{k}={_literal(v)}' for k, v in c.items())} ({format_bytes(b)})"
+                      for c, b in choices)
+    line = (f"capturing {what} over {q} tokens (prompt {prompt_len} + {max_new} new) needs about "
+            f"{format_bytes(total)}, over the budget of {format_bytes(budget)} ({source}). Cheaper choices "
+            f"that fit: {shown}.")
+    if longest:
+        line += (f" At this budget all of them fit up to about {longest} tokens"
+                 f"{', shorter than this prompt' if longest < prompt_len else ''}.")
+    if len(choices) == 1:
+        smallest = need(keep(layer_set=layers[-1:], head_set=heads[:1]))
+        line += (f" Even one layer and one head (layers=[{layers[-1]}], heads=[{heads[0]}]) needs "
+                 f"{format_bytes(smallest)}.")
+    raise MemoryBudgetError(line, [c for c, _ in choices])
+
+
+def _largest(fits, hi: int) -> int:
+    """The largest ``n`` in ``1..hi`` with ``fits(n)`` (which holds up to some ``n`` and not
+    after), or 0."""
+    lo = 0
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if sum(_estimate(kinds, dict.fromkeys(kinds, (mid, mid)), causal, min(mid, prompt_len), qk_dims,
-                         form)) <= budget:
+        if fits(mid):
             lo = mid
         else:
             hi = mid - 1
-    gib = 2 ** 30
-    raise MemoryBudgetError(
-        f"capturing {len(ls)} layers × {len(hs)} heads over {q} tokens needs about "
-        f"{need / gib:.2f} GiB, over the budget of {budget / gib:.2f} GiB ({source}). Cheaper "
-        f"choices: about {max(fit_heads, 0)} (layer, head) pairs fit at this length (e.g. "
-        f"layers=[{ls[-1]}] needs {(len(hs) * per_head + transient) / gib:.2f} GiB, "
-        f"heads=[{hs[0]}] with all layers {(len(ls) * per_head + transient) / gib:.2f} GiB), or "
-        f"all of them fit up to about {lo} tokens (prompt {prompt_len} + {max_new_tokens} new).")
+    return lo
+
+
+def _literal(value) -> str:
+    """A keyword value as the user would type it: a run of indices as ``range(a, b)``."""
+    if isinstance(value, list) and len(value) > 3 and value == list(range(value[0], value[-1] + 1)):
+        return f"range({value[0]}, {value[-1] + 1})"
+    return repr(value)
 
 
 def _generate(model, tokenizer, prompt_ids, max_new_tokens, enc_dec, rec, progress, kwargs):
@@ -501,8 +657,13 @@ def _generate(model, tokenizer, prompt_ids, max_new_tokens, enc_dec, rec, progre
     handle = None
     if enc_dec:
         encoder = model.get_encoder()
-        handle = encoder.register_forward_hook(
-            lambda m, a, out: encoder_state.__setitem__("out", out))
+        thread = threading.get_ident()  # another thread's encoder pass is not this run's
+
+        def keep_encoder_output(module, args, out) -> None:
+            if threading.get_ident() == thread:
+                encoder_state["out"] = out
+
+        handle = encoder.register_forward_hook(keep_encoder_output)
     try:
         out = model.generate(prompt_ids, attention_mask=torch.ones_like(prompt_ids),
                              max_new_tokens=max_new_tokens, return_dict_in_generate=True, **kwargs)

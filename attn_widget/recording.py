@@ -11,6 +11,7 @@ queries and keys instead (:mod:`attn_widget.qk_capture`). :func:`recording` atta
 from __future__ import annotations
 
 import contextlib
+import threading
 from functools import lru_cache
 
 import numpy as np
@@ -96,9 +97,15 @@ class QueryKeyRecorder(Progress):
 
 
 class Recorder(Progress):
-    """Takes attention weights from hooks into preallocated float16 buffers."""
+    """Takes attention weights from hooks into preallocated float16 buffers.
+
+    Only passes run on the thread that made the recorder are taken: a forward hook fires on
+    whichever thread runs the module, and another thread's pass of the same model (a notebook
+    cell while a prompt box captures, say) is not part of this capture.
+    """
 
     def __init__(self, kinds, lengths, causal):
+        self.thread = threading.get_ident()
         self.kinds = kinds
         self.causal = causal
         self.buffers = {}
@@ -114,6 +121,8 @@ class Recorder(Progress):
 
     def hook(self, kind: str, li: int, layer: int, index: int):
         def _hook(module, args, output):
+            if threading.get_ident() != self.thread:
+                return
             weights = output[index] if isinstance(output, (tuple, list)) else None
             if not isinstance(weights, torch.Tensor):
                 raise CaptureError(

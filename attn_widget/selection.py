@@ -42,6 +42,33 @@ def check_count(value: Any, what: str, *, minimum: int = 0, hint: str = "") -> i
     return int(value)
 
 
+def check_positive(value: Any, what: str, *, example: str = "") -> float:
+    """``value`` as a float; ``ValueError`` naming ``what`` unless it is a finite number above 0
+    (not a bool, a string, NaN or infinity). ``example`` shows an allowed value."""
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    if not ok or not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{what} must be a finite number above 0{f' (e.g. {example})' if example else ''}; "
+                         f"got {value!r}")
+    return float(value)
+
+
+def index_list(value: Any, what: str) -> list[int] | None:
+    """Layer or head indices as given, read once into a list (a generator or range is consumed
+    here, one integer becomes ``[i]``), or None. ``TypeError`` naming ``what`` for anything that
+    is not integers (a string, a bool, a float)."""
+    if value is None:
+        return None
+    if is_int(value):
+        return [int(value)]
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise TypeError(f"{what} must be an integer, a list of integers or None; got {value!r}")
+    items = list(value)
+    bad = [x for x in items if not is_int(x)]
+    if bad:
+        raise TypeError(f"{what} must be integers (model indices); got {bad[0]!r} in {items!r}")
+    return [int(x) for x in items]
+
+
 def check_index(i: Any, n: int, what: str) -> int:
     """Position ``i`` in a sequence of ``n`` (negative counts from the end), as a non-negative int.
 

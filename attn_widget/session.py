@@ -20,8 +20,8 @@ class AttentionSession:
     ----------
     model, tokenizer : a Hugging Face model and its tokenizer (see :func:`attn_widget.load_model`).
     **capture_defaults : options for every :func:`attn_widget.capture` call
-        (``max_new_tokens``, ``layers``, ``heads``, ``chat``, generate kwargs…); ``run`` may
-        override them.
+        (``max_new_tokens``, ``layers``, ``heads``, ``chat``, generate kwargs…), checked here;
+        ``run`` may override them.
 
     Attributes
     ----------
@@ -31,7 +31,7 @@ class AttentionSession:
     def __init__(self, model, tokenizer, **capture_defaults: Any):
         self.model = model
         self.tokenizer = tokenizer
-        self.capture_defaults = dict(capture_defaults)
+        self.capture_defaults = _checked(capture_defaults)  # a bad default fails here, not at a run
         self.trace: AttentionTrace | None = None
 
     def capture(self, prompt: str, **capture_kwargs: Any) -> AttentionTrace:
@@ -50,6 +50,7 @@ class AttentionSession:
         """
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a string; got {type(prompt).__name__}")
+        capture_kwargs = _checked(capture_kwargs)  # the prompt box reuses them for every run
         trace = self.capture(prompt, **capture_kwargs)
         return AttentionWidget(trace, run=lambda text: self.capture(text, **capture_kwargs),
                                prompt=prompt, **(widget_options or {}))
@@ -57,3 +58,12 @@ class AttentionSession:
     def __repr__(self) -> str:
         name = getattr(getattr(self.model, "config", None), "_name_or_path", type(self.model).__name__)
         return f"AttentionSession(model={name!r}, capture_defaults={self.capture_defaults!r})"
+
+
+def _checked(capture_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Capture options checked now, with layers and heads read once into lists (a generator
+    would be empty at the next run)."""
+    from .capturing import capture_options  # imports torch: a session has a model anyway
+
+    checked = capture_options(**capture_kwargs)
+    return {k: checked[k] if k in ("layers", "heads") else v for k, v in capture_kwargs.items()}
