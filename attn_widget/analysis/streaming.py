@@ -10,8 +10,8 @@ make these passes fast on a CPU, measured on SmolLM2-shaped heads at 8192 tokens
   between the softmax and the metrics: 128-row chunks ran the whole pass in 0.7× the time of
   512-row ones;
 - the many small ``q · kᵀ`` products run on one BLAS thread (with ``threadpoolctl``, when it is
-  installed): OpenBLAS's helper threads spin between small products and spent 2.5–5× the CPU
-  time of one thread for the same work.
+  installed): with OpenBLAS's two threads the pass took 2.5–5× the CPU time for the same work,
+  and one query row of a head (1 × 64 by 64 × 8191) took 12 ms instead of 0.12 ms.
 
 A pass estimated past about a second of work shows a ``tqdm`` progress bar (see
 :func:`whole_head_pass`).
@@ -35,10 +35,6 @@ CHUNK_CELLS = 2**20
 PROGRESS_CELLS = 2 * 10**8
 """Weights a pass must recompute before its progress bar shows by default (about a second at
 the ~5 ns per weight a head's pass takes on one core)."""
-
-BLAS_CELLS = 2**22
-"""Weights a pass must recompute to be run on one BLAS thread (smaller ones would spend more
-time setting the limit than it saves)."""
 
 _blas_lock = threading.Lock()
 _blas_users = 0
@@ -112,8 +108,7 @@ def row_groups(rows: np.ndarray, step: int) -> list[tuple[int, int]]:
 
 @contextlib.contextmanager
 def whole_head_pass(cells: int, desc: str, progress: bool | None) -> Iterator[Callable[[int], None]]:
-    """The setting for a pass that recomputes ``cells`` weights: one BLAS thread (past
-    :data:`BLAS_CELLS`), and a progress
+    """The setting for a pass that recomputes ``cells`` weights: one BLAS thread, and a progress
     bar (``tqdm.auto``, cleared when done) when ``progress`` is True, or None and ``cells`` is at
     least :data:`PROGRESS_CELLS`. Yields ``advance(n)``, to call as ``n`` weights are done."""
     bar = None
@@ -121,7 +116,7 @@ def whole_head_pass(cells: int, desc: str, progress: bool | None) -> Iterator[Ca
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cells, desc=desc, unit="weight", unit_scale=True, leave=False)
-    with _one_blas_thread() if cells >= BLAS_CELLS else contextlib.nullcontext():
+    with _one_blas_thread():
         try:
             yield (lambda n: None) if bar is None else bar.update
         finally:
