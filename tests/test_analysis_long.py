@@ -170,7 +170,7 @@ def test_rollout_rows_and_trace_influence_equal_the_weights_form(pair):
     assert got.influential_positions == want.influential_positions
     assert never_materialised(qk)
     # every row at once is asked as one dense matrix, and equals the rows asked one by one
-    close(an.attention_rollout(qk)[[5, 47, 20]], an.attention_rollout(qk, positions=[5, 47, 20]))
+    close(an.attention_rollout(qk)[[5, 47, 20]], an.attention_rollout(qk, positions=[5, 47, 20]), atol=1e-5)
 
 
 def test_compare_attention_equals_the_weights_form_on_aligned_tokens():
@@ -292,3 +292,5 @@ def test_a_long_pass_shows_a_progress_bar_unless_told_not_to(capsys, monkeypatch
     assert "attention_entropy" in capsys.readouterr().err
     an.attention_entropy(decoder_trace(trace.block().qk), progress=False)
     assert capsys.readouterr().err == ""
+    an.head_scores(weights_form(trace))  # weights are read in place, a layer at a time, with a bar too
+    assert "head_scores" in capsys.readouterr().err

@@ -11,7 +11,7 @@ import numpy as np
 from ..selection import Indices, check_index, format_ranges, model_indices
 from ..trace import AttentionBlock, AttentionTrace
 from .engine import query_row, select_layers_heads
-from .streaming import mean_chunks, row_cells, whole_head_pass
+from .streaming import fill_mean, mean_chunks, row_cells, whole_head_pass
 
 
 @dataclasses.dataclass(eq=False)
@@ -91,7 +91,7 @@ def attention_rollout(trace: AttentionTrace, *, start_layer: int | None = None, 
     if positions is None:
         out = np.eye(t, dtype=np.float32)
         for layer in layers:
-            out = _rollout_factor(trace, b, layer) @ out
+            out = _rollout_factor(trace, b, layer, progress) @ out
         return out
     rows = [check_index(p, t, "positions") for p in np.atleast_1d(positions).tolist()]
     if b.qk is not None:
@@ -161,9 +161,15 @@ def _rollout_layers(trace: AttentionTrace, b: AttentionBlock, start: int | None,
     return list(range(start, end + 1))
 
 
-def _rollout_factor(trace: AttentionTrace, b: AttentionBlock, layer: int) -> np.ndarray:
+def _rollout_factor(trace: AttentionTrace, b: AttentionBlock, layer: int,
+                    progress: bool | None = None) -> np.ndarray:
     """``Â = 0.5 · mean_heads(A) + 0.5 · I``, rows renormalised, dense (T, T) float32."""
-    a = 0.5 * trace.layer_mean(layer, b.name)
+    if b.qk is None:
+        a = 0.5 * trace.layer_mean(layer, b.name)
+    else:  # filled a chunk of rows at a time, in float32 like the rows asked for one by one
+        cells = len(b.heads) * row_cells(b, 0, b.n_queries)
+        with whole_head_pass(cells, f"attention_rollout, layer {layer}", progress) as advance:
+            a = fill_mean(b, b.layer_pos(layer), np.zeros((b.n_queries, b.n_keys), np.float32), 0.5, advance)
     a[np.diag_indices_from(a)] += 0.5
     a /= a.sum(axis=1, keepdims=True)
     return a

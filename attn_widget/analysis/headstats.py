@@ -42,16 +42,24 @@ def head_stats(trace: AttentionTrace, b: AttentionBlock, li: np.ndarray, hi: np.
         heads = [h for h in hi if not set(fields) <= _kept(trace, b, layer, h).keys()]
         if heads:
             missing[int(layer)] = heads
-    if missing and b.qk is None:
-        _from_weights(trace, b, missing, fields)
-    elif missing:
-        cells = sum(len(heads) for heads in missing.values()) * row_cells(b, 0, b.n_queries)
-        with whole_head_pass(cells, desc, progress) as advance:
-            for layer, heads in missing.items():
-                for head in heads:
-                    _kept(trace, b, layer, head).update(_streamed(b, layer, head))
-                    advance(row_cells(b, 0, b.n_queries))
+    if missing:
+        _compute(trace, b, missing, fields, progress, desc)
     return {f: np.array([[_kept(trace, b, layer, h)[f] for h in hi] for layer in li]) for f in fields}
+
+
+def _compute(trace: AttentionTrace, b: AttentionBlock, missing: dict[int, list[int]], fields: Collection[str],
+             progress: bool | None, desc: str) -> None:
+    """Compute and keep ``fields`` of the heads ``missing[layer]`` of each layer (positions)."""
+    per_head = row_cells(b, 0, b.n_queries)
+    with whole_head_pass(sum(map(len, missing.values())) * per_head, desc, progress) as advance:
+        for layer, heads in missing.items():
+            if b.qk is None:
+                _from_weights(trace, b, layer, heads, fields)
+                advance(len(heads) * per_head)
+                continue
+            for head in heads:
+                _kept(trace, b, layer, head).update(_streamed(b, layer, head))
+                advance(per_head)
 
 
 def _kept(trace: AttentionTrace, b: AttentionBlock, layer: int, head: int) -> dict[str, np.ndarray]:
@@ -63,28 +71,27 @@ def _square(b: AttentionBlock) -> bool:
     return b.queries == b.keys
 
 
-def _from_weights(trace: AttentionTrace, b: AttentionBlock, missing: dict[int, list[int]],
+def _from_weights(trace: AttentionTrace, b: AttentionBlock, layer: int, heads: list[int],
                   fields: Collection[str]) -> None:
-    """Fields of the missing heads of a ``"weights"`` block, read from its stored values in place."""
+    """Fields of some heads of one layer of a ``"weights"`` block, read from its stored values in place."""
     g = geometry_of(b)
     queries = np.arange(g.n_queries)
-    for layer, heads in missing.items():
-        _, values = next(each_layer(b, np.array([layer]), np.array(heads)))
-        found: dict[str, np.ndarray] = {}
-        if "entropy" in fields:
-            found["entropy"] = row_entropy(values, g)
-        if "received" in fields:
-            found["received"] = col_sums(values, g)
-        if "first" in fields:
-            found["first"] = take(values, g, queries, np.zeros_like(queries)).sum(axis=-1, dtype=np.float64)
-        if "diagonal" in fields:
-            found["diagonal"] = (take(values, g, queries, queries).sum(axis=-1, dtype=np.float64)
-                                 if _square(b) else np.full(len(heads), np.nan))
-        if "previous" in fields:
-            found["previous"] = (take(values, g, queries[1:], queries[1:] - 1).sum(axis=-1, dtype=np.float64)
-                                 if _square(b) else np.full(len(heads), np.nan))
-        for m, head in enumerate(heads):
-            _kept(trace, b, layer, head).update({f: v[m] for f, v in found.items()})
+    _, values = next(each_layer(b, np.array([layer]), np.array(heads)))
+    found: dict[str, np.ndarray] = {}
+    if "entropy" in fields:
+        found["entropy"] = row_entropy(values, g)
+    if "received" in fields:
+        found["received"] = col_sums(values, g)
+    if "first" in fields:
+        found["first"] = take(values, g, queries, np.zeros_like(queries)).sum(axis=-1, dtype=np.float64)
+    if "diagonal" in fields:
+        found["diagonal"] = (take(values, g, queries, queries).sum(axis=-1, dtype=np.float64)
+                             if _square(b) else np.full(len(heads), np.nan))
+    if "previous" in fields:
+        found["previous"] = (take(values, g, queries[1:], queries[1:] - 1).sum(axis=-1, dtype=np.float64)
+                             if _square(b) else np.full(len(heads), np.nan))
+    for m, head in enumerate(heads):
+        _kept(trace, b, layer, head).update({f: v[m] for f, v in found.items()})
 
 
 def _streamed(b: AttentionBlock, layer: int, head: int) -> dict[str, np.ndarray]:

@@ -94,6 +94,18 @@ def mean_chunks(b: AttentionBlock, layer: int, start: int = 0,
         yield s, e, total
 
 
+def fill_mean(b: AttentionBlock, layer: int, out: np.ndarray, scale: float = 1.0,
+              advance: Callable[[int], None] = lambda n: None) -> np.ndarray:
+    """``out`` (n_queries, n_keys), zeros, filled with ``scale`` × the mean over the block's heads
+    of layer position ``layer``, a chunk of rows at a time (``advance`` is told the weights done)."""
+    for s, e, mean in mean_chunks(b, layer):
+        if scale != 1.0:
+            mean *= scale
+        out[s:e, :mean.shape[1]] = mean
+        advance(len(b.heads) * row_cells(b, s, e))
+    return out
+
+
 def row_groups(rows: np.ndarray, step: int) -> list[tuple[int, int]]:
     """``(s, e)`` row ranges covering the sorted unique ``rows``, each under ``step`` rows long,
     so that a few scattered rows cost one small product each and a long run a chunk at a time."""

@@ -10,7 +10,7 @@ import numpy as np
 from ..selection import Indices, check_index
 from ..trace import AttentionTrace
 from .engine import gather, query_row, select_layers_heads, span_positions
-from .streaming import mean_chunks, row_cells, whole_head_pass
+from .streaming import fill_mean, row_cells, whole_head_pass
 
 
 @dataclasses.dataclass(eq=False)
@@ -102,9 +102,7 @@ def layer_means(trace: AttentionTrace, *, layers: Indices = None, block: str | N
     cells = len(li) * len(b.heads) * row_cells(b, 0, b.n_queries)
     with whole_head_pass(cells, "layer_means", progress) as advance:
         for j, layer in enumerate(li):
-            for s, e, mean in mean_chunks(b, layer):
-                out[j, s:e, :mean.shape[1]] = mean
-                advance(len(b.heads) * row_cells(b, s, e))
+            fill_mean(b, layer, out[j], advance=advance)
     return out
 
 
