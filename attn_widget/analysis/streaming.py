@@ -6,9 +6,9 @@ a time, and folds each chunk into what it keeps before the next one, so memory s
 chunk of rows per head whatever the length (never the ``T²/2`` weights of a head). Two choices
 make these passes fast on a CPU, measured on SmolLM2-shaped heads at 8192 tokens:
 
-- chunks of about :data:`CHUNK_CELLS` weights (4 MB of float32) stay in the processor's cache
-  between the softmax and the metrics: 128-row chunks ran the whole pass in 0.7× the time of
-  512-row ones;
+- chunks of about :data:`CHUNK_CELLS` weights (2 MB of float32) stay in the processor's cache
+  between the softmax and the metrics: 64-row chunks took about 0.75× the CPU time of 128-row
+  ones and 0.55× that of 512-row ones;
 - the many small ``q · kᵀ`` products run on one BLAS thread (with ``threadpoolctl``, when it is
   installed): with OpenBLAS's two threads the pass took 2.5–5× the CPU time for the same work,
   and one query row of a head (1 × 64 by 64 × 8191) took 12 ms instead of 0.12 ms.
@@ -29,8 +29,8 @@ from ..geometry import tril_offset
 from ..querykeys import ROW_CHUNK
 from ..trace import AttentionBlock
 
-CHUNK_CELLS = 2**20
-"""Weights per chunk of rows (rows × keys): 4 MB of float32, kept in cache between steps."""
+CHUNK_CELLS = 2**19
+"""Weights per chunk of rows (rows × keys): 2 MB of float32, kept in cache between steps."""
 
 PROGRESS_CELLS = 2 * 10**8
 """Weights a pass must recompute before its progress bar shows by default (about a second at
