@@ -5,6 +5,9 @@ it. A payload is a small JSON header followed by 8-byte-aligned sections, each o
 
 - ``head/<L>/<H>``: float16 attention of one head, packed lower triangle (causal) or dense;
 - ``mean/<L>``: float16 mean over the captured heads of one layer;
+- ``pool/<L>/<H>/<side>``: float16 max over side × side squares of a head (``H`` = ``mean``: of
+  the layer mean), what long traces send instead of whole heads;
+- ``region/<L>/<H>/<q0>/<q1>/<k0>/<k1>``: float16 full-resolution rows q0:q1, keys k0:k1;
 - ``thumbs``: uint8 (n_layers, n_heads, S, S) max-pooled thumbnails for the all-heads grid;
 - ``metric/<name>``: float32 (n_layers, n_heads) badge values.
 
@@ -31,6 +34,11 @@ from .trace import AttentionBlock, AttentionTrace
 MAGIC = b"AWP1"
 PROTOCOL_VERSION = 1
 THUMB_SIZE = 32
+REGION_MAX_CELLS = 2**24
+"""Cells a ``region/…`` fetch may ask for (32 MiB of float16): zoom in for more detail."""
+NO_CELL = np.float16(-0.0)
+"""What ``pool/…`` and ``region/…`` sections of a causal block hold where no key is attended
+(above the diagonal): float16 -0.0, which max pooling never picks over a weight."""
 _PREFIX = struct.Struct("<4sI")
 _DTYPES = {"float16": np.float16, "float32": np.float32, "uint8": np.uint8}
 
@@ -39,10 +47,12 @@ _DTYPES = {"float16": np.float16, "float32": np.float32, "uint8": np.uint8}
 class Section:
     """One array of a payload.
 
-    key : ``head/<L>/<H>``, ``mean/<L>``, ``thumbs`` or ``metric/<name>``.
+    key : ``head/<L>/<H>``, ``mean/<L>``, ``pool/…``, ``region/…``, ``thumbs`` or ``metric/<name>``.
     source : index of the trace in the header's ``sources`` (0 = A, 1 = B).
     layout : ``tril`` (packed lower triangle; ``shape`` is ``[T]``) or ``dense``.
     array : the values, already in their wire dtype.
+    extra : more fields of the section's table entry: ``side`` of a pooled image, ``rows`` and
+        ``cols`` of a region.
     """
 
     key: str
@@ -50,6 +60,7 @@ class Section:
     layout: str
     shape: tuple[int, ...]
     array: np.ndarray
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def dtype(self) -> str:
@@ -67,7 +78,7 @@ def encode_payload(header: Mapping[str, Any], sections: Sequence[Section]) -> by
     for s in sections:
         nbytes = s.array.nbytes
         table.append({"key": s.key, "source": s.source, "dtype": s.dtype, "layout": s.layout,
-                      "shape": list(s.shape), "offset": offset, "nbytes": nbytes})
+                      "shape": list(s.shape), **s.extra, "offset": offset, "nbytes": nbytes})
         offset += _pad8(nbytes)
     blob = json.dumps({**header, "sections": table}, ensure_ascii=False,
                       allow_nan=False).encode("utf-8")
@@ -122,33 +133,82 @@ def mean_section(trace: AttentionTrace, layer: int, source: int = 0) -> Section:
     return _matrix_section(f"mean/{layer}", source, b, mean)
 
 
+def _head_position(b: AttentionBlock, head: int | str) -> int | None:
+    """Position of model head ``head`` in the block, or None for the mean of heads."""
+    return None if head in (MEAN, "mean") else b.head_pos(int(head))
+
+
+def pool_section(trace: AttentionTrace, layer: int, head: int | str, side: int, source: int = 0) -> Section:
+    """``pool/<layer>/<head>/<side>``: float16 (ceil(Q / side), ceil(K / side)), each cell the max
+    over a side × side square of head ``head`` (``MEAN`` or ``"mean"``: the layer mean), computed
+    by :meth:`AttentionBlock.pooled` without the whole matrix. Squares wholly above a causal
+    diagonal hold :data:`NO_CELL`."""
+    b = trace.block()
+    side = int(side)
+    hi = _head_position(b, head)
+    values = b.pooled(b.layer_pos(layer), hi, side).astype(np.float16)
+    if b.causal:  # square (r, c) holds a key <= its last query exactly when c <= r
+        values[np.triu_indices(values.shape[0], 1, values.shape[1])] = NO_CELL
+    name = "mean" if hi is None else int(head)
+    return Section(f"pool/{layer}/{name}/{side}", source, "dense", values.shape, values, {"side": side})
+
+
+def region_section(trace: AttentionTrace, layer: int, head: int | str, queries: tuple[int, int],
+                   keys: tuple[int, int], source: int = 0) -> Section:
+    """``region/<layer>/<head>/<q0>/<q1>/<k0>/<k1>``: float16 (q1 - q0, k1 - k0) full-resolution
+    weights of rows q0:q1 and keys k0:k1 (rows normalised over all keys, as in the model); cells
+    above a causal diagonal hold :data:`NO_CELL`. At most :data:`REGION_MAX_CELLS` cells."""
+    b = trace.block()
+    (q0, q1), (k0, k1) = (int(x) for x in queries), (int(x) for x in keys)
+    if (q1 - q0) * (k1 - k0) > REGION_MAX_CELLS:
+        raise ValueError(f"a region holds at most {REGION_MAX_CELLS} cells; rows {q0}:{q1} × keys "
+                         f"{k0}:{k1} is {(q1 - q0) * (k1 - k0)}: ask for a smaller one")
+    hi = _head_position(b, head)
+    values = b.region(b.layer_pos(layer), hi, (q0, q1), (k0, k1)).astype(np.float16)
+    if b.causal:
+        values[np.arange(k0, k1)[None, :] > np.arange(q0, q1)[:, None]] = NO_CELL
+    name = "mean" if hi is None else int(head)
+    return Section(f"region/{layer}/{name}/{q0}/{q1}/{k0}/{k1}", source, "dense", values.shape, values,
+                   {"rows": [q0, q1], "cols": [k0, k1]})
+
+
 def _matrix_section(key: str, source: int, b: AttentionBlock, data: np.ndarray) -> Section:
     if b.causal:
         return Section(key, source, "tril", (b.n_queries,), data)
     return Section(key, source, "dense", (b.n_queries, b.n_keys), data)
 
 
-def thumbnails(trace: AttentionTrace, size: int = THUMB_SIZE) -> np.ndarray:
+def thumbnails(trace: AttentionTrace, size: int = THUMB_SIZE,
+               layers: Sequence[int] | None = None) -> np.ndarray:
     """uint8 (n_layers, n_heads, R, C) grid thumbnails, at most ``size`` × ``size``.
 
     Each thumbnail pixel is the max over a square of ``side = ceil(T / size)`` queries × keys (so
     thin diagonals and sinks stay visible), divided by the head's max, then ``round(255 *
     sqrt(x))`` to lift small weights. ``R = ceil(n_queries / side)``, ``C = ceil(n_keys / side)``.
+    ``layers``: only these layer positions (default: all), in that order.
+
+    A block of weights is pooled from its stored float16 in one pass; a block of queries and
+    keys head by head with :meth:`AttentionBlock.pooled`, so its weights are never all held.
     """
     b = trace.block()
     q, k = b.n_queries, b.n_keys
     side = max(1, math.ceil(max(q, k) / size))
     r, c = math.ceil(q / side), math.ceil(k / side)
-    # Non-negative float16 values order like their bit patterns read as int16, so the max
-    # pooling runs on integers; -0.0 reads as -32768 and never wins.
-    bits = b.data.view(np.int16)
-    if b.causal:
-        pooled = _pool_tril(bits, q, side, r)
+    li = list(range(len(b.layers))) if layers is None else [int(x) for x in layers]
+    if b.form == "queries-keys":
+        values = np.stack([np.stack([b.pooled(i, h, side) for h in range(len(b.heads))]) for i in li]) \
+            if li else np.zeros((0, len(b.heads), r, c), np.float32)
     else:
-        padded = np.full(bits.shape[:2] + (r * side, c * side), np.iinfo(np.int16).min, np.int16)
-        padded[..., :q, :k] = bits
-        pooled = padded.reshape(bits.shape[:2] + (r, side, c, side)).max(axis=(3, 5))
-    values = np.maximum(pooled, 0).view(np.float16).astype(np.float32)
+        # Non-negative float16 values order like their bit patterns read as int16, so the max
+        # pooling runs on integers; -0.0 reads as -32768 and never wins.
+        bits = b.data[li].view(np.int16)
+        if b.causal:
+            pooled = _pool_tril(bits, q, side, r)
+        else:
+            padded = np.full(bits.shape[:2] + (r * side, c * side), np.iinfo(np.int16).min, np.int16)
+            padded[..., :q, :k] = bits
+            pooled = padded.reshape(bits.shape[:2] + (r, side, c, side)).max(axis=(3, 5))
+        values = np.maximum(pooled, 0).view(np.float16).astype(np.float32)
     peak = values.max(axis=(2, 3), keepdims=True)
     scaled = np.sqrt(np.divide(values, peak, out=np.zeros_like(values), where=peak > 0))
     return np.rint(255 * scaled).astype(np.uint8)
@@ -173,9 +233,11 @@ def _pool_tril(bits: np.ndarray, t: int, side: int, s: int) -> np.ndarray:
 
 
 def grid_sections(trace: AttentionTrace, metrics: Mapping[str, np.ndarray] | None = None,
-                  source: int = 0, thumb_size: int = THUMB_SIZE) -> list[Section]:
-    """The all-heads grid: ``thumbs`` plus one ``metric/<name>`` per (n_layers, n_heads) array."""
-    thumbs = thumbnails(trace, thumb_size)
+                  source: int = 0, thumb_size: int = THUMB_SIZE, *,
+                  thumbs: np.ndarray | None = None) -> list[Section]:
+    """The all-heads grid: ``thumbs`` (made here unless given) plus one ``metric/<name>`` per
+    (n_layers, n_heads) array."""
+    thumbs = thumbnails(trace, thumb_size) if thumbs is None else thumbs
     out = [Section("thumbs", source, "dense", thumbs.shape, thumbs)]
     shape = thumbs.shape[:2]
     for name, values in (metrics or {}).items():
@@ -197,12 +259,30 @@ def key_sections(trace: AttentionTrace, key: str, source: int = 0,
             return [head_section(trace, int(parts[1]), int(parts[2]), source)]
         if len(parts) == 2 and parts[0] == "mean":
             return [mean_section(trace, int(parts[1]), source)]
+        if len(parts) == 4 and parts[0] == "pool":
+            side = int(parts[3])
+            if side < 1:
+                raise ValueError(f"side must be a positive number of tokens; got {side}")
+            return [pool_section(trace, int(parts[1]), _head_name(parts[2]), side, source)]
+        if len(parts) == 7 and parts[0] == "region":
+            q0, q1, k0, k1 = (int(x) for x in parts[3:])
+            return [region_section(trace, int(parts[1]), _head_name(parts[2]), (q0, q1), (k0, k1), source)]
         if parts == ["grid"]:
             return grid_sections(trace, metrics, source)
     except (IndexError, ValueError, TypeError) as e:
         raise FetchError(f"cannot send {key!r}: {e}") from None
-    raise FetchError(f"cannot send {key!r}: key must be 'head/<layer>/<head>', 'mean/<layer>' or "
-                     f"'grid' with layers {format_ranges(b.layers)} and heads {format_ranges(b.heads)}")
+    raise FetchError(f"cannot send {key!r}: key must be 'head/<layer>/<head>', 'mean/<layer>', "
+                     "'pool/<layer>/<head or mean>/<side>', "
+                     "'region/<layer>/<head or mean>/<q0>/<q1>/<k0>/<k1>' or 'grid' with layers "
+                     f"{format_ranges(b.layers)} and heads {format_ranges(b.heads)}")
+
+
+def _head_name(text: str) -> int | str:
+    if text == "mean":
+        return text
+    if int(text) < 0:
+        raise ValueError(f"head must be a captured head index or 'mean'; got {text!r}")
+    return int(text)
 
 
 # --------------------------------------------------------------------- whole payloads
@@ -229,7 +309,8 @@ def trace_payload(traces: Sequence[AttentionTrace], *, layer: int, head: int,
                   metrics: Sequence[Mapping[str, np.ndarray] | None] | None = None,
                   metric_descriptions: Mapping[str, str] | None = None,
                   send_all_below: int = 8 * 2**20, bokeh_version: str = "",
-                  trace_id: str | None = None, thumb_size: int = THUMB_SIZE) -> tuple[bytes, dict[str, Any]]:
+                  trace_id: str | None = None, thumb_size: int = THUMB_SIZE,
+                  pool_side: int = 0) -> tuple[bytes, dict[str, Any]]:
     """The first payload of a widget: everything when small, else what the first paint needs.
 
     traces : one trace, or two for the compare view (A, B).
@@ -237,6 +318,10 @@ def trace_payload(traces: Sequence[AttentionTrace], *, layer: int, head: int,
     send_all_below : when all heads and means of all traces fit in this many bytes the payload
         is ``complete`` (every key, the grid too) and the browser never fetches; otherwise it
         holds the shown head and layer mean of each trace and the rest is fetched on demand.
+    pool_side : when not complete and > 0 (long traces), the header says ``pool_side`` and the
+        payload holds only the shown head of each trace pooled to side × side squares
+        (``pool/<layer>/<head>/<side>``); the front end fetches every other view pooled alike,
+        and full-resolution regions when zoomed in.
 
     Returns the bytes and the header (without its section table).
     """
@@ -249,6 +334,9 @@ def trace_payload(traces: Sequence[AttentionTrace], *, layer: int, head: int,
               "bokeh_version": bokeh_version,
               "sources": [source_header(t, labels[i]) for i, t in enumerate(traces)],
               "metrics": dict(metric_descriptions or {}), "thumb_size": thumb_size}
+    pooled = not complete and pool_side > 0
+    if pooled:
+        header["pool_side"] = int(pool_side)
     sections: list[Section] = []
     for i, t in enumerate(traces):
         b = t.block()
@@ -257,6 +345,11 @@ def trace_payload(traces: Sequence[AttentionTrace], *, layer: int, head: int,
                 sections.append(mean_section(t, layer_i, i))
                 sections.extend(head_section(t, layer_i, h, i) for h in b.heads)
             sections.extend(grid_sections(t, metrics[i], i, thumb_size))
+        elif pooled:
+            # The layer mean costs every head of the layer (seconds at 8k tokens): fetched after
+            # the first paint instead.
+            if head != MEAN:
+                sections.append(pool_section(t, layer, head, pool_side, i))
         else:
             sections.append(mean_section(t, layer, i))
             if head != MEAN:

@@ -57,6 +57,12 @@ def bokeh_once() -> bytes:
     return bokeh_source()
 
 
+def frame_pixels(compact: bool = False) -> int:
+    """Width and height in CSS pixels of the heatmap's frame (the compare view's panels are
+    smaller): long traces are pooled to about this many squares a side."""
+    return 260 if compact else 540
+
+
 def figure_items(n_tokens: int, *, compact: bool = False, n_keys: int | None = None) -> dict[str, Any]:
     """Bokeh skeletons (``json_item``) the front end embeds and fills with pixels.
 
@@ -147,7 +153,7 @@ def _build_skeleton_json(compact: bool) -> str:
     )
     from bokeh.palettes import Viridis256
 
-    size = 260 if compact else 540  # frame pixels: ~52 token labels fit at 10 px each
+    size = frame_pixels(compact)  # ~52 token labels fit at 10 px each
     heat = Plot(name="heatmap", width=size + 80, height=size + 40, min_border=6,
                 x_range=Range1d(0, t, bounds=(0, t), name="x_range"),
                 y_range=Range1d(t, 0, bounds=(0, t), name="y_range"),

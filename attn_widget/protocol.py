@@ -3,25 +3,28 @@ answers to the front end's requests.
 
 :class:`ViewData` is what one widget view shows: the chosen attention block of its traces, the
 layers and heads they share, the first payload and figure skeletons, and the all-heads grid
-(prepared on a worker thread for long traces). :meth:`ViewData.answer` answers a ``fetch``
-request. The live widget sends its answers over the comm; a snapshot records them into its
-page. Both go through this one module.
+(prepared on a worker thread for long traces, sent in parts as it fills in).
+:meth:`ViewData.answer` answers every ``fetch`` request. The live widget sends its answers over
+the comm (the costly ones from worker threads, so the kernel stays free); a snapshot records
+them into its page. Both go through this one module.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import threading
+import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
 from . import encoding
-from .figures import bokeh_source, bokeh_version, figure_items
+from .figures import bokeh_source, bokeh_version, figure_items, frame_pixels
 from .selection import format_ranges
 from .trace import AttentionTrace
 
@@ -48,6 +51,53 @@ def _lower_priority() -> None:
 GRID_WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attn_widget-grid",
                                  initializer=_lower_priority)
 """The thread that prepares all-heads grids, one job at a time, in order."""
+FETCH_WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attn_widget-fetch")
+"""The thread that answers the costly fetches a view is waiting for (a pooled head, a region),
+so that neither the kernel nor a grid in preparation holds them up."""
+PREFETCH_WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attn_widget-prefetch",
+                                     initializer=_lower_priority)
+"""The thread that answers costly prefetches (neighbours of the view), yielding to the others."""
+POOL_ABOVE = 8 * 2**20
+"""Bytes of one head's float16 weights above which a view sends heads pooled (``pool/…``)."""
+PARTIAL_EVERY = 1.0
+"""Seconds between the parts of a grid sent while it fills in."""
+
+
+class GridJob(Future):
+    """The all-heads grid of one trace, prepared on :data:`GRID_WORKER`: thumbnails layer by
+    layer, then the metric badges layer by layer. Its result is the complete ``grid`` reply
+    buffer (``add_done_callback`` as for any future); :meth:`follow` gets the parts made on the
+    way (at most one per :data:`PARTIAL_EVERY` seconds), so a view fills its grid in as heads
+    finish."""
+
+    def __init__(self, trace: AttentionTrace, *, source: int, trace_id: str):
+        super().__init__()
+        self._lock = threading.Lock()
+        self._followers: list[Callable[[bytes], None]] = []
+        self._latest: bytes | None = None
+        GRID_WORKER.submit(self._run, trace, source, trace_id)
+
+    def follow(self, on_part: Callable[[bytes], None]) -> None:
+        """Call ``on_part(buffer)`` with the latest part now (if any) and with every later part,
+        from the grid's thread, until the grid is complete."""
+        with self._lock:
+            if self._latest is not None and not self.done():
+                on_part(self._latest)
+            self._followers.append(on_part)
+
+    def _publish(self, buf: bytes) -> None:
+        with self._lock:
+            self._latest = buf
+            for fn in self._followers:
+                fn(buf)
+
+    def _run(self, trace: AttentionTrace, source: int, trace_id: str) -> None:
+        try:
+            final = grid_payload(trace, source=source, trace_id=trace_id, on_part=self._publish)
+        except BaseException as e:  # the view that asks is told
+            self.set_exception(e)
+        else:
+            self.set_result(final)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,25 +162,38 @@ class ViewData:
                              f"{format_ranges(shown[1].heads)}")
         return cls(traces, views, block, names, layers, heads, tuple(labels))
 
-    def encode(self, layer: int, head: int, *, send_all_below: int) -> ViewData:
+    def encode(self, layer: int, head: int, *, send_all_below: int,
+               pool_above: int | None = None) -> ViewData:
         """These views with a new trace id, the first payload for ``layer``/``head`` and the
-        figure skeletons; the grid starts on :data:`GRID_WORKER` when the payload lacks it."""
+        figure skeletons; the grid starts on :data:`GRID_WORKER` when the payload lacks it.
+
+        pool_above : when the payload is not complete and one head's float16 weights exceed
+            this many bytes, heads are sent pooled to the heatmap's pixels (``pool/…`` keys,
+            ``pool_side`` in the header) and zoomed regions at full resolution (``region/…``).
+            None: whole heads, however long the trace.
+        """
         views = self.views
         complete = sum(encoding.all_bytes(t) for t in views) <= send_all_below
         trace_id = uuid.uuid4().hex[:12]
         metrics = [head_metrics(t) for t in views] if complete else None
+        n_queries = max(t.block().n_queries for t in views)
+        n_keys = max(t.block().n_keys for t in views)
+        compact = len(views) > 1
+        head_bytes = max(t.block().weights_nbytes // (len(t.layers) * len(t.heads)) for t in views)
+        pool_side = 0
+        if not complete and pool_above is not None and head_bytes > pool_above:
+            # One square per pixel of the heatmap's frame: the browser then draws the image as
+            # it comes, and asks for full resolution only where the user zooms in.
+            pool_side = math.ceil(max(n_queries, n_keys) / frame_pixels(compact))
         payload, _ = encoding.trace_payload(
             views, layer=layer, head=head, labels=self.labels, metrics=metrics,
             metric_descriptions=metric_descriptions(metrics), send_all_below=send_all_below,
-            bokeh_version=bokeh_version(), trace_id=trace_id)
+            bokeh_version=bokeh_version(), trace_id=trace_id, pool_side=pool_side)
         # Long traces: the grid (thumbnails + analysis metrics, ~0.7 s at 1024 tokens × 270
-        # heads) is prepared on a worker thread, so the kernel stays free for the first paint
-        # and the next cell; the browser asks for it after its first paint.
-        grid = () if complete else tuple(
-            GRID_WORKER.submit(grid_payload, t, source=i, trace_id=trace_id) for i, t in enumerate(views))
-        n_queries = max(t.block().n_queries for t in views)
-        n_keys = max(t.block().n_keys for t in views)
-        figures = figure_items(n_queries, compact=len(views) > 1, n_keys=n_keys)
+        # heads, minutes at 8k tokens) is prepared on a worker thread, so the kernel stays free
+        # for the first paint and the next cell; the browser asks for it after its first paint.
+        grid = () if complete else tuple(GridJob(t, source=i, trace_id=trace_id) for i, t in enumerate(views))
+        figures = figure_items(n_queries, compact=compact, n_keys=n_keys)
         return dataclasses.replace(self, trace_id=trace_id, payload=payload, figures=figures, grid=grid)
 
     def grid_pending(self, request: Mapping[str, Any]) -> bool:
@@ -138,6 +201,37 @@ class ViewData:
         source = request.get("source", 0)
         return (request.get("key") == "grid" and request.get("trace_id") == self.trace_id
                 and isinstance(source, int) and 0 <= source < len(self.grid) and not self.grid[source].done())
+
+    def costly(self, request: Mapping[str, Any]) -> bool:
+        """True when answering ``request`` computes weights (a pooled image, a region, a head or
+        mean of queries and keys): worth answering off the kernel's thread. Errors are cheap."""
+        key, source = request.get("key"), request.get("source", 0)
+        if not isinstance(key, str) or request.get("trace_id") != self.trace_id \
+                or not isinstance(source, int) or not 0 <= source < len(self.views):
+            return False
+        kind = key.split("/", 1)[0]
+        return kind in ("pool", "region") or (
+            kind in ("head", "mean") and self.views[source].block().form == "queries-keys")
+
+    def follow_grid(self, request: Mapping[str, Any], send: Callable[[Reply], None]) -> Future[None]:
+        """Answer a ``fetch`` of a grid still being prepared through ``send``, from the grid's
+        thread: a ``data`` reply with ``"partial": true`` for each part made from now on, then
+        the complete one (the reply :meth:`answer` gives). The future returned is done once
+        that last reply is sent."""
+        job = self.grid[request.get("source", 0)]
+        base = {"type": "data", "id": request.get("id"), "trace_id": self.trace_id, "key": "grid",
+                "source": request.get("source", 0)}
+        sent: Future[None] = Future()
+
+        def finish(_: Future) -> None:
+            try:
+                send(self.answer(request))
+            finally:
+                sent.set_result(None)
+
+        job.follow(lambda buf: send(({**base, "partial": True}, [buf])))
+        job.add_done_callback(finish)
+        return sent
 
     def answer(self, request: Mapping[str, Any]) -> Reply:
         """The reply to a ``fetch`` request: a ``data`` reply with one payload buffer, or an
@@ -160,6 +254,11 @@ class ViewData:
                 buf = encoding.fetch_payload(trace, key, source=source, trace_id=self.trace_id)
         except encoding.FetchError as e:
             return {**base, "type": "error", "message": str(e)}, []
+        except Exception as e:  # the grid's analysis failed on its thread: say so, keep working
+            if key != "grid":
+                raise
+            return {**base, "type": "error", "message": f"the all-heads grid could not be "
+                    f"prepared: {type(e).__name__}: {e}"}, []
         return {**base, "type": "data", "trace_id": self.trace_id}, [buf]
 
 
@@ -174,18 +273,54 @@ def unknown_reply(request: Mapping[str, Any]) -> Reply:
             f"{request.get('type')!r}; expected 'fetch', 'bokeh' or 'run'"}, []
 
 
-def grid_payload(trace: AttentionTrace, *, source: int, trace_id: str) -> bytes:
-    """The ``data`` reply buffer for a ``grid`` fetch: thumbnails and analysis badges."""
-    metrics = head_metrics(trace)
-    return encoding.fetch_payload(trace, "grid", source=source, trace_id=trace_id, metrics=metrics,
-                                  metric_descriptions=metric_descriptions([metrics]))
+def grid_payload(trace: AttentionTrace, *, source: int, trace_id: str,
+                 on_part: Callable[[bytes], None] | None = None) -> bytes:
+    """The ``data`` reply buffer for a ``grid`` fetch: thumbnails and analysis badges.
+
+    Made layer by layer: the thumbnails of every layer, then the badges of every layer (each
+    layer's :func:`head_metrics`). With ``on_part``, a part is handed to it whenever
+    :data:`PARTIAL_EVERY` seconds have passed since the last: a grid payload whose header says
+    ``progress`` (``thumbs``: captured heads with thumbnails, layer-major; ``metrics``: layers
+    with badges, the others NaN)."""
+    b = trace.block()
+    n_layers = len(b.layers)
+    thumbs: np.ndarray | None = None
+    metrics: dict[str, np.ndarray] = {}
+    last = time.monotonic()
+
+    def payload(progress: dict[str, int] | None) -> bytes:
+        header = {"protocol": encoding.PROTOCOL_VERSION, "trace_id": trace_id, "key": "grid",
+                  "metrics": metric_descriptions([metrics])}
+        if progress is not None:
+            header["progress"] = progress
+        return encoding.encode_payload(header, encoding.grid_sections(trace, metrics, source, thumbs=thumbs))
+
+    def part(n_thumbs: int, n_metrics: int) -> None:
+        nonlocal last
+        if on_part is not None and time.monotonic() - last >= PARTIAL_EVERY:
+            on_part(payload({"thumbs": n_thumbs, "metrics": n_metrics}))
+            last = time.monotonic()
+
+    for li in range(n_layers):
+        layer = encoding.thumbnails(trace, layers=[li])
+        if thumbs is None:
+            thumbs = np.zeros((n_layers,) + layer.shape[1:], np.uint8)
+        thumbs[li] = layer[0]
+        part((li + 1) * len(b.heads), 0)
+    for li, model_layer in enumerate(b.layers):
+        for name, values in head_metrics(trace, layers=[model_layer]).items():
+            metrics.setdefault(name, np.full((n_layers, len(b.heads)), np.nan, np.float32))[li] = values[0]
+        if li + 1 < n_layers:
+            part(n_layers * len(b.heads), li + 1)
+    return payload(None)
 
 
-def head_metrics(trace: AttentionTrace) -> dict[str, np.ndarray]:
-    """Per-head badge values ``{name: (n_layers, n_heads)}`` from :func:`analysis.head_scores`."""
+def head_metrics(trace: AttentionTrace, layers: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+    """Per-head badge values ``{name: (n_layers, n_heads)}`` from :func:`analysis.head_scores`
+    (``layers``: only these model layers)."""
     from . import analysis
 
-    scores = analysis.head_scores(trace)
+    scores = analysis.head_scores(trace, layers=None if layers is None else list(layers))
     return {name: np.asarray(getattr(scores, name), dtype=np.float32) for name in scores.METRICS}
 
 

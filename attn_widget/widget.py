@@ -20,7 +20,7 @@ import traitlets
 
 from . import protocol
 from .figures import bokeh_once
-from .protocol import GRID_WORKER, ViewData
+from .protocol import FETCH_WORKER, POOL_ABOVE, PREFETCH_WORKER, ViewData
 from .selection import MEAN, format_ranges, is_int
 from .trace import AttentionTrace
 
@@ -48,6 +48,10 @@ class AttentionWidget(anywidget.AnyWidget):
     theme : {"auto", "light", "dark"}
     send_all_below : int
         Bytes under which every head is sent at once; above it, heads are fetched on demand.
+    pool_above : int or None
+        Bytes of one head's float16 weights above which heads are sent pooled to the heatmap's
+        pixels (max of each square, so peaks survive), and a zoomed region at full resolution
+        (8 MiB: from about 2900 tokens); None sends whole heads however long the trace.
     run : callable, optional
         ``run(prompt) -> AttentionTrace``: shows the prompt box and re-runs from it (used by
         :class:`~attn_widget.session.AttentionSession`).
@@ -85,17 +89,19 @@ class AttentionWidget(anywidget.AnyWidget):
     def __init__(self, trace: AttentionTrace, *, compare: AttentionTrace | None = None,
                  layer: int | None = None, head: int | str | None = None, scale: str = "linear",
                  theme: str = "auto", labels: Sequence[str] = ("A", "B"),
-                 send_all_below: int = 8 * 2**20,
+                 send_all_below: int = 8 * 2**20, pool_above: int | None = POOL_ABOVE,
                  run: Callable[[str], AttentionTrace] | None = None, prompt: str = "",
                  block: str | None = None, push_bokeh: bool = True, **kwargs: Any):
         self._labels = tuple(labels)
         self._send_all_below = int(send_all_below)
+        self._pool_above = None if pool_above is None else int(pool_above)
         self._run = run
         self._running: Future[None] | None = None  # the prompt-box run in progress
-        self._later: list[Future[None]] = []  # replies to send once the grid is ready
+        self._later: list[Future[Any]] = []  # replies being prepared on worker threads
         self._data = self._views_of(trace, compare, block, self._labels)
         layer, head = self._first_view(layer, head)
-        self._data = self._data.encode(layer, head, send_all_below=self._send_all_below)
+        self._data = self._data.encode(layer, head, send_all_below=self._send_all_below,
+                                       pool_above=self._pool_above)
         super().__init__(layer=layer, head=head, scale=scale, theme=theme,
                          step=0 if self.trace.n_generated else -1, prompt=prompt,
                          block=self._data.block, _blocks=list(self._data.blocks),
@@ -142,7 +148,8 @@ class AttentionWidget(anywidget.AnyWidget):
         keep_head = self.head if self.head == MEAN or self.head in data.heads else None
         layer, head = self._first_view(self.layer if self.layer in data.layers else None, keep_head, data)
         # One assignment: a fetch answered meanwhile sees the old views or the new, never half.
-        self._data = data = data.encode(layer, head, send_all_below=self._send_all_below)
+        self._data = data = data.encode(layer, head, send_all_below=self._send_all_below,
+                                        pool_above=self._pool_above)
         with self.hold_sync(), self.hold_trait_notifications():
             self.set_trait("layer", layer)
             self.set_trait("head", head)
@@ -272,11 +279,17 @@ class AttentionWidget(anywidget.AnyWidget):
         kind = content.get("type")
         if kind == "fetch":
             data = self._data
+            self._later = [f for f in self._later if not f.done()]
             if data.grid_pending(content):
-                # Still being computed on the grid thread: answered from there once it is done
-                # (that thread runs one job at a time, in order).
-                self._later = [f for f in self._later if not f.done()]
-                self._later.append(GRID_WORKER.submit(self._send_reply, content))
+                # Still being computed on the grid thread: its parts and then the whole grid are
+                # sent from there; the kernel is not held up meanwhile.
+                self._later.append(data.follow_grid(content, self._send_answer))
+                return None
+            if data.costly(content):
+                # Computed on a worker (a pooled head takes ~0.4 s at 8k tokens): the kernel
+                # stays free, and what the view waits for never queues behind a prefetch or a grid.
+                worker = PREFETCH_WORKER if content.get("prefetch") else FETCH_WORKER
+                self._later.append(worker.submit(lambda: self._send_answer(data.answer(content))))
                 return None
             return data.answer(content)
         if kind == "bokeh":
@@ -288,8 +301,11 @@ class AttentionWidget(anywidget.AnyWidget):
     def _send_reply(self, content: Mapping[str, Any]) -> None:
         answer = self._reply(content)
         if answer is not None:
-            reply, buffers = answer
-            self.send(reply, buffers or None)
+            self._send_answer(answer)
+
+    def _send_answer(self, answer: protocol.Reply) -> None:
+        reply, buffers = answer
+        self.send(reply, buffers or None)
 
     def _run_reply(self, content: Mapping[str, Any]) -> tuple[dict[str, Any], list[bytes]]:
         rid, prompt = content.get("id"), content.get("prompt")
@@ -319,7 +335,7 @@ class AttentionWidget(anywidget.AnyWidget):
 
     def wait(self, timeout: float | None = None) -> AttentionWidget:
         """Block until a prompt-box run in progress and replies still being prepared (the
-        all-heads grid) are done and sent (for scripts and tests)."""
+        all-heads grid, pooled heads, regions) are done and sent (for scripts and tests)."""
         for job in [self._running, *self._later]:
             if job is not None:
                 job.result(timeout)

@@ -202,3 +202,110 @@ def test_the_browser_decoder_reads_python_payloads(tmp_path, trace, dense):
     assert got["keys"] == ["0:mean/2", "0:head/2/1"]
     lower = np.tril_indices(21)
     assert np.allclose(got["values"], dense[2, 1][lower], rtol=2**-11, atol=2**-24)
+
+
+# --------------------------------------------------------------------- long traces: pool/ and region/
+def qk_trace(t=300, n_layers=2, n_heads=3, seed=0, causal=True) -> AttentionTrace:
+    """A trace holding random queries and keys (weights recomputed on demand)."""
+    from attn_widget.querykeys import QueryKeys
+    from attn_widget.tokens import TokenTable
+    from attn_widget.trace import AttentionBlock
+
+    rng = np.random.default_rng(seed)
+    qk = QueryKeys(rng.standard_normal((n_layers, n_heads, t, 16), np.float32) * 1.5,
+                   rng.standard_normal((n_layers, 1, t, 16), np.float32), np.zeros(n_heads, np.int64),
+                   np.full(n_layers, 0.25), np.zeros(n_layers, np.int64), causal=causal)
+    block = AttentionBlock("self", causal, tuple(range(n_layers)), tuple(range(n_heads)), qk=qk)
+    words = [f" w{i}" for i in range(t)]
+    spans = {"prompt": (0, t - 4), "generated": (t - 4, t)} if causal else {"input": (0, t)}
+    model = {"name": "qk", "architecture": "decoder" if causal else "encoder", "n_layers": n_layers,
+             "n_heads": n_heads, "n_kv_heads": 1}
+    return AttentionTrace(TokenTable(list(range(t)), words, words), {"self": block}, spans, model)
+
+
+def max_pool(a: np.ndarray, side: int) -> np.ndarray:
+    r, c = -(-a.shape[0] // side), -(-a.shape[1] // side)
+    padded = np.zeros((r * side, c * side), np.float32)
+    padded[:a.shape[0], :a.shape[1]] = a
+    return padded.reshape(r, side, c, side).max(axis=(1, 3))
+
+
+@pytest.mark.parametrize("head", [2, "mean"])
+def test_a_pooled_section_is_the_max_pooled_head_with_no_cell_above_the_diagonal(head):
+    tr = qk_trace()
+    key = f"pool/1/{head}/7"
+    header, arrays = encoding.decode_payload(encoding.fetch_payload(tr, key, source=0, trace_id="t"))
+    got = arrays[(0, key)]
+    whole = tr.layer_mean(1) if head == "mean" else tr.head(1, 2)
+    want = max_pool(whole, 7)
+    assert got.shape == (43, 43) and header["sections"][0]["side"] == 7
+    below = np.tril(np.ones_like(want, bool))
+    np.testing.assert_allclose(got[below].astype(np.float32), want[below], rtol=2**-10, atol=2**-24)
+    assert np.all(np.signbit(got[~below])) and np.all(got[~below] == 0)  # -0.0: no attention there
+
+
+def test_a_region_is_the_slice_of_the_whole_head_at_full_resolution():
+    tr = qk_trace()
+    key = "region/0/1/100/180/60/200"
+    header, arrays = encoding.decode_payload(encoding.fetch_payload(tr, key, source=0, trace_id="t"))
+    entry = header["sections"][0]
+    assert (entry["rows"], entry["cols"], entry["shape"]) == ([100, 180], [60, 200], [80, 140])
+    got = arrays[(0, key)].astype(np.float32)
+    want = tr.head(0, 1)[100:180, 60:200]
+    seen = np.arange(60, 200)[None, :] <= np.arange(100, 180)[:, None]
+    np.testing.assert_allclose(got[seen], want[seen], rtol=2**-10, atol=2**-24)
+    assert np.all(np.signbit(arrays[(0, key)][~seen]))
+
+
+def test_an_encoder_region_and_pool_hold_every_cell():
+    tr = qk_trace(t=50, causal=False)
+    _, arrays = encoding.decode_payload(encoding.fetch_payload(tr, "pool/0/0/8", source=0, trace_id="t"))
+    np.testing.assert_allclose(arrays[(0, "pool/0/0/8")].astype(np.float32), max_pool(tr.head(0, 0), 8),
+                               rtol=2**-10)
+    assert not np.any(np.signbit(arrays[(0, "pool/0/0/8")]))
+
+
+@pytest.mark.parametrize("key, message", [
+    ("pool/0/1/0", "side must be a positive number of tokens; got 0"),
+    ("pool/0/-1/4", "head must be a captured head index or 'mean'; got '-1'"),
+    ("pool/0/9/4", "head 9 was not captured"),
+    ("region/0/1/0/400/0/10", r"region rows 0:400 and columns 0:10 must be non-empty and inside 300"),
+    ("region/0/1/5/5/0/10", "must be non-empty"),
+    ("region/0/1", "key must be 'head/<layer>/<head>'"),
+])
+def test_pool_and_region_keys_that_cannot_be_answered_say_why(key, message):
+    with pytest.raises(encoding.FetchError, match=message):
+        encoding.fetch_payload(qk_trace(), key, source=0, trace_id="t")
+
+
+def test_a_region_too_large_to_send_asks_for_a_smaller_one(monkeypatch):
+    monkeypatch.setattr(encoding, "REGION_MAX_CELLS", 1000)
+    with pytest.raises(encoding.FetchError, match="at most 1000 cells; rows 0:100 × keys 0:100 is 10000"):
+        encoding.fetch_payload(qk_trace(), "region/0/0/0/100/0/100", source=0, trace_id="t")
+
+
+def test_thumbnails_of_queries_and_keys_match_those_of_the_weights_without_building_them(monkeypatch):
+    from attn_widget.trace import AttentionBlock
+
+    tr = qk_trace(t=100)
+    b = tr.block()
+    weights = AttentionTrace(tr.tokens, {"self": AttentionBlock("self", True, b.layers, b.heads, b.data)},
+                             tr.spans, tr.model)
+    want = encoding.thumbnails(weights, size=16)
+    qk_only = qk_trace(t=100)
+    monkeypatch.setattr(AttentionBlock, "data", property(lambda self: pytest.fail("built every weight")))
+    got = encoding.thumbnails(qk_only, size=16)
+    assert got.shape == want.shape == (2, 3, 15, 15)
+    assert np.abs(got.astype(int) - want).max() <= 1  # float32 recomputed vs stored float16
+    np.testing.assert_array_equal(encoding.thumbnails(qk_only, size=16, layers=[1])[0], got[1])
+
+
+def test_a_long_trace_payload_holds_the_shown_head_pooled_and_names_its_side():
+    tr = qk_trace()
+    payload, header = encoding.trace_payload([tr], layer=1, head=2, send_all_below=0, pool_side=5)
+    assert header["pool_side"] == 5 and header["complete"] is False
+    _, arrays = encoding.decode_payload(payload)
+    assert list(arrays) == [(0, "pool/1/2/5")] and arrays[(0, "pool/1/2/5")].shape == (60, 60)
+    _, mean_view = encoding.decode_payload(
+        encoding.trace_payload([tr], layer=1, head=-1, send_all_below=0, pool_side=5)[0])
+    assert mean_view == {}  # the layer mean is fetched after the first paint

@@ -82,3 +82,80 @@ def test_bokeh_and_unknown_requests_get_their_replies():
     reply, buffers = unknown_reply({"type": "paint", "id": 4})
     assert reply == {"type": "error", "id": 4, "message": "unknown request type 'paint'; expected 'fetch', "
                      "'bokeh' or 'run'"} and buffers == []
+
+
+# --------------------------------------------------------------------- long traces
+def _qk_trace(t: int, n_layers: int = 1, n_heads: int = 1, seed: int = 0) -> AttentionTrace:
+    from test_encoding import qk_trace
+
+    return qk_trace(t=t, n_layers=n_layers, n_heads=n_heads, seed=seed)
+
+
+def test_an_8192_token_view_opens_with_one_pooled_head_in_a_small_payload(monkeypatch):
+    from attn_widget import protocol
+    from attn_widget.trace import AttentionBlock
+
+    monkeypatch.setattr(protocol, "head_metrics", lambda trace, layers=None: {})  # analysis aside
+    monkeypatch.setattr(AttentionBlock, "data", property(lambda self: pytest.fail("built every weight")))
+    data = ViewData.of(_qk_trace(8192)).encode(0, 0, send_all_below=8 * 2**20, pool_above=8 * 2**20)
+    header, arrays = encoding.decode_payload(data.payload)
+    assert len(data.payload) < 2 * 2**20  # the goal: ≤ 8 MB
+    assert header["pool_side"] == 16  # one square per pixel of the 540-pixel heatmap
+    [section] = header["sections"]
+    assert (section["key"], section["shape"], section["side"]) == ("pool/0/0/16", [512, 512], 16)
+    assert data.grid[0].exception(timeout=120) is None  # thumbnails pooled head by head
+
+
+def test_a_short_view_keeps_whole_heads_however_low_pool_above_is():
+    data = ViewData.of(_trace()).encode(0, 0, send_all_below=2**20, pool_above=0)
+    header, _ = encoding.decode_payload(data.payload)
+    assert header["complete"] and "pool_side" not in header
+
+
+def test_pool_and_region_fetches_are_costly_and_whole_heads_of_weights_are_not():
+    long = ViewData.of(_qk_trace(600)).encode(0, 0, send_all_below=0, pool_above=0)
+    ask = lambda data, key: {"type": "fetch", "trace_id": data.trace_id, "source": 0, "key": key}  # noqa: E731
+    assert long.costly(ask(long, "pool/0/0/2")) and long.costly(ask(long, "region/0/0/0/4/0/4"))
+    assert long.costly(ask(long, "head/0/0"))  # recomputed from queries and keys
+    short = ViewData.of(_trace()).encode(0, 0, send_all_below=0)
+    assert not short.costly(ask(short, "head/0/0"))
+    assert not long.costly({**ask(long, "pool/0/0/2"), "trace_id": "old"})  # an error: cheap
+
+
+def test_a_grid_in_preparation_is_sent_in_parts_then_whole(monkeypatch):
+    import threading
+
+    from attn_widget import protocol
+
+    monkeypatch.setattr(protocol, "PARTIAL_EVERY", 0.0)
+    release = threading.Event()
+
+    def slow_metrics(trace, layers=None):
+        release.wait(30)
+        return {"sink_score": np.full((1, 3), 0.5, np.float32)}
+
+    monkeypatch.setattr(protocol, "head_metrics", slow_metrics)
+    data = ViewData.of(_qk_trace(200, n_layers=2, n_heads=3)).encode(0, 0, send_all_below=0, pool_above=0)
+    request = {"type": "fetch", "id": "g", "trace_id": data.trace_id, "source": 0, "key": "grid"}
+    replies = []
+    done = data.follow_grid(request, replies.append)
+    release.set()
+    done.result(timeout=60)
+    parts = [encoding.decode_payload(bufs[0])[0].get("progress")
+             for reply, bufs in replies if reply.get("partial")]
+    assert {"thumbs": 6, "metrics": 1} in parts  # all thumbnails, the badges of layer 0
+    final, [buf] = replies[-1]
+    assert final["type"] == "data" and "partial" not in final
+    header, arrays = encoding.decode_payload(buf)
+    assert "progress" not in header and arrays[(0, "metric/sink_score")].shape == (2, 3)
+
+
+def test_a_grid_whose_analysis_fails_answers_with_the_reason(monkeypatch):
+    from attn_widget import protocol
+
+    monkeypatch.setattr(protocol, "head_metrics", lambda trace, layers=None: 1 / 0)
+    data = ViewData.of(_trace()).encode(0, 0, send_all_below=0)
+    reply, buffers = data.answer({"type": "fetch", "id": "g", "trace_id": data.trace_id, "source": 0,
+                                  "key": "grid"})
+    assert reply["type"] == "error" and buffers == []
+    assert reply["message"] == "the all-heads grid could not be prepared: ZeroDivisionError: division by zero"

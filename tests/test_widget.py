@@ -414,3 +414,50 @@ def test_a_bad_block_is_refused_from_python_and_clamped_from_the_front_end(seq2s
     assert w.block == "decoder"
     assert any(m.get("type") == "notice" and "block 'nonsense' is out of range" in m["message"]
                for m, _ in rec.sent)
+
+
+# --------------------------------------------------------------------- long traces
+def test_a_long_trace_opens_pooled_and_its_fetches_are_answered_while_the_grid_is_prepared(monkeypatch):
+    import threading
+
+    from test_encoding import qk_trace
+
+    from attn_widget import protocol
+
+    release = threading.Event()
+    real = protocol.grid_payload
+    monkeypatch.setattr(protocol, "grid_payload", lambda trace, **kw: release.wait(60) and real(trace, **kw))
+    w = AttentionWidget(qk_trace(t=400), layer=1, head=2, send_all_below=0, pool_above=2**15)
+    header, _ = encoding.decode_payload(w._payload)
+    assert header["pool_side"] == 1 and [s["key"] for s in header["sections"]] == ["pool/1/2/1"]
+    sent = []
+    w.send = lambda content, buffers=None: sent.append((content, threading.current_thread().name))
+    ask = dict(type="fetch", trace_id=w.view_data.trace_id, source=0)
+    for rid, key, extra in (("g", "grid", {}), ("p", "pool/0/mean/4", {}),
+                            ("r", "region/1/0/100/164/0/64", {"prefetch": True})):
+        w._handle_custom_msg({"id": rid, "key": key, **ask, **extra}, [])
+    # answered from worker threads, the kernel's stays free; and not behind the grid, still blocked
+    for _ in range(600):
+        if {m["id"] for m, _ in sent} >= {"p", "r"}:
+            break
+        threading.Event().wait(0.05)
+    got = {m["id"]: (m["type"], m["key"], thread.rsplit("_", 1)[0]) for m, thread in sent}
+    assert got == {"p": ("data", "pool/0/mean/4", "attn_widget-fetch"),
+                   "r": ("data", "region/1/0/100/164/0/64", "attn_widget-prefetch")}
+    release.set()
+    w.wait(timeout=120)
+    assert [m["type"] for m, _ in sent if m["id"] == "g"][-1] == "data"
+
+
+def test_the_grid_of_a_long_trace_arrives_in_parts(monkeypatch):
+    from test_encoding import qk_trace
+
+    from attn_widget import protocol
+
+    monkeypatch.setattr(protocol, "PARTIAL_EVERY", 0.0)
+    w = AttentionWidget(qk_trace(t=200), send_all_below=0)
+    rec = Recorder(w)
+    replies = rec.ask(type="fetch", id="g", trace_id=w.view_data.trace_id, source=0, key="grid")
+    assert [m.get("partial", False) for m, _ in replies][-1] is False
+    progress = [encoding.decode_payload(b[0])[0].get("progress") for m, b in replies]
+    assert progress[-1] is None and {"thumbs": 6, "metrics": 1} in progress
