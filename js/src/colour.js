@@ -38,7 +38,10 @@ export function paletteIndex(value, mapping, n) {
   return i < 0 ? 0 : i >= n ? n - 1 : i;
 }
 
-/** RGBA pixels for pooled values; NaN (no attention cell) is transparent. */
+/**
+ * RGBA pixels for pooled values; NaN and -0 (no attention cell, as pooled and region sections
+ * mark it) are transparent.
+ */
 export function colorize(values, mapping, lut) {
   const n = lut.length;
   const out = new Uint32Array(values.length);
@@ -46,7 +49,7 @@ export function colorize(values, mapping, lut) {
     const k = n / (mapping.high - mapping.low);
     for (let i = 0; i < values.length; i++) {
       const v = values[i];
-      if (v !== v) continue; // NaN
+      if (v !== v || (v === 0 && 1 / v < 0)) continue; // NaN or -0
       let j = Math.floor((v - mapping.low) * k);
       j = j < 0 ? 0 : j >= n ? n - 1 : j;
       out[i] = lut[j];
@@ -54,7 +57,7 @@ export function colorize(values, mapping, lut) {
   } else {
     for (let i = 0; i < values.length; i++) {
       const v = values[i];
-      if (v === v) out[i] = lut[paletteIndex(v, mapping, n)];
+      if (v === v && !(v === 0 && 1 / v < 0)) out[i] = lut[paletteIndex(v, mapping, n)];
     }
   }
   return out;

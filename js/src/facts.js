@@ -4,8 +4,9 @@
 /**
  * The facts of a decoded payload header (PROTOCOL.md, "Payload"): `sources`, `compare`,
  * `layers`/`heads` (those every source captured), `tokens` (the queries'), `keyTokens` (the
- * keys': the encoder's for cross-attention, else the same), `cross`, `prompt` and `generated`
- * ([start, end) positions), and the `header` itself.
+ * keys': the encoder's for cross-attention, else the same), `cross`, `causal`, `prompt` and
+ * `generated` ([start, end) positions), `poolSide` (> 0: a long trace whose heads come pooled
+ * to squares of that many tokens a side), and the `header` itself.
  */
 export function traceFacts(header) {
   const sources = header.sources;
@@ -22,7 +23,9 @@ export function traceFacts(header) {
     // Cross-attention: keys run over the other sequence (the encoder's tokens), so a token of
     // the strip (a query) has no column, and strip shading by attention does not apply.
     cross: !!src.key_tokens,
+    causal: src.causal !== false,
     keyTokens: src.key_tokens?.text ?? tokens,
+    poolSide: header.pool_side ?? 0,
     prompt: [p0, p1],
     generated: src.spans.generated ?? [p1, p1],
   };

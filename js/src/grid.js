@@ -1,5 +1,6 @@
 // The all-heads grid: a thumbnail per captured layer × head (click to show it), a badge per
-// thumbnail for the chosen metric, the shown head marked.
+// thumbnail for the chosen metric, the shown head marked. A long trace's grid fills in while the
+// kernel computes it (thumbnails, then badges, layer by layer).
 
 import { h } from "./dom.js";
 import { MEAN } from "./store.js";
@@ -8,9 +9,11 @@ export class Grid {
   /**
    * state: the view's shared state (reads `trace`, `lut`). section(source, key): a section in the
    * browser, or undefined. metricNames(): the metrics present. pick(layer, head): a click.
+   * progress(): while the grid fills in, {thumbs, metrics}: captured heads (layer-major) with
+   * their thumbnail, layers with their badges; null once complete.
    */
-  constructor({ state, section, metricNames, pick }) {
-    Object.assign(this, { state, section, metricNames, pick });
+  constructor({ state, section, metricNames, pick, progress = () => null }) {
+    Object.assign(this, { state, section, metricNames, pick, progress });
     this.metric = null;
     this.cells = null;
   }
@@ -23,9 +26,10 @@ export class Grid {
       this.updateBadges();
     });
     this.grid = h("div", { class: "aw-grid" });
+    this.status = h("span", { class: "aw-note aw-grid-status", role: "status" });
     this.cells = null;
     return h("div", { class: "aw-grid-box" },
-      h("div", { class: "aw-section-title" }, h("span", { text: "All heads (click to select)" }), this.menu),
+      h("div", { class: "aw-section-title" }, h("span", { text: "All heads (click to select)" }), this.status, this.menu),
       this.grid);
   }
 
@@ -48,6 +52,11 @@ export class Grid {
     const [nL, nH, r, c] = thumbs.shape;
     const { causal, layers, heads } = sources[0];
     const lut = this.state.lut;
+    const progress = this.progress();
+    this.pending = progress ? { thumbs: progress.thumbs, layers: progress.metrics } : null;
+    this.status.textContent = !progress ? ""
+      : progress.thumbs < nL * nH ? `computing: ${progress.thumbs} of ${nL * nH} thumbnails…`
+        : `computing badges: ${progress.metrics} of ${nL} layers…`;
     const table = h("div", { class: "aw-grid-table", style: `grid-template-columns: auto repeat(${nH}, auto)` });
     table.append(h("span", { class: "aw-grid-corner", text: "L\\H" }), ...heads.map((x) => h("span", { class: "aw-grid-head", text: `${x}` })));
     this.cells = new Map();
@@ -61,14 +70,15 @@ export class Grid {
         const img = ctx.createImageData(c, r);
         const px = new Uint32Array(img.data.buffer);
         const off = (li * nH + hi) * r * c;
-        for (let y = 0; y < r; y++) {
+        const waiting = this.pending && li * nH + hi >= this.pending.thumbs;
+        for (let y = 0; y < r && !waiting; y++) {
           // Above a causal diagonal: transparent (the cell's background, in either theme).
           const end = causal ? Math.min(c, y + 1) : c;
           for (let i = 0; i < end; i++) px[y * c + i] = lut[thumbs.data[off + y * c + i]];
         }
         ctx.putImageData(img, 0, 0);
         const badge = h("span", { class: "aw-badge" });
-        const cell = h("button", { type: "button", class: "aw-grid-cell", "data-layer": l, "data-head": x }, canvas, badge);
+        const cell = h("button", { type: "button", class: `aw-grid-cell${waiting ? " aw-pending" : ""}`, "data-layer": l, "data-head": x }, canvas, badge);
         cell.addEventListener("click", () => this.pick(l, x));
         this.cells.set(`${l}/${x}`, { cell, badge, index: li * nH + hi, layer: l, head: x });
         table.append(cell);
@@ -83,11 +93,14 @@ export class Grid {
   updateBadges() {
     if (!this.cells) return;
     const metric = this.metric ? this.section(0, `metric/${this.metric}`) : null;
+    const nH = this.state.trace.sources[0].heads.length;
     for (const { cell, badge, index, layer, head } of this.cells.values()) {
-      const value = metric ? formatMetric(metric.data[index]) : "";
+      const computing = this.pending && Math.floor(index / nH) >= this.pending.layers;
+      const value = metric ? (computing ? "…" : formatMetric(metric.data[index])) : "";
       badge.textContent = value;
       badge.hidden = !metric;
-      cell.title = `layer ${layer}, head ${head}${metric ? ` · ${this.metric} ${value}` : ""}`;
+      const thumb = this.pending && index >= this.pending.thumbs ? " · thumbnail being computed" : "";
+      cell.title = `layer ${layer}, head ${head}${metric ? ` · ${this.metric} ${value}` : ""}${thumb}`;
     }
   }
 

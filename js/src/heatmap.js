@@ -7,13 +7,15 @@ import { embedFigure, setChanged, themeDocument } from "./bokeh.js";
 import { LOG_LOW, bitsLUT, colorize, paletteLUT, poolDiff, scaleMapping } from "./colour.js";
 import { h } from "./dom.js";
 import { poolColourFast, poolRelativeFast, wasmEngine } from "./fastpool.js";
-import { matrixShape, valueAt } from "./payload.js";
+import { coverage, covers, matrixShape, valueAt } from "./payload.js";
 import { ImageCache } from "./store.js";
 import { axisTicks, quoted } from "./tokens.js";
+import { cellRegion, coversView, detailRegion, pixelsFor, placement, resolutionText } from "./zoom.js";
 
 const IMAGE_CACHE_BYTES = 48 * 2 ** 20; // per view: a dozen 1024² images
 const TOOLBAR_PX = 32; // width of Bokeh's vertical toolbar
 const BOXES = ["hover_row", "hover_col", "pin_row", "pin_col", "step_row"];
+const SETTLE_MS = 150; // a zoom or pan counts as done once the ranges rest this long
 
 export class Heatmap {
   /**
@@ -21,9 +23,10 @@ export class Heatmap {
    * get(name): a trait. section(source, key): a matrix already in the browser, or undefined.
    * root: the view's element (carries data-shown, data-image-cache, data-paints).
    * onHover({q, k} | null): the hovered cell. onPin(q): a click on a cell's row.
+   * onSettle(): the visible ranges stopped moving (a zoom or pan ended): time to ask for detail.
    */
-  constructor({ state, get, section, root, onHover, onPin }) {
-    Object.assign(this, { state, get, section, root, onHover, onPin });
+  constructor({ state, get, section, root, onHover, onPin, onSettle = () => {} }) {
+    Object.assign(this, { state, get, section, root, onHover, onPin, onSettle });
     this.images = new ImageCache(IMAGE_CACHE_BYTES);
     this.colourTables = new Map();
     this.panels = [];
@@ -47,8 +50,10 @@ export class Heatmap {
     this.panels = panelSpecs(sources, compare).map((spec) => {
       const host = h("div", { class: "aw-plot-host" });
       const label = h("div", { class: "aw-plot-label", text: spec.title });
-      plots.append(h("div", { class: "aw-plot" }, label, host));
-      return { ...spec, host, label };
+      // Styled inline like the label above the plot (.aw-plot-label), which tests and hosts find by class.
+      const note = h("div", { class: "aw-resolution", style: "font-size: 12px; color: var(--aw-muted); min-height: 1.4em" });
+      plots.append(h("div", { class: "aw-plot" }, label, host, note));
+      return { ...spec, host, label, note };
     });
     return { plots, tooltip: this.tooltip };
   }
@@ -82,7 +87,11 @@ export class Heatmap {
         boxes: Object.fromEntries(BOXES.map((n) => [n, doc.get_model_by_name(n)])),
       });
       this.state.lut ??= paletteLUT(panel.linear.palette);
-      const redraw = () => this.scheduleImages();
+      const redraw = () => {
+        this.scheduleImages();
+        clearTimeout(this.settleTimer);
+        this.settleTimer = setTimeout(() => !this.destroyed && this.onSettle(), SETTLE_MS);
+      };
       for (const r of [panel.xRange, panel.yRange]) {
         r.properties.start.change.connect(redraw);
         r.properties.end.change.connect(redraw);
@@ -117,10 +126,15 @@ export class Heatmap {
     for (const p of this.panels) p.label.textContent = `${p.title ? p.title + " · " : ""}${text}`;
   }
 
-  /** Show the matrices `sections` (one per source) of `key` in every panel. */
-  draw(key, sections) {
+  /**
+   * Show the matrices `sections` (one per source) of `key` in every panel, with `detail`
+   * ({key, sections, state}) drawn over them where it covers: a full-resolution region of a
+   * pooled head (`state` "shown"), or why there is none ("loading", "tooBig", null).
+   */
+  draw(key, sections, detail = null) {
     this.key = key;
     this.sections = sections;
+    this.detail = detail;
     this.drawImages();
     this.updateTicks();
   }
@@ -140,64 +154,131 @@ export class Heatmap {
   drawImages() {
     const scale = this.get("scale");
     let cached = true;
+    const detail = this.detail?.sections ? this.detail : null;
     for (const p of this.panels) {
-      const { entry, region, hit } = this.imageFor(p, this.key, this.sections, scale);
-      if (!hit) cached = false;
-      const mapping = entry.mapping;
+      const view = this.visible(p);
+      const maxPixels = this.maxPixels(p);
+      // A region that covers the whole view is drawn alone: the pooled squares under it would
+      // show through its transparent cells above the diagonal.
+      const alone = detail && coversView(this.used(p, detail.sections)[0], view);
+      const base = alone ? null : this.imageFor(p, this.key, this.sections, scale, view, maxPixels);
+      const over = detail ? this.imageFor(p, detail.key, detail.sections, scale, view, maxPixels, base) : null;
+      const shown = [base, over].filter(Boolean);
+      if (shown.some((l) => !l.hit)) cached = false;
       p.cds.data = {
-        image: [entry.image],
-        x: [region.k0], y: [region.q0], dw: [entry.w * entry.side], dh: [entry.h * entry.side],
+        image: shown.map((l) => l.entry.image), x: shown.map((l) => l.entry.x), y: shown.map((l) => l.entry.y),
+        dw: shown.map((l) => l.entry.dw), dh: shown.map((l) => l.entry.dh),
       };
+      const top = alone ? over : base;
+      if (!top) continue;
       // Bokeh re-lays out on every property write, so write only what changed.
+      const mapping = top.entry.mapping;
       const mapper = mapping.kind === "log" ? p.log : p.linear;
       if (mapping.kind === "linear" && (p.linear.low !== mapping.low || p.linear.high !== mapping.high)) {
         p.linear.setv({ low: mapping.low, high: mapping.high });
       }
       if (p.colourBar.color_mapper !== mapper) p.colourBar.color_mapper = mapper;
-      const title = colourBarTitle(p.kind, scale, entry);
+      const title = colourBarTitle(p.kind, scale, top.entry);
       if (p.colourBar.title !== title) p.colourBar.title = title;
+      const pooled = !alone && coverage(this.used(p, this.sections)[0]).side > 1;
+      const note = resolutionText(top.entry.side, pooled, pooled ? this.detail?.state ?? null : null);
+      if (p.note.textContent !== note) p.note.textContent = note;
+      if (p === this.panels[0]) this.root.dataset.resolution = `${pooled ? "pooled" : "full"}:${top.entry.side}`;
     }
     this.root.dataset.shown = `${this.key}:${scale}`;
+    this.root.dataset.detail = detail ? detail.key : "";
     this.root.dataset.imageCache = cached ? "hit" : "miss"; // for benchmarks and tests
     this.root.dataset.paints = ++this.paints;
   }
 
-  /**
-   * The coloured image of `key` (sections `secs`, one per source) for panel `p` at its visible
-   * region and pixel size: from the image cache, or pooled and coloured now and cached.
-   */
-  imageFor(p, key, secs, scale) {
-    const [nq, nk] = p.kind === "diff" ? commonShape(secs) : matrixShape(secs[p.source]);
-    const region = visibleRegion(p.xRange, p.yRange, nq, nk);
+  /** Queries and keys panel `p` shows: its trace's, or those both have for |A − B|. */
+  extent(p) {
+    const { sources } = this.state.trace;
+    const shown = p.kind === "diff" ? sources : [sources[p.source]];
+    return [Math.min(...shown.map((s) => s.n_queries)), Math.min(...shown.map((s) => s.n_keys))];
+  }
+
+  /** The visible tokens of panel `p` ({q0, q1, k0, k1}), clamped to its extent. */
+  visible(p) {
+    return visibleRegion(p.xRange, p.yRange, ...this.extent(p));
+  }
+
+  /** The device pixels of panel `p`'s frame a side (at most 1024). */
+  maxPixels(p) {
     const frame = p.view.frame?.bbox;
-    const maxPixels = Math.min(1024, Math.ceil((frame ? Math.max(frame.width, frame.height) : 500) * (globalThis.devicePixelRatio || 1)));
-    const used = p.kind === "diff" ? secs : [secs[p.source]];
-    const cacheKey = `${p.kind}|${p.source}|${key}|${scale}|${region.q0},${region.q1},${region.k0},${region.k1}|${maxPixels}`;
+    return Math.min(1024, Math.ceil((frame ? Math.max(frame.width, frame.height) : 500) * (globalThis.devicePixelRatio || 1)));
+  }
+
+  /** The sections panel `p` draws from: its source's, or both for |A − B|. */
+  used(p, secs) {
+    return p.kind === "diff" ? secs : [secs[p.source]];
+  }
+
+  /**
+   * For a pooled head (`poolSide` > 0): the full-resolution region the first panel's view needs
+   * (see zoom.js detailRegion), `{tooBig: true}`, or null when the pooled image is enough.
+   */
+  detailWanted(poolSide) {
+    if (!this.ready || poolSide <= 1) return null;
+    const p = this.panels[0];
+    const { sources } = this.state.trace;
+    const src = sources[p.source < 0 ? 0 : p.source];
+    return detailRegion(this.visible(p), {
+      side: poolSide, pixels: this.maxPixels(p), nq: src.n_queries, nk: src.n_keys, causal: src.causal,
+    });
+  }
+
+  /** Whether `sections` (one per source) cover every token the first panel shows. */
+  viewCovered(sections) {
+    return !!sections && this.ready && coversView(sections[0], this.visible(this.panels[0]));
+  }
+
+  /** Show the tokens q0…q1-1 × k0…k1-1 (a span picked on the token strip). */
+  zoomTo(q0, q1, k0, k1) {
+    for (const p of this.panels) {
+      p.xRange.setv({ start: k0, end: k1 });
+      p.yRange.setv({ start: q1, end: q0 });
+    }
+  }
+
+  /**
+   * The coloured image of `key` (sections `secs`, one per source) for panel `p` over the visible
+   * tokens `view`, placed in token coordinates: from the image cache, or pooled and coloured now
+   * and cached. Null when the sections cover nothing in view. `under`: the image this one is
+   * drawn over (|A − B| then shares its colour range).
+   */
+  imageFor(p, key, secs, scale, view, maxPixels, under = null) {
+    const used = this.used(p, secs);
+    const cells = cellRegion(used[0], view);
+    if (!cells) return null;
+    const pixels = pixelsFor(used[0], cells, view, maxPixels);
+    const diffMax = under?.entry.mapping.kind === "linear" && p.kind === "diff" ? under.entry.mapping.high : 0;
+    const cacheKey = `${p.kind}|${p.source}|${key}|${scale}|${cells.q0},${cells.q1},${cells.k0},${cells.k1}|${pixels}|${diffMax}`;
     // Benchmarks set __awColdImages to time pooling and colouring on every move.
     const entry = globalThis.__awColdImages ? null : this.images.get(cacheKey, used);
-    if (entry) return { entry, region, hit: true };
+    if (entry) return { entry, hit: true };
     let pooled;
     let mapping;
     let rgba;
     if (p.kind === "diff") {
-      pooled = poolDiff(secs[0], secs[1], region, maxPixels);
-      mapping = scaleMapping("diff", pooled.max);
+      pooled = poolDiff(secs[0], secs[1], cells, pixels);
+      mapping = scaleMapping("diff", Math.max(pooled.max, diffMax));
     } else if (scale === "row") {
-      pooled = poolRelativeFast(secs[p.source], region, maxPixels);
+      pooled = poolRelativeFast(secs[p.source], cells, pixels);
       mapping = scaleMapping(scale);
     } else {
       mapping = scaleMapping(scale);
-      pooled = poolColourFast(secs[p.source], region, maxPixels, this.coloursFor(mapping));
+      pooled = poolColourFast(secs[p.source], cells, pixels, this.coloursFor(mapping));
       rgba = pooled.rgba;
     }
     rgba ??= colorize(pooled.values, mapping, this.state.lut);
     const { ndarray } = this.bokeh.require("core/util/ndarray");
     const made = {
       image: ndarray(rgba, { shape: [pooled.h, pooled.w], dtype: "uint32" }),
-      w: pooled.w, h: pooled.h, side: pooled.side, max: pooled.max, mapping,
+      ...placement(used[0], cells, pooled.w, pooled.h, pooled.side), max: pooled.max, mapping,
     };
     this.images.set(cacheKey, used, made, rgba.byteLength);
-    return { entry: made, region, hit: false };
+    return { entry: made, hit: false };
   }
 
   /** The float16-pattern → colour table (bitsLUT) of a mapping, made once per view. */
@@ -229,7 +310,7 @@ export class Heatmap {
         if (!secs.every(Boolean)) continue;
         const cells = Math.max(...secs.map((s) => matrixShape(s)[0] * matrixShape(s)[1]));
         if (cells > (wasmEngine() ? 4096 * 4096 : 2048 * 2048)) continue;
-        for (const p of this.panels) this.imageFor(p, key, secs, scale);
+        for (const p of this.panels) this.imageFor(p, key, secs, scale, this.visible(p), this.maxPixels(p));
       }
       if (todo.length) idle(step, { timeout: 1000 });
     };
@@ -268,7 +349,7 @@ export class Heatmap {
       const k = Math.floor(frame.x_scale.invert(sx));
       const q = Math.floor(frame.y_scale.invert(sy));
       if (!this.sections) return null;
-      const [nq, nk] = panel.kind === "diff" ? commonShape(this.sections) : matrixShape(this.sections[panel.source]);
+      const [nq, nk] = this.extent(panel);
       return q >= 0 && k >= 0 && q < nq && k < nk ? { q, k } : null;
     };
     const hide = () => this.tooltip.classList.remove("aw-visible");
@@ -279,7 +360,7 @@ export class Heatmap {
         this.onHover(null);
         return;
       }
-      const lines = cellLines(this.state.trace, this.sections, c, panel.source);
+      const lines = cellLines(this.state.trace, this.shownAt(c), c, panel.source);
       this.readout.replaceChildren(...lines.map((t) => h("div", { text: t })));
       this.tooltip.replaceChildren(...lines.map((t) => h("div", { text: t })));
       const rr = this.root.getBoundingClientRect();
@@ -298,6 +379,12 @@ export class Heatmap {
       const c = cell(e);
       if (c) this.onPin(c.q);
     });
+  }
+
+  /** The sections that hold cell {q, k} most exactly: the full-resolution detail, else the matrices shown. */
+  shownAt(c) {
+    const detail = this.detail?.sections;
+    return detail && detail.every((s) => covers(s, c.q, c.k)) ? detail : this.sections;
   }
 
   /** Row and column boxes: hovered query `hq` and key `hk`, the pinned token's row (and column). */
@@ -354,7 +441,7 @@ export function panelSpecs(sources, compare) {
   ];
 }
 
-/** The cells of a panel's visible ranges (Bokeh Range1d: start, end), clamped to nq × nk. */
+/** The tokens of a panel's visible ranges (Bokeh Range1d: start, end), clamped to nq × nk. */
 export function visibleRegion(xRange, yRange, nq, nk) {
   const clamp = (v, n) => Math.min(Math.max(v, 0), n);
   const xs = [xRange.start, xRange.end];
@@ -365,11 +452,6 @@ export function visibleRegion(xRange, yRange, nq, nk) {
   };
 }
 
-/** Rows and columns every section has (|A − B| covers the positions both traces have). */
-function commonShape(sections) {
-  return sections.map(matrixShape).reduce((a, b) => [Math.min(a[0], b[0]), Math.min(a[1], b[1])]);
-}
-
 /** The colour bar's title for a panel's image. */
 export function colourBarTitle(kind, scale, image) {
   const name = kind === "diff" ? `|A − B| (max ${image.max.toFixed(3)})`
@@ -377,15 +459,25 @@ export function colourBarTitle(kind, scale, image) {
   return image.side > 1 ? `${name} · 1 px = max of ${image.side}×${image.side}` : name;
 }
 
-/** Readout lines of a hovered cell {q, k}: its tokens, then its weight (A, B and |Δ| compared). */
+/**
+ * Readout lines of a hovered cell {q, k}: its tokens, then its weight (A, B and |Δ| compared);
+ * from a pooled image, the max of the square holding the cell, and what that square is.
+ */
 export function cellLines(facts, sections, c, source) {
   const lines = [`query ${c.q} ${quoted(facts.tokens[c.q])} → key ${c.k} ${quoted(facts.keyTokens[c.k])}`];
   const fmt = (v) => (Number.isNaN(v) ? "—" : v < 1e-3 && v > 0 ? v.toExponential(2) : v.toFixed(4));
+  const side = coverage(sections[Math.max(0, source)]).side;
+  const what = side > 1 ? `max of ${side}×${side} tokens` : "weight";
   if (facts.compare) {
     const [a, b] = [0, 1].map((i) => valueAt(sections[i], c.q, c.k));
-    lines.push(`${facts.sources[0].label} ${fmt(a)} · ${facts.sources[1].label} ${fmt(b)} · |Δ| ${fmt(Math.abs(a - b))}`);
+    lines.push(`${side > 1 ? `${what}: ` : ""}${facts.sources[0].label} ${fmt(a)} · ${facts.sources[1].label} ${fmt(b)} · |Δ| ${fmt(Math.abs(a - b))}`);
   } else {
-    lines.push(`weight ${fmt(valueAt(sections[source], c.q, c.k))}`);
+    lines.push(`${what} ${fmt(valueAt(sections[source], c.q, c.k))}`);
+  }
+  if (side > 1) {
+    const q0 = Math.floor(c.q / side) * side;
+    const k0 = Math.floor(c.k / side) * side;
+    lines.push(`(pooled: queries ${q0}–${q0 + side - 1} × keys ${k0}–${k0 + side - 1}; zoom in for each weight)`);
   }
   return lines;
 }

@@ -11,7 +11,7 @@ import { Grid } from "./grid.js";
 import { Heatmap } from "./heatmap.js";
 import { asBytes, decodeHeader, decodePayload } from "./payload.js";
 import { Steps } from "./steps.js";
-import { MEAN, matrixKey, neighbourKeys } from "./store.js";
+import { MEAN, headName, matrixKey, neighbourKeys, regionKey } from "./store.js";
 import { Strip } from "./strip.js";
 import { Sync, bokehSource } from "./sync.js";
 
@@ -19,9 +19,10 @@ class AttentionView {
   constructor(model, el) {
     this.el = el;
     this.generation = 0;
-    // What the parts share: the trace facts, the matrices shown (one per source), the hovered
-    // cell ({q, k}) or token ({token}), the theme, the palette's colour table.
-    const state = (this.state = { trace: null, sections: null, hover: null, dark: undefined, lut: undefined });
+    // What the parts share: the trace facts, the matrices shown (one per source) and the
+    // full-resolution region over them when a long trace is zoomed into (one per source, or
+    // null), the hovered cell ({q, k}) or token ({token}), the theme, the palette's colour table.
+    const state = (this.state = { trace: null, sections: null, detail: null, hover: null, dark: undefined, lut: undefined });
     // Arrow keys on the sliders belong to the widget, not to JupyterLab's notebook shortcuts.
     this.root = h("div", { class: "aw-root", "data-lm-suppress-shortcuts": "true" });
     const sync = (this.sync = new Sync(model, {
@@ -40,11 +41,14 @@ class AttentionView {
     this.controls = new Controls({
       state, get, set, run: (prompt) => sync.run(prompt), onBlock: () => this.root.classList.add("aw-loading"),
     });
-    this.heatmap = new Heatmap({ state, get, section, root: this.root, onHover, onPin });
-    this.strip = new Strip({ state, get, onHover, onPin, onShadeChange: () => this.updateHighlights() });
+    this.heatmap = new Heatmap({ state, get, section, root: this.root, onHover, onPin, onSettle: () => this.draw() });
+    this.strip = new Strip({
+      state, get, onHover, onPin, onShadeChange: () => this.updateHighlights(),
+      onSpan: (a, b) => this.heatmap.zoomTo(a, b, a, b), select: (q) => set("selected_token", q),
+    });
     this.steps = new Steps({ state, get, set });
     this.grid = new Grid({
-      state, section, metricNames: () => sync.metricNames(0),
+      state, section, metricNames: () => sync.metricNames(0), progress: () => sync.gridProgress(0),
       pick: (layer, head) => {
         set("layer", layer);
         set("head", head);
@@ -104,6 +108,7 @@ class AttentionView {
     const payload = decodePayload(asBytes(sync.get("_payload")));
     markTime("aw:decoded");
     sync.reset(payload);
+    this.lastDetail = null;
     this.heatmap.clearImages();
     state.trace = traceFacts(payload.header);
     const version = payload.header.bokeh_version;
@@ -164,14 +169,18 @@ class AttentionView {
     this.grid.mark(layer, head);
   }
 
-  /** Draw the matrices of the layer and head shown, or keep the old image, dimmed, until they arrive. */
+  /**
+   * Draw the matrices of the layer and head shown, or keep the old image, dimmed, until they
+   * arrive; for a long trace zoomed in, ask for the full-resolution region too and draw it over.
+   */
   draw() {
     if (!this.heatmap.ready || this.destroyed) return;
     const { sync, state } = this;
     const layer = sync.get("layer");
     const head = sync.get("head");
-    const key = matrixKey(layer, head);
+    const key = matrixKey(layer, head, state.trace.poolSide);
     const secs = state.trace.sources.map((_, i) => sync.want(i, key));
+    const detail = this.detail(layer, head);
     const what = `layer ${layer}, ${head === MEAN ? "mean of heads" : `head ${head}`}`;
     if (!secs.every(Boolean)) {
       this.root.classList.add("aw-loading");
@@ -180,24 +189,45 @@ class AttentionView {
     }
     this.root.classList.remove("aw-loading");
     state.sections = secs;
+    state.detail = detail?.sections ?? null;
     this.heatmap.label(what);
-    this.heatmap.draw(key, secs);
+    this.heatmap.draw(key, secs, detail);
     this.updateHighlights();
-    this.steps.updateBars();
+    this.updateStep();
     this.prefetch(layer, head);
+  }
+
+  /**
+   * A long trace zoomed in finer than its pooled image: {key, sections, state} of the
+   * full-resolution region in view (`state` "shown", or "loading" while it is fetched, with the
+   * last region of this head drawn meanwhile), {state: "tooBig"}, or null (not needed).
+   */
+  detail(layer, head) {
+    const { poolSide, sources } = this.state.trace;
+    const region = this.heatmap.detailWanted(poolSide);
+    if (!region) return null;
+    if (region.tooBig) return { state: "tooBig" };
+    const prefix = `region/${layer}/${headName(head)}/`;
+    const last = this.lastDetail?.key.startsWith(prefix) ? this.lastDetail : null;
+    if (last && this.heatmap.viewCovered(last.sections)) return last; // a pan inside the region shown
+    const key = regionKey(layer, head, region);
+    const secs = sources.map((_, i) => this.sync.want(i, key, "detail"));
+    if (!secs.every(Boolean)) return { key: last?.key ?? key, sections: last?.sections, state: "loading" };
+    this.lastDetail = { key, sections: secs, state: "shown" };
+    return this.lastDetail;
   }
 
   /** Neighbours of the shown key: asked for while idle, coloured while idle; the grid if missing. */
   prefetch(layer, head) {
     const { sync, state } = this;
-    const keys = neighbourKeys(layer, head, state.trace.layers, state.trace.heads);
+    const keys = neighbourKeys(layer, head, state.trace.layers, state.trace.heads, state.trace.poolSide);
     const n = state.trace.sources.length;
     const go = () => {
       if (!this.destroyed) for (let i = 0; i < n; i++) sync.prefetch(i, keys);
     };
     (globalThis.requestIdleCallback ?? setTimeout)(go);
     this.heatmap.prerender(keys);
-    if (!sync.section(0, "thumbs")) for (let i = 0; i < n; i++) sync.want(i, "grid");
+    if (!sync.section(0, "thumbs")) for (let i = 0; i < n; i++) sync.want(i, "grid", "grid");
   }
 
   /** Row/column boxes in the heatmap and strip shading, from the hovered or pinned token. */
@@ -213,8 +243,24 @@ class AttentionView {
 
   updateStep() {
     if (!this.steps.active || !this.heatmap.ready) return;
-    this.heatmap.showStep(this.steps.show(this.sync.get("step")));
-    this.steps.updateBars();
+    const q = this.steps.show(this.sync.get("step"));
+    this.heatmap.showStep(q);
+    this.steps.updateBars(this.stepRows(q));
+  }
+
+  /**
+   * A long trace's bars come from the producing query's row at full resolution, fetched on its
+   * own (`region/L/H/q/q+1/0/K`): its sections, or null while it is on its way. Null for other
+   * traces too (the matrices shown hold the row).
+   */
+  stepRows(q) {
+    const { poolSide, sources, cross } = this.state.trace;
+    if (!poolSide || q < 0) return null;
+    const head = this.sync.get("head");
+    const nk = cross ? sources[0].n_keys : q + 1;
+    const key = regionKey(this.sync.get("layer"), head, { q0: q, q1: q + 1, k0: 0, k1: nk });
+    const secs = sources.map((_, i) => this.sync.want(i, key, "row"));
+    return secs.every(Boolean) ? secs : null;
   }
 
   drawGrid() {

@@ -62,40 +62,76 @@ export function decodePayload(value) {
 
 export const sectionId = (source, key) => `${source}:${key}`;
 
-/** Number of query rows and key columns of a matrix section. */
+/** Number of query rows and key columns of a matrix section (its cells). */
 export function matrixShape(section) {
   return section.layout === "tril" ? [section.shape[0], section.shape[0]] : [section.shape[0], section.shape[1]];
 }
 
-/** Value at query q, key k (NaN above the diagonal of a causal section). */
+/**
+ * Where a matrix section sits in its attention matrix: cell (i, j) covers query tokens
+ * `q0 + i*side …` (side of them) and key tokens `k0 + j*side …`. Whole heads and means start at
+ * 0 with side 1; `pool/` sections carry their `side`, `region/` sections their `rows` and `cols`
+ * (PROTOCOL.md). {q0, k0, side, rows, cols}: rows and cols count cells.
+ */
+export function coverage(section) {
+  const [rows, cols] = matrixShape(section);
+  return { q0: section.rows?.[0] ?? 0, k0: section.cols?.[0] ?? 0, side: section.side ?? 1, rows, cols };
+}
+
+/** Whether a section holds query token q and key token k (a cell of it covers them). */
+export function covers(section, q, k) {
+  const c = coverage(section);
+  return q >= c.q0 && k >= c.k0 && q < c.q0 + c.rows * c.side && k < c.k0 + c.cols * c.side;
+}
+
+/**
+ * Value at query token q, key token k: the weight, or for a pooled section the max of the
+ * square holding it. NaN where the key is not attended (above a causal diagonal, stored as -0 in
+ * pooled and region sections) or the section does not cover (q, k).
+ */
 export function valueAt(section, q, k) {
-  if (section.layout === "tril") {
-    if (k > q) return NaN;
-    return decodeValue(section, (q * (q + 1)) / 2 + k);
-  }
-  return decodeValue(section, q * section.shape[1] + k);
+  const c = coverage(section);
+  const i = Math.floor((q - c.q0) / c.side);
+  const j = Math.floor((k - c.k0) / c.side);
+  if (i < 0 || j < 0 || i >= c.rows || j >= c.cols) return NaN;
+  if (section.layout === "tril") return j > i ? NaN : decodeValue(section, (i * (i + 1)) / 2 + j);
+  return decodeValue(section, i * c.cols + j);
 }
 
 function decodeValue(section, i) {
-  return section.dtype === "float16" ? F16[section.data[i]] : section.data[i];
+  if (section.dtype !== "float16") return section.data[i];
+  const bits = section.data[i];
+  return bits === 0x8000 ? NaN : F16[bits]; // -0: no attention here (PROTOCOL.md)
 }
 
-/** Float32Array of query row q over all keys (NaN where the key is not attended: k > q). */
-export function row(section, q) {
-  const [, nk] = matrixShape(section);
-  const out = new Float32Array(nk).fill(NaN);
-  const n = section.layout === "tril" ? q + 1 : nk;
-  const start = section.layout === "tril" ? (q * (q + 1)) / 2 : q * nk;
-  for (let k = 0; k < n; k++) out[k] = decodeValue(section, start + k);
+/**
+ * Float32Array(n) of query token q over key tokens 0…n-1 (default: the keys the section reaches):
+ * NaN where the key is not attended or not covered.
+ */
+export function row(section, q, n) {
+  const c = coverage(section);
+  const out = new Float32Array(n ?? c.k0 + c.cols * c.side).fill(NaN);
+  const i = Math.floor((q - c.q0) / c.side);
+  if (i < 0 || i >= c.rows) return out;
+  const tril = section.layout === "tril";
+  const start = tril ? (i * (i + 1)) / 2 : i * c.cols;
+  const cells = tril ? i + 1 : c.cols;
+  const end = Math.min(out.length, c.k0 + cells * c.side);
+  for (let k = Math.max(0, c.k0); k < end; k++) out[k] = decodeValue(section, start + Math.floor((k - c.k0) / c.side));
   return out;
 }
 
-/** Float32Array of key column k over all queries (NaN where query q < k in a causal section). */
-export function column(section, k) {
-  const [nq, nk] = matrixShape(section);
-  const out = new Float32Array(nq).fill(NaN);
-  for (let q = section.layout === "tril" ? k : 0; q < nq; q++) {
-    out[q] = decodeValue(section, section.layout === "tril" ? (q * (q + 1)) / 2 + k : q * nk + k);
+/** Float32Array(n) of key token k over query tokens 0…n-1 (default: the queries the section reaches), as row(). */
+export function column(section, k, n) {
+  const c = coverage(section);
+  const out = new Float32Array(n ?? c.q0 + c.rows * c.side).fill(NaN);
+  const j = Math.floor((k - c.k0) / c.side);
+  if (j < 0 || j >= c.cols) return out;
+  const tril = section.layout === "tril";
+  const end = Math.min(out.length, c.q0 + c.rows * c.side);
+  for (let q = Math.max(0, c.q0 + (tril ? j * c.side : 0)); q < end; q++) {
+    const i = Math.floor((q - c.q0) / c.side);
+    out[q] = decodeValue(section, tril ? (i * (i + 1)) / 2 + j : i * c.cols + j);
   }
   return out;
 }

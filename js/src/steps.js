@@ -3,7 +3,7 @@
 
 import { embedFigure, themeDocument } from "./bokeh.js";
 import { h, keyboardSlider } from "./dom.js";
-import { matrixShape, row } from "./payload.js";
+import { row } from "./payload.js";
 import { axisTicks, quoted } from "./tokens.js";
 
 const COLOURS = { prompt: "#4c78a8", generated: "#e45756", promptDark: "#79a6dc", generatedDark: "#ff8a80" };
@@ -15,6 +15,7 @@ export class Steps {
    */
   constructor({ state, get, set }) {
     Object.assign(this, { state, get, set });
+    this.rows = null; // the step's query rows (one section per source) when they come apart from the matrices
     this.input = null;
     this.bars = null;
     this.barViews = [];
@@ -37,6 +38,7 @@ export class Steps {
     this.input.addEventListener("input", () => this.set("step", +this.input.value));
     const move = (d) => () => this.set("step", Math.min(Math.max(this.get("step") + d, 0), n - 1));
     this.label = h("span", { class: "aw-step-label" });
+    this.barNote = h("span", { class: "aw-note aw-bar-note" });
     this.host = h("div", { class: "aw-bars-host" });
     box.append(
       h("div", { class: "aw-section-title" },
@@ -46,7 +48,7 @@ export class Steps {
         h("button", { type: "button", class: "aw-prev", text: "◀", "aria-label": "previous step", onclick: move(-1) }),
         this.input,
         h("button", { type: "button", class: "aw-next", text: "▶", "aria-label": "next step", onclick: move(1) }),
-        this.label),
+        this.label, this.barNote),
       this.host);
     return box;
   }
@@ -75,10 +77,20 @@ export class Steps {
     return this.state.trace.generated[0] + t - 1;
   }
 
-  updateBars() {
+  /**
+   * The bars of the step shown, from `rows` (one section per source holding the producing
+   * query's row: a long trace's full-resolution row, fetched apart) or else the matrices shown.
+   */
+  updateBars(rows = this.rows) {
+    this.rows = rows;
     const { sections, trace, dark } = this.state;
-    if (!this.bars || !sections) return;
-    const bars = barData(trace, sections, this.get("step"), dark);
+    const from = rows ?? (trace.poolSide > 0 ? null : sections);
+    if (!this.bars) return;
+    const frame = this.bars.view.frame?.bbox;
+    const pixels = frame ? frame.width : 600;
+    const bars = from ? barData(trace, from, this.get("step"), dark, pixels) : null;
+    this.barNote.textContent = !from && trace.poolSide > 0 ? "loading the row…"
+      : bars?.bucket > 1 ? `1 bar = max of ${bars.bucket} keys (zoom the heatmap for each)` : "";
     if (!bars) {
       this.bars.source.data = { x: [], top: [], color: [] };
       return;
@@ -89,8 +101,7 @@ export class Steps {
     }
     this.bars.source.data = { x: bars.x, top: bars.top, color: bars.color };
     this.bars.xRange.setv({ start: 0, end: bars.nKeys });
-    const frame = this.bars.view.frame?.bbox;
-    const { ticks, labels } = axisTicks(0, bars.nKeys, trace.keyTokens, frame ? frame.width : 600);
+    const { ticks, labels } = axisTicks(0, bars.nKeys, trace.keyTokens, pixels);
     this.bars.ticker.ticks = ticks;
     this.bars.axis.major_label_overrides = labels;
   }
@@ -117,30 +128,36 @@ export function stepText(facts, t) {
 
 /**
  * The bars of step `t`: the producing query's weights over the keys, {x, top, color, width,
- * nKeys}, or null when no query produced it. Compare: A's and B's (faded) side by side at each
- * position both traces have.
+ * nKeys, bucket}, or null when no query produced it. `sections` (one per source) hold that
+ * query's row: whole matrices or a row apart (PROTOCOL.md, `region/…`). More keys than `maxBars`:
+ * one bar per `bucket` keys, their max (so a single strong weight stays visible), coloured by the
+ * key holding it. Compare: A's and B's (faded) side by side at each position both traces have.
  */
-export function barData(facts, sections, t, dark) {
+export function barData(facts, sections, t, dark, maxBars = Infinity) {
   const q = facts.generated[0] + t - 1;
   if (q < 0) return null;
   const shown = facts.compare ? [0, 1] : [0];
-  const width = shown.length > 1 ? 0.4 : 0.8;
+  // Cross-attention: the output token's query row runs over every encoder token (the source).
+  const nKeys = facts.cross ? facts.keyTokens.length : q + 1;
+  const bucket = Math.max(1, Math.ceil(nKeys / maxBars));
+  const width = (shown.length > 1 ? 0.4 : 0.8) * bucket;
   const x = [];
   const top = [];
   const color = [];
-  // Cross-attention: the output token's query row runs over every encoder token (the source).
-  const nKeys = facts.cross ? facts.keyTokens.length : q + 1;
   for (const i of shown) {
-    if (q >= matrixShape(sections[i])[0]) continue;
-    const weights = row(sections[i], q);
-    const offset = shown.length > 1 ? 0.3 + 0.4 * i : 0.5;
+    if (q >= facts.sources[i].tokens.text.length) continue;
+    const weights = row(sections[i], q, nKeys);
+    const offset = (shown.length > 1 ? 0.3 + 0.4 * i : 0.5) * bucket;
     const alpha = i === 0 ? "" : "80";
-    for (let k = 0; k < nKeys && k < weights.length; k++) {
-      x.push(k + offset);
-      top.push(weights[k]);
-      const gen = !facts.cross && k >= facts.generated[0];
+    for (let k0 = 0; k0 < nKeys; k0 += bucket) {
+      let at = -1;
+      for (let k = k0; k < Math.min(nKeys, k0 + bucket); k++) if (!Number.isNaN(weights[k]) && (at < 0 || weights[k] > weights[at])) at = k;
+      if (at < 0) continue; // keys this trace does not have
+      x.push(k0 + offset);
+      top.push(weights[at]);
+      const gen = !facts.cross && at >= facts.generated[0];
       color.push((gen ? (dark ? COLOURS.generatedDark : COLOURS.generated) : (dark ? COLOURS.promptDark : COLOURS.prompt)) + alpha);
     }
   }
-  return { x, top, color, width, nKeys };
+  return { x, top, color, width, nKeys, bucket };
 }

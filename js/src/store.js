@@ -10,25 +10,41 @@ export const MAX_PREFETCH = 2;
 /** The `head` trait's value for the mean of the captured heads of a layer. */
 export const MEAN = -1;
 
-/** The key of the matrix shown for a layer and head (head MEAN = mean of heads). */
-export const matrixKey = (layer, head) => (head === MEAN ? `mean/${layer}` : `head/${layer}/${head}`);
+/**
+ * The key of the matrix shown for a layer and head (head MEAN = mean of heads): the whole head
+ * (`head/L/H`, `mean/L`), or with `poolSide` > 0 (a long trace) its pooled image
+ * (`pool/L/H/side`, `pool/L/mean/side`).
+ */
+export function matrixKey(layer, head, poolSide = 0) {
+  if (poolSide > 0) return `pool/${layer}/${headName(head)}/${poolSide}`;
+  return head === MEAN ? `mean/${layer}` : `head/${layer}/${head}`;
+}
+
+/** A head as `pool/` and `region/` keys name it: its index, or `mean`. */
+export const headName = (head) => (head === MEAN ? "mean" : `${head}`);
+
+/** The key of a full-resolution region: query rows q0…q1-1 and keys k0…k1-1 of a layer and head. */
+export const regionKey = (layer, head, { q0, q1, k0, k1 }) => `region/${layer}/${headName(head)}/${q0}/${q1}/${k0}/${k1}`;
 
 /**
  * Keys worth prefetching around the one shown: heads ±1 in the same layer, the same head in
- * layers ±1, and the means of layers ±1 (only captured layers and heads).
+ * layers ±1, and the means of layers ±1 (only captured layers and heads). Pooled (a long trace,
+ * where each costs the kernel a pass over the head): the layer's own mean first, then heads ±1
+ * and the same head in layers ±1.
  */
-export function neighbourKeys(layer, head, layers, heads) {
+export function neighbourKeys(layer, head, layers, heads, poolSide = 0) {
   const li = layers.indexOf(layer);
   const hi = heads.indexOf(head);
   const keys = [];
+  if (poolSide > 0 && head !== MEAN) keys.push(matrixKey(layer, MEAN, poolSide));
   if (head !== MEAN) {
-    for (const d of [1, -1]) if (heads[hi + d] !== undefined) keys.push(matrixKey(layer, heads[hi + d]));
+    for (const d of [1, -1]) if (heads[hi + d] !== undefined) keys.push(matrixKey(layer, heads[hi + d], poolSide));
   }
   for (const d of [1, -1]) {
     const l = layers[li + d];
     if (l === undefined) continue;
-    keys.push(matrixKey(l, head));
-    if (head !== MEAN) keys.push(matrixKey(l, MEAN));
+    keys.push(matrixKey(l, head, poolSide));
+    if (head !== MEAN && !poolSide) keys.push(matrixKey(l, MEAN));
   }
   return keys;
 }
@@ -55,9 +71,10 @@ export class SectionStore {
     this.base = payload ? payload.sections : new Map();
     this.cache = new Map(); // id -> section, in least- to most-recently used order
     this.cacheBytes = 0;
-    this.pending = new Map(); // request id -> {source, key, prefetch}
+    this.pending = new Map(); // request id -> {source, key, prefetch, slot}
     this.inFlight = new Set(); // section ids requested and not answered
-    this.queued = new Map(); // source -> key wanted while another wanted fetch was in flight
+    this.queued = new Map(); // "source|slot" -> key wanted while another of the slot was in flight
+    this.progress = new Map(); // source -> the `progress` of a grid still filling in
   }
 
   get traceId() {
@@ -76,15 +93,21 @@ export class SectionStore {
     return s;
   }
 
-  /** The section now, or undefined after asking the host for it (onData fires on arrival). */
-  want(source, key) {
+  /**
+   * The section now, or undefined after asking the host for it (onData fires on arrival).
+   * `slot` names what the key is for (`view`: the matrix shown; `detail`: a zoomed region;
+   * `row`: a generation step's row; `grid`): each slot has at most one wanted fetch in flight
+   * per source, and while it does only its newest wish waits, so the matrix shown never waits
+   * behind a grid being prepared.
+   */
+  want(source, key, slot = "view") {
     const s = this.get(source, key);
     if (s || !this.header || this.header.complete) return s;
     const id = sectionId(source, key);
     if (this.inFlight.has(id)) return undefined;
-    const busy = [...this.pending.values()].some((p) => p.source === source && !p.prefetch);
-    if (busy) this.queued.set(source, key);
-    else this._request(source, key, false);
+    const busy = [...this.pending.values()].some((p) => p.source === source && p.slot === slot && !p.prefetch);
+    if (busy) this.queued.set(`${source}|${slot}`, key);
+    else this._request(source, key, false, slot);
     return undefined;
   }
 
@@ -95,20 +118,22 @@ export class SectionStore {
       const inFlight = [...this.pending.values()].filter((p) => p.prefetch).length;
       if (inFlight >= MAX_PREFETCH) return;
       const id = sectionId(source, key);
-      if (!this.base.has(id) && !this.cache.has(id) && !this.inFlight.has(id)) this._request(source, key, true);
+      if (!this.base.has(id) && !this.cache.has(id) && !this.inFlight.has(id)) this._request(source, key, true, "prefetch");
     }
   }
 
-  _request(source, key, prefetch) {
+  _request(source, key, prefetch, slot) {
     const id = this.newId();
-    this.pending.set(id, { source, key, prefetch });
+    this.pending.set(id, { source, key, prefetch, slot });
     this.inFlight.add(sectionId(source, key));
-    this.send({ type: "fetch", id, trace_id: this.traceId, source, key });
+    // The host answers prefetches after what the view waits for (PROTOCOL.md).
+    this.send({ type: "fetch", id, trace_id: this.traceId, source, key, ...(prefetch ? { prefetch: true } : {}) });
   }
 
   /**
    * Handle a `data` or `error` reply; returns true when it answered one of our requests.
-   * An error with no id (not a reply) is shown too; replies to other views are ignored.
+   * An error with no id (not a reply) is shown too; replies to other views are ignored. A
+   * `partial` reply (a grid filling in) is used and its request stays open for the next part.
    */
   receive(msg, buffers) {
     if (!msg || (msg.type !== "data" && msg.type !== "error")) return false;
@@ -117,24 +142,32 @@ export class SectionStore {
       if (msg.type === "error" && msg.id == null) this.onError(msg.message);
       return false;
     }
-    this.pending.delete(msg.id);
-    this.inFlight.delete(sectionId(req.source, req.key));
+    const partial = msg.type === "data" && msg.partial === true;
+    if (!partial) {
+      this.pending.delete(msg.id);
+      this.inFlight.delete(sectionId(req.source, req.key));
+    }
     if (msg.trace_id !== undefined && msg.trace_id !== this.traceId) return true; // stale
     if (msg.type === "error") {
       if (!req.prefetch) this.onError(msg.message);
     } else {
       const { header, sections } = decodePayload(buffers[0]);
       if (header.metrics) this.header.metrics = { ...this.header.metrics, ...header.metrics };
+      if (req.key === "grid") {
+        if (header.progress) this.progress.set(req.source, header.progress);
+        else this.progress.delete(req.source);
+      }
       for (const [id, s] of sections) {
         if (s.key === "thumbs" || s.key.startsWith("metric/")) this.base.set(id, s);
         else this._cache(id, s);
       }
       this.onData(req.source, req.key);
     }
-    const next = this.queued.get(req.source);
-    if (!req.prefetch && next !== undefined) {
-      this.queued.delete(req.source);
-      this.want(req.source, next);
+    const slot = `${req.source}|${req.slot}`;
+    const next = this.queued.get(slot);
+    if (!partial && !req.prefetch && next !== undefined) {
+      this.queued.delete(slot);
+      this.want(req.source, next, req.slot);
     }
     return true;
   }

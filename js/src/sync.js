@@ -141,13 +141,21 @@ export class Sync {
     return this.store.get(source, key);
   }
 
-  /** The section now, or undefined after asking the host (onData fires when it arrives). */
-  want(source, key) {
-    return this.store.want(source, key);
+  /**
+   * The section now, or undefined after asking the host (onData fires when it arrives); `slot`
+   * as for SectionStore.want (`view`, `detail`, `row`, `grid`).
+   */
+  want(source, key, slot) {
+    return this.store.want(source, key, slot);
   }
 
   prefetch(source, keys) {
     this.store.prefetch(source, keys);
+  }
+
+  /** While a source's grid fills in: its `progress` ({thumbs, metrics}); null once complete. */
+  gridProgress(source) {
+    return this.store.progress.get(source) ?? null;
   }
 
   /** Names of the `metric/*` sections of a source in the browser (the grid's badges). */

@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { F16, asBytes, column, decodePayload, matrixShape, row, valueAt } from "../src/payload.js";
+import { F16, asBytes, column, coverage, covers, decodePayload, matrixShape, row, valueAt } from "../src/payload.js";
 import { encodePayload, f16array, packTril } from "./helpers.js";
 
 test("float16 table decodes one, the smallest subnormal, the largest normal, -2 and infinity", () => {
@@ -57,4 +57,27 @@ test("asBytes accepts ArrayBuffer, DataView and typed arrays", () => {
   assert.deepEqual([...asBytes(buf)], [1, 2, 3, 4]);
   assert.deepEqual([...asBytes(new DataView(buf, 1, 2))], [2, 3]);
   assert.throws(() => asBytes("text"), /expected bytes/);
+});
+
+test("a pooled section answers for every token of its squares; -0 marks squares with no attention", () => {
+  // 5 tokens pooled by 2: squares (0,0) (1,0) (1,1) (2,*) ; (0,1) (0,2) (1,2) above the diagonal
+  const s = { key: "pool/0/0/2", dtype: "float16", layout: "dense", shape: [3, 3], side: 2, data: f16array([0.5, -0, -0, 0.25, 1, -0, 0.125, 0.75, 0.375]) };
+  assert.deepEqual(coverage(s), { q0: 0, k0: 0, side: 2, rows: 3, cols: 3 });
+  assert.equal(valueAt(s, 3, 1), 0.25);
+  assert.equal(valueAt(s, 4, 5), 0.375);
+  assert.ok(Number.isNaN(valueAt(s, 0, 3)), "no attention above the diagonal");
+  assert.ok(Number.isNaN(valueAt(s, 6, 0)), "outside the section");
+  assert.deepEqual([...row(s, 4, 6)], [0.125, 0.125, 0.75, 0.75, 0.375, 0.375]);
+  const col = column(s, 2, 5);
+  assert.ok(Number.isNaN(col[0]) && Number.isNaN(col[1]));
+  assert.deepEqual([...col.subarray(2)], [1, 1, 0.75]);
+});
+
+test("a region section sits at its first row and key; tokens outside it are not covered", () => {
+  const s = { key: "region/0/0/10/12/4/7", dtype: "float16", layout: "dense", shape: [2, 3], rows: [10, 12], cols: [4, 7], data: f16array([0.5, 0.25, 0.125, 1, 0, 0.5]) };
+  assert.ok(covers(s, 11, 6) && !covers(s, 12, 6) && !covers(s, 10, 3));
+  assert.equal(valueAt(s, 11, 4), 1);
+  const r = row(s, 10, 8);
+  assert.deepEqual([...r.subarray(4, 7)], [0.5, 0.25, 0.125]);
+  assert.ok(Number.isNaN(r[3]) && Number.isNaN(r[7]));
 });

@@ -37,3 +37,15 @@ test("no bars for an output with no producing query", () => {
   const fromStart = traceFacts({ mode: "single", sources: [source({ n: 4, prompt: 0 })] });
   assert.equal(barData(fromStart, [matrix], 0, false), null);
 });
+
+test("more keys than the chart has pixels: one bar per bucket of keys, their max, coloured by where it is", () => {
+  const long = traceFacts({ mode: "single", sources: [source({ n: 10, prompt: 6 })] });
+  // step 3: output 9, query 8 over keys 0–8; its row comes apart as a region
+  const rowSection = { key: "region/0/0/8/9/0/9", dtype: "float16", layout: "dense", shape: [1, 9], rows: [8, 9], cols: [0, 9], data: f16array([0.5, 0, 0, 0, 0.125, 0.25, 0, 0.125, 0]) };
+  const bars = barData(long, [rowSection], 3, false, 4);
+  assert.equal(bars.bucket, 3);
+  assert.deepEqual(bars.x, [1.5, 4.5, 7.5]);
+  assert.deepEqual(bars.top, [0.5, 0.25, 0.125]);
+  assert.deepEqual(bars.color, ["#4c78a8", "#4c78a8", "#e45756"]); // keys 0, 5 (prompt), 7 (generated)
+  assert.ok(Math.abs(bars.width - 0.8 * 3) < 1e-9);
+});

@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { decodePayload } from "../src/payload.js";
-import { ImageCache, SectionStore, matrixKey, neighbourKeys } from "../src/store.js";
+import { ImageCache, SectionStore, matrixKey, neighbourKeys, regionKey } from "../src/store.js";
 import { encodePayload, f16array } from "./helpers.js";
 
 const sec = (key, values = [1, 0.5, 0.5]) => ({ key, dtype: "float16", layout: "tril", shape: [2], data: f16array(values) });
@@ -127,4 +127,49 @@ test("ImageCache: hits only for the same sections, evicts least recently used pa
   cache.clear();
   assert.equal(cache.get("x", [a]), null);
   assert.equal(cache.bytes, 0);
+});
+
+test("long traces: pooled keys name the side; the layer mean is prefetched first", () => {
+  assert.equal(matrixKey(3, 2, 16), "pool/3/2/16");
+  assert.equal(matrixKey(3, -1, 16), "pool/3/mean/16");
+  assert.equal(regionKey(3, -1, { q0: 64, q1: 128, k0: 0, k1: 128 }), "region/3/mean/64/128/0/128");
+  assert.deepEqual(neighbourKeys(1, 0, [0, 1, 2], [0, 1], 16), ["pool/1/mean/16", "pool/1/1/16", "pool/2/0/16", "pool/0/0/16"]);
+});
+
+test("each purpose has its own wanted fetch in flight: the view never waits behind the grid", () => {
+  const { store, sent } = setup();
+  store.want(0, "grid", "grid");
+  store.want(0, "pool/0/1/16");
+  store.want(0, "region/0/1/0/64/0/64", "detail");
+  assert.deepEqual(sent.map((m) => m.key), ["grid", "pool/0/1/16", "region/0/1/0/64/0/64"]);
+  store.want(0, "pool/0/2/16");
+  store.want(0, "region/0/2/0/64/0/64", "detail");
+  assert.equal(sent.length, 3, "a second wish of a slot waits for the first");
+  store.receive(...reply(sent[2]));
+  assert.equal(sent.at(-1).key, "region/0/2/0/64/0/64");
+});
+
+test("prefetches say so, so that the host answers them last", () => {
+  const { store, sent } = setup();
+  store.want(0, "pool/0/1/16");
+  store.prefetch(0, ["pool/0/2/16"]);
+  assert.deepEqual(sent.map((m) => m.prefetch), [undefined, true]);
+});
+
+test("a grid filling in: each part is used and shown, the request stays open until the last", () => {
+  const { store, sent, arrived } = setup();
+  store.want(0, "grid", "grid");
+  const thumbs = (v) => ({ key: "thumbs", dtype: "uint8", layout: "dense", shape: [1, 2, 1, 1], data: Uint8Array.from([v, 0]) });
+  const part = (progress, v, partial = true) => [{ type: "data", id: sent[0].id, trace_id: "t1", source: 0, key: "grid", ...(partial ? { partial } : {}) },
+    [encodePayload({ trace_id: "t1", key: "grid", ...(progress ? { progress } : {}) }, [thumbs(v)])]];
+  store.receive(...part({ thumbs: 1, metrics: 0 }, 9));
+  assert.deepEqual(store.progress.get(0), { thumbs: 1, metrics: 0 });
+  assert.equal(store.get(0, "thumbs").data[0], 9);
+  assert.equal(store.want(0, "grid", "grid"), undefined);
+  assert.equal(sent.length, 1, "still in flight: not asked again");
+  store.receive(...part(null, 7, false));
+  assert.equal(store.progress.get(0), undefined);
+  assert.equal(store.get(0, "thumbs").data[0], 7);
+  assert.deepEqual(arrived, ["0:grid", "0:grid"]);
+  assert.equal(store.pending.size, 0);
 });
