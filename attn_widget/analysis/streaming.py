@@ -7,8 +7,8 @@ chunk of rows per head whatever the length (never the ``T²/2`` weights of a hea
 make these passes fast on a CPU, measured on SmolLM2-shaped heads at 8192 tokens:
 
 - chunks of about :data:`CHUNK_CELLS` weights (2 MB of float32) stay in the processor's cache
-  between the softmax and the metrics: 64-row chunks took about 0.75× the CPU time of 128-row
-  ones and 0.55× that of 512-row ones;
+  between the softmax and the metrics: 64-row chunks took about 0.6× the CPU time of 512-row
+  ones (and 0.8× that of 128-row ones);
 - the many small ``q · kᵀ`` products run on one BLAS thread (with ``threadpoolctl``, when it is
   installed): with OpenBLAS's two threads the pass took 2.5–5× the CPU time for the same work,
   and one query row of a head (1 × 64 by 64 × 8191) took 12 ms instead of 0.12 ms.
