@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .storage import format_bytes
 
 
 def _int_list(text: str) -> list[int]:
@@ -50,6 +51,17 @@ def _head_list(text: str) -> list[int] | list[tuple[int, int]]:
     return pairs
 
 
+def _megabytes(text: str) -> float:
+    """``"25"`` → 25.0; a finite number above 0 (not ``nan``, ``inf`` or ``0``)."""
+    from .selection import check_positive
+
+    try:
+        return check_positive(float(text), "--budget-mb")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of megabytes above 0, like 25; got "
+                                         f"{text!r}") from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="attn-widget", description="See what a transformer attends to: capture a run and write "
@@ -70,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     snap.add_argument("--layers", type=_int_list, help="layers to keep, e.g. 0,5,29 or 0-4")
     snap.add_argument("--heads", type=_head_list,
                       help="heads to keep: indices in every layer (0,3) or layer:head pairs (5:3,17:2)")
-    snap.add_argument("--budget-mb", type=float, default=25.0,
+    snap.add_argument("--budget-mb", type=_megabytes, default=25.0,
                       help="largest file to write; past it the heads that matter least are left out "
                       "and the page lists them (default 25)")
     snap.add_argument("--out", type=Path, default=Path("attention.html"),
@@ -93,9 +105,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "snapshot":
             return _snapshot(parser, args)
         return _info(args)
-    except (OSError, ValueError, LookupError, ImportError) as e:
+    except Exception as e:
+        if not isinstance(e, _user_errors()):
+            raise
         print(f"attn-widget: error: {e}", file=sys.stderr)
         return 1
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that say what was wrong with the input (printed as one line, no traceback): bad
+    values, files, missing packages and, once capture is loaded, capture errors."""
+    known: tuple[type[BaseException], ...] = (OSError, ValueError, LookupError, ImportError)
+    recording = sys.modules.get("attn_widget.recording")  # loaded with torch, only by a capture
+    return known + ((recording.CaptureError,) if recording is not None else ())
 
 
 def _snapshot(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -115,7 +137,7 @@ def _snapshot(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                            chat=args.chat, layers=args.layers, heads=None if pairs else args.heads)
     if args.save_trace is not None:
         trace.save(args.save_trace)
-        print(f"saved trace {args.save_trace} ({args.save_trace.stat().st_size / 1e6:.2f} MB)")
+        print(f"saved trace {args.save_trace} ({format_bytes(args.save_trace.stat().st_size)})")
     title = args.title or (f"{trace.model_name}: \u201c{args.prompt}\u201d" if args.prompt else None)
     snapshot = aw.save_snapshot(trace, args.out, layers=args.layers, heads=args.heads,
                                 budget_mb=args.budget_mb, title=title)
@@ -128,7 +150,7 @@ def _info(args: argparse.Namespace) -> int:
     import attn_widget as aw
 
     trace = aw.load_trace(args.trace)
-    print(f"{args.trace}: attn_widget trace, {args.trace.stat().st_size / 1e6:.2f} MB")
+    print(f"{args.trace}: attn_widget trace, {format_bytes(args.trace.stat().st_size)}")
     print(_summary(trace))
     return 0
 

@@ -49,6 +49,9 @@ def load_model(name_or_path: str, **kwargs):
     -------
     (model, tokenizer), the model in eval mode.
     """
+    if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path).strip():
+        raise TypeError(f"name_or_path must be 'smollm2', 'minilm', a local folder or a hub id; got "
+                        f"{name_or_path!r}")
     impl = kwargs.pop("attn_implementation", "eager")
     if name_or_path == "smollm2":
         path = _smollm2_cached()
@@ -56,9 +59,29 @@ def load_model(name_or_path: str, **kwargs):
         path = _minilm_path()
     else:
         path = name_or_path
-    model, tokenizer = _from_pretrained(str(path), attn_implementation=impl, **kwargs)
+    try:
+        model, tokenizer = _from_pretrained(str(path), attn_implementation=impl, **kwargs)
+    except OSError as e:
+        if name_or_path in BUNDLED:
+            raise
+        raise type(e)(_not_loadable(str(name_or_path), e)) from e
     model.config.name_or_path = name_or_path if name_or_path in BUNDLED else str(path)
     return model, tokenizer
+
+
+def _not_loadable(name: str, error: OSError) -> str:
+    """Why model ``name`` did not load, and what to pass instead."""
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if Path(name).exists():
+        return (f"cannot load model {name!r}: the folder exists but is not a model transformers can "
+                f"load ({reason}); it needs config.json, the tokenizer files and the weights, as "
+                "save_pretrained writes them")
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() not in ("", "0", "false", "no")
+    where = ("not in the local hub cache (HF_HUB_OFFLINE is set: nothing is downloaded)" if offline
+             else f"the Hugging Face hub could not provide it ({reason})")
+    return (f"cannot load model {name!r}: it is not a bundled model ({', '.join(repr(b) for b in BUNDLED)}), "
+            f"not an existing folder, and {where}. Pass 'smollm2' or 'minilm', the path of a saved "
+            "model folder, or a hub id with network access")
 
 
 def _from_pretrained(path: str, **kwargs):

@@ -13,7 +13,7 @@ import contextlib
 import html
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 
 from ..encoding import decode_payload
-from ..selection import MEAN, format_head_list
+from ..selection import MEAN, check_count, check_positive, format_head_list, index_list, is_int
 from ..storage import write_atomically
+from ..tokens import printable
 from .page import Page, ascii_html
 
 # --------------------------------------------------------------------------- attention snapshots
@@ -120,6 +121,7 @@ def save_snapshot(source, path: str | os.PathLike | None = None, *, layers: Sequ
         their size and cheaper choices), or for a layer or head that was not captured.
     OSError : when ``path`` cannot be written (one message naming the path and the reason).
     """
+    layers, heads, budget_mb, title = _checked_arguments(path, layers, heads, budget_mb, title)
     widget, candidates = _snapshot_widget(source, layers, heads)
     try:
         data, included, left_out, mean_bits = _attention_page(widget, candidates, budget_mb, title,
@@ -142,7 +144,32 @@ def static(source, *, height: int = 1000, budget_mb: float = 10.0, **kwargs) -> 
     is stored in the notebook, so the budget is smaller than a file's (default 10 MB). The
     iframe starts ``height`` pixels tall and fits itself to the page where scripts may run.
     """
+    height = check_count(height, "height (pixels)", minimum=1)
     return StaticSnapshot(save_snapshot(source, None, budget_mb=budget_mb, **kwargs), height)
+
+
+def _checked_arguments(path, layers, heads, budget_mb, title) -> tuple:
+    """The arguments of :func:`save_snapshot`, checked before any work: layers read once into a
+    list, heads into indices or (layer, head) pairs, the budget a finite number above 0, the
+    title a string with control characters escaped (a NUL must not reach the page raw)."""
+    if path is not None and not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a file path or None; got {type(path).__name__}")
+    budget_mb = check_positive(budget_mb, "budget_mb (megabytes of 10⁶ bytes)", example="25")
+    if title is not None and not isinstance(title, str):
+        raise TypeError(f"title must be a string or None; got {type(title).__name__}")
+    if heads is not None:
+        items = [heads] if is_int(heads) else heads
+        if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
+            raise TypeError(f"heads must be head indices ([0, 3]) or (layer, head) pairs ([(5, 3)]); got "
+                            f"{heads!r}")
+        items = list(items)
+        if items and all(isinstance(p, (Sequence, np.ndarray)) and not isinstance(p, str) and len(p) == 2
+                         and all(is_int(x) for x in p) for p in items):
+            heads = [(int(a), int(b)) for a, b in items]
+        else:
+            heads = index_list(items, "heads")
+    return (index_list(layers, "layers"), heads, budget_mb,
+            None if title is None else printable(title))
 
 
 @dataclass(frozen=True)
