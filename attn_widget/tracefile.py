@@ -206,7 +206,11 @@ def _check_header(meta: Any, data_size: int) -> None:
                 f"span {name!r} is {_short(span)}, not [start, stop]")
         n = lengths["source_tokens"] if name == "source" and lengths["source_tokens"] else lengths["tokens"]
         _expect(0 <= span[0] <= span[1] <= n, f"span {name!r} {span} is outside its {n} tokens")
-    _field(meta, "model", dict, "its header")
+    model = _field(meta, "model", dict, "its header")
+    for key in ("n_layers", "n_heads", "n_kv_heads"):  # what views and selections count from
+        _expect(model.get(key) is None or (_is_int(model[key]) and 0 < model[key] < 2**31),
+                f"its model {key} is {_short(model.get(key))}, not a positive integer")
+    _expect(isinstance(model.get("name", ""), str), "its model name is not a string")
     _expect(isinstance(meta.get("options"), (dict, type(None))), "its options are not an object")
     blocks = _field(meta, "blocks", list, "its header")
     _expect(bool(blocks), "it holds no attention block")

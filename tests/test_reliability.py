@@ -234,6 +234,7 @@ DATA = ("blocks", 0, "arrays", "data")
     (_edit(("blocks", 0, "form"), "sparse"), "unknown form 'sparse'"),
     (_edit(("blocks", 0, "queries"), "source_tokens"), "which the file does not hold"),
     (_edit(("blocks", 0, "arrays", "extra"), {}), "unknown ones"),
+    (_edit(("model", "n_layers"), "two"), "its model n_layers is 'two', not a positive integer"),
 ])
 def test_crafted_headers_are_refused_with_the_problem_named(tmp_path, edit, problem):
     meta, data = _parts(make_trace().save(tmp_path / "ok.attn"))
