@@ -7,7 +7,7 @@
 
 import { h } from "./dom.js";
 import { isGenerated } from "./facts.js";
-import { column, row } from "./payload.js";
+import { column, coverage, row } from "./payload.js";
 import { quoted, tokenLabel } from "./tokens.js";
 
 /** Traces up to this many tokens show them all; longer ones a window of STRIP_WINDOW tokens. */
@@ -100,6 +100,7 @@ export class Strip {
     } else if (what.position !== undefined) {
       this.reveal(what.position);
       this.select(what.position);
+      this.scrollTo(what.position);
       status = `token ${what.position} ${quoted(facts.tokens[what.position])}`;
     } else if (what.span) {
       const [a, b] = what.span;
@@ -114,10 +115,19 @@ export class Strip {
       } else {
         this.reveal(found.position);
         this.select(found.position);
+        this.scrollTo(found.position);
         status = `${JSON.stringify(what.text)} at token ${found.position} (${found.index} of ${found.count})`;
       }
     }
     if (this.jumpStatus) this.jumpStatus.textContent = status;
+  }
+
+  /** Scroll the strip's box (not the page) so that token `pos` of the window is in sight. */
+  scrollTo(pos) {
+    const span = this.spans?.[pos - this.start];
+    if (!span) return;
+    const box = this.strip.getBoundingClientRect();
+    this.strip.scrollTop += span.getBoundingClientRect().top - box.top - box.height / 3;
   }
 
   /** Move the window so that token `pos` is in it (whole windows: STRIP_WINDOW apart). */
@@ -227,7 +237,7 @@ export class Strip {
     }
     const { sections, detail, trace } = this.state;
     const shading = [detail?.[this.source], sections?.[this.source] ?? sections?.[0]].filter(Boolean);
-    const weights = trace.cross ? null : shadeWeights(shading, pos, this.direction, trace.tokens.length);
+    const weights = trace.cross ? null : shadeWeights(shading, pos, this.direction, trace.tokens.length, trace.causal);
     // Touch only the tokens whose look changes: style writes to a thousand spans would make
     // the next Bokeh paint recompute the whole page's styles.
     if (!this.spans) return;
@@ -256,16 +266,31 @@ export class Strip {
  * The attention of token `pos` over the strip's `n` tokens, ÷ its max: its row ("from": what it
  * attends to) or its column ("to": who attends to it); null without a token or a matrix.
  * `sections`: one section, or several most exact first (a full-resolution region, then the
- * pooled head): each token takes its value from the first that covers it.
+ * pooled head): each token takes its value from the first that covers it. `causal`: tokens a
+ * pooled square holds on the wrong side of `pos` are not shaded.
  */
-export function shadeWeights(sections, pos, direction, n) {
+export function shadeWeights(sections, pos, direction, n, causal = false) {
   const list = (Array.isArray(sections) ? sections : [sections]).filter(Boolean);
   if (pos === null || pos === undefined || !list.length) return null;
+  const from = direction === "from";
   let weights = null;
+  let covered = null;
   for (const s of list) {
-    const w = direction === "from" ? row(s, pos, n) : column(s, pos, n);
-    if (!weights) weights = w;
-    else for (let i = 0; i < w.length; i++) if (Number.isNaN(weights[i])) weights[i] = w[i];
+    const w = from ? row(s, pos, n) : column(s, pos, n);
+    const c = coverage(s);
+    const [start, size] = from ? [c.k0, c.cols * c.side] : [c.q0, c.rows * c.side];
+    const inside = from ? pos >= c.q0 && pos < c.q0 + c.rows * c.side : pos >= c.k0 && pos < c.k0 + c.cols * c.side;
+    if (!weights) {
+      weights = w;
+      covered = new Uint8Array(w.length);
+    } else {
+      for (let i = 0; i < w.length; i++) if (!covered[i]) weights[i] = w[i];
+    }
+    if (inside) covered.fill(1, Math.max(0, start), Math.min(w.length, start + size));
+  }
+  if (causal) {
+    if (from) weights.fill(NaN, Math.min(weights.length, pos + 1));
+    else weights.fill(NaN, 0, Math.min(weights.length, pos));
   }
   let max = 0;
   for (const w of weights) if (w > max) max = w;

@@ -47,3 +47,12 @@ test("text is found where it starts, after the pinned token, wrapping around, ac
   assert.deepEqual(findText(tokens, "of France", -1), { position: 2, index: 1, count: 1 });
   assert.equal(findText(tokens, "Berlin", -1), null);
 });
+
+test("a token a region covers keeps the region's answer, no attention included; causal shading stops at the token", () => {
+  const pooled = { key: "pool/0/0/4", dtype: "float16", layout: "dense", shape: [2, 2], side: 4, data: f16array([0.5, -0, 0.25, 0.75]) };
+  const region = { key: "region/0/0/4/8/4/8", dtype: "float16", layout: "dense", shape: [4, 4], rows: [4, 8], cols: [4, 8],
+    data: f16array([0.5, -0, -0, -0, 0.25, 0.25, -0, -0, 0.1, 0.1, 0.1, -0, 0.2, 0.2, 0.2, 0.2]) };
+  const w = shadeWeights([region, pooled], 5, "from", 8, true);
+  assert.deepEqual([...w.subarray(0, 6)], [1, 1, 1, 1, 1, 1]); // keys 0–3 pooled 0.25, 4–5 exact 0.25
+  assert.ok(w.subarray(6).every(Number.isNaN), "after the token: nothing, not the pooled square's max");
+});
