@@ -23,10 +23,9 @@ from typing import Any
 import numpy as np
 
 from .geometry import n_from_packed, pack_causal, packed_rows, tril_offset, unpack_causal
-from .querykeys import ROW_CHUNK, QueryKeys
+from .querykeys import ROW_CHUNK, QueryKeys, one_blas_thread
 from .selection import Indices, check_index, format_ranges, model_indices, position_in
 from .tokens import TokenTable
-
 
 CACHE_BYTES = 64 * 2**20
 """Bytes of pooled images and regions each block keeps for reuse (least recently used dropped)."""
@@ -160,6 +159,12 @@ class AttentionBlock:
         c = math.ceil(nk / side)
         out = np.empty((math.ceil(nq / side), c), np.float32)
         step = side * max(1, ROW_CHUNK // side)
+        with one_blas_thread():
+            self._pool_into(out, li, hi, side, step)
+        return self._cache_put(key, out)
+
+    def _pool_into(self, out: np.ndarray, li: int, hi: int | None, side: int, step: int) -> None:
+        nq, nk, c = self.n_queries, self.n_keys, out.shape[1]
         for s in range(0, nq, step):
             e = min(s + step, nq)
             rows = self.head_rows(li, hi, s, e)
@@ -169,7 +174,6 @@ class AttentionBlock:
                 rows[:, :seen], np.arange(0, seen, side), axis=1)
             out[s // side:s // side + math.ceil((e - s) / side)] = np.maximum.reduceat(
                 cols, np.arange(0, e - s, side), axis=0)
-        return self._cache_put(key, out)
 
     def region(self, li: int, hi: int | None, queries: tuple[int, int],
                keys: tuple[int, int]) -> np.ndarray:
@@ -185,9 +189,10 @@ class AttentionBlock:
         if hit is not None:
             return hit
         out = np.empty((q1 - q0, k1 - k0), np.float32)
-        for s in range(q0, q1, ROW_CHUNK):
-            e = min(s + ROW_CHUNK, q1)
-            out[s - q0:e - q0] = self.head_rows(li, hi, s, e)[:, k0:k1]
+        with one_blas_thread():
+            for s in range(q0, q1, ROW_CHUNK):
+                e = min(s + ROW_CHUNK, q1)
+                out[s - q0:e - q0] = self.head_rows(li, hi, s, e)[:, k0:k1]
         return self._cache_put(key, out)
 
     def _cache_get(self, key: tuple) -> np.ndarray | None:

@@ -83,7 +83,6 @@ def child(mode: str, n_tokens: int, n_new: int, parts: list[str]) -> None:
     trace, out["seconds"], out["extra_mib"] = _timed(
         lambda: aw.capture(model, tok, ids[0].tolist(), progress=False, **gen))
     out["form"], out["trace_mib"] = trace.block().form, trace.block().nbytes / 2**20
-    del model
     if "analysis" in parts:
         _, out["head_scores_s"], out["head_scores_mib"] = _timed(lambda: aw.analysis.head_scores(trace))
     if "widget" in parts:
@@ -151,12 +150,13 @@ def main() -> None:
               f"(goal <= 1.20 at 8192); capture's extra peak {cap['extra_mib'] / 1024:.2f} GiB "
               f"(goal <= 2.5 GB at 8192)")
         if "head_scores_s" in cap:
-            print(f"  head_scores, 270 heads: {cap['head_scores_s']:.1f} s, +{cap['head_scores_mib']:.0f} MiB "
-                  f"(goal <= 120 s at 8192)")
+            print(f"  head_scores, 270 heads: {cap['head_scores_s']:.1f} s, "
+                  f"+{cap['head_scores_mib']:.0f} MiB (goal <= 120 s at 8192)")
         if "payload_bytes" in cap:
-            print(f"  widget: first payload {cap['payload_bytes'] / 2**20:.2f} MiB in {cap['payload_s']:.2f} s "
-                  f"(goals <= 8 MB, <= 2 s); a never-shown head {cap['head_s']:.2f} s, a 512-token zoom "
-                  f"region {cap['region_s']:.2f} s (kernel side; goal <= 1 s each)"
+            print(f"  widget: first payload {cap['payload_bytes'] / 2**20:.2f} MiB in "
+                  f"{cap['payload_s']:.2f} s (goals <= 8 MB, <= 2 s); a never-shown head "
+                  f"{cap['head_s']:.2f} s, a 512-token zoom region {cap['region_s']:.2f} s "
+                  "(kernel side; goal <= 1 s each)"
                   + "".join(f"; {k}: {v}" for k, v in cap.items() if k.endswith("_error")))
         if "snapshot_bytes" in cap:
             print(f"  snapshot: {cap['snapshot_bytes'] / 2**20:.1f} MiB written in {cap['snapshot_s']:.1f} s "

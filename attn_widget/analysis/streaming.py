@@ -9,9 +9,8 @@ make these passes fast on a CPU, measured on SmolLM2-shaped heads at 8192 tokens
 - chunks of about :data:`CHUNK_CELLS` weights (2 MB of float32) stay in the processor's cache
   between the softmax and the metrics: 64-row chunks took about 0.6× the CPU time of 512-row
   ones (and 0.8× that of 128-row ones);
-- the many small ``q · kᵀ`` products run on one BLAS thread (with ``threadpoolctl``, when it is
-  installed): with OpenBLAS's two threads the pass took 2.5–5× the CPU time for the same work,
-  and one query row of a head (1 × 64 by 64 × 8191) took 12 ms instead of 0.12 ms.
+- the many small ``q · kᵀ`` products run on one BLAS thread
+  (:func:`~attn_widget.querykeys.one_blas_thread`).
 
 A pass estimated past about a second of work shows a ``tqdm`` progress bar (see
 :func:`whole_head_pass`).
@@ -20,13 +19,12 @@ A pass estimated past about a second of work shows a ``tqdm`` progress bar (see
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Callable, Iterator
 
 import numpy as np
 
 from ..geometry import tril_offset
-from ..querykeys import ROW_CHUNK
+from ..querykeys import ROW_CHUNK, one_blas_thread
 from ..trace import AttentionBlock
 
 CHUNK_CELLS = 2**19
@@ -36,9 +34,6 @@ PROGRESS_CELLS = 2 * 10**8
 """Weights a pass must recompute before its progress bar shows by default (about a second at
 the ~5 ns per weight a head's pass takes on one core)."""
 
-_blas_lock = threading.Lock()
-_blas_users = 0
-_blas_limits = None
 
 
 def chunk_rows(n_keys: int) -> int:
@@ -128,36 +123,9 @@ def whole_head_pass(cells: int, desc: str, progress: bool | None) -> Iterator[Ca
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cells, desc=desc, unit="weight", unit_scale=True, leave=False)
-    with _one_blas_thread():
+    with one_blas_thread():
         try:
             yield (lambda n: None) if bar is None else bar.update
         finally:
             if bar is not None:
                 bar.close()
-
-
-@contextlib.contextmanager
-def _one_blas_thread() -> Iterator[None]:
-    """Limit BLAS to one thread while any pass runs (the limit is process-wide, so concurrent
-    passes share it: the first one in sets it, the last one out restores it)."""
-    global _blas_users, _blas_limits
-    with _blas_lock:
-        if _blas_users == 0:
-            _blas_limits = _limit_blas()
-        _blas_users += 1
-    try:
-        yield
-    finally:
-        with _blas_lock:
-            _blas_users -= 1
-            if _blas_users == 0 and _blas_limits is not None:
-                _blas_limits.restore_original_limits()
-                _blas_limits = None
-
-
-def _limit_blas():
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # optional: passes run, with BLAS's own threads
-        return None
-    return threadpool_limits(limits=1, user_api="blas")

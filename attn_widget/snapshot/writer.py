@@ -383,7 +383,7 @@ def _default_title(trace) -> str:
     lines = [line.strip() for line in text.splitlines() if len(line.split()) > 1]
     if trace.options.get("chat") and lines:
         text = lines[-1]
-    return f"{trace.model_name}: \u201c{_short(text, 80)}\u201d"
+    return printable(f"{trace.model_name}: \u201c{_short(text, 80)}\u201d")
 
 
 def _short(text: str, n: int) -> str:
