@@ -35,6 +35,8 @@ from .trace import AttentionBlock, AttentionTrace
 log = logging.getLogger("attn_widget")
 
 FORMS = ("auto", "weights", "queries-keys")
+LONG_PROMPT = 2048
+"""Prompt tokens from which a capture shows a progress bar by default."""
 
 
 class MemoryBudgetError(CaptureError):
@@ -79,7 +81,8 @@ def capture(model, tokenizer, prompt: str | Sequence[dict], *, max_new_tokens: i
     memory_budget : bytes the capture may use, a finite number above 0 (default: half the
         memory available now). An estimate above it raises :class:`MemoryBudgetError` before
         the model runs; its ``choices`` are keyword arguments that would fit.
-    progress : show a progress bar over decode steps (default: for 64 or more new tokens).
+    progress : show a progress bar over each layer's prompt pass and each decode step (default:
+        for prompts of ``LONG_PROMPT`` (2048) tokens or more, or 64 or more new tokens).
     form : how the trace stores attention: ``"weights"`` (float16, T²/2 per head),
         ``"queries-keys"`` (grows with T; weights recomputed when asked; not for models captured
         by hooks) or
@@ -234,6 +237,9 @@ def _capture_with(model, tokenizer, prompt, plan: _Plan, fast, options: dict) ->
     rec = recorder_for(fast, modules, kinds, plan.lengths(max_new_tokens), causal)
     was_training = model.training
     model.eval()
+    progress = options["progress"]
+    if progress or (progress is None and (max_new_tokens >= 64 or P >= LONG_PROMPT)):
+        rec.open_progress(sum(len(kinds[k][0]) for k in kinds), max_new_tokens)
     try:
         with torch.no_grad(), recording(rec, modules, kinds, fast):
             if max_new_tokens == 0:
@@ -245,8 +251,8 @@ def _capture_with(model, tokenizer, prompt, plan: _Plan, fast, options: dict) ->
                     model(input_ids=prompt_ids, attention_mask=mask)
                     seq = prompt_ids
             else:
-                seq = _generate(model, tokenizer, prompt_ids, max_new_tokens, enc_dec, rec,
-                                options["progress"], options["generate_kwargs"])
+                seq = _generate(model, tokenizer, prompt_ids, max_new_tokens, enc_dec,
+                                options["generate_kwargs"])
     finally:
         rec.close_progress()
         if was_training:
@@ -638,7 +644,7 @@ def _literal(value) -> str:
     return repr(value)
 
 
-def _generate(model, tokenizer, prompt_ids, max_new_tokens, enc_dec, rec, progress, kwargs):
+def _generate(model, tokenizer, prompt_ids, max_new_tokens, enc_dec, kwargs):
     kwargs = dict(kwargs)
     kwargs.setdefault("do_sample", False)
     if not kwargs["do_sample"]:
@@ -651,8 +657,6 @@ def _generate(model, tokenizer, prompt_ids, max_new_tokens, enc_dec, rec, progre
         kwargs.setdefault("pad_token_id", pad)
     for k in ("output_attentions", "return_dict_in_generate"):
         kwargs.pop(k, None)
-    if progress or (progress is None and max_new_tokens >= 64):
-        rec.open_progress(max_new_tokens)
     encoder_state = {}
     handle = None
     if enc_dec:

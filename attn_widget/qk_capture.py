@@ -41,16 +41,17 @@ class QueryKeyTap:
     causal : ``{kind: bool}``.
     lengths : ``{kind: (queries, keys)}``: the most positions the run can produce.
     on_step : called once per decode step (one new query in the first watched module).
+    on_layer : called as each watched module finishes a pass of several queries (the prompt).
     """
 
     def __init__(self, slots: dict[int, tuple[str, int, int]], heads: dict[str, list[int]],
                  causal: dict[str, bool], lengths: dict[str, tuple[int, int]],
-                 on_step: Callable[[], None] | None = None):
+                 on_step: Callable[[], None] | None = None, on_layer: Callable[[], None] | None = None):
         self.slots = slots
         self.heads = {kind: list(hs) for kind, hs in heads.items()}
         self.causal = causal
         self.lengths = lengths
-        self.on_step = on_step
+        self.on_step, self.on_layer = on_step, on_layer
         self.n_layers = {kind: 1 + max(li for k, li, _ in slots.values() if k == kind) for kind in heads}
         self.first = min(slots.values(), key=lambda s: s[1])[0:2] if slots else None
         # One preallocated host buffer per kind (layers × kept heads or groups × positions × dim),
@@ -90,6 +91,8 @@ class QueryKeyTap:
                 "sinks": None if sinks is None else sinks.detach().index_select(0, heads).to("cpu").float()}
         if n_new == 1 and self.on_step is not None and (kind, li) == self.first:
             self.on_step()
+        elif n_new > 1 and self.on_layer is not None:
+            self.on_layer()
 
     def _indices(self, kind: str, n_heads: int, n_groups: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         """The kept heads, and the key/value groups they read, as index tensors on ``device``."""

@@ -48,17 +48,24 @@ def _tril_index(q: int, k: int, device: str) -> torch.Tensor:
 
 
 class Progress:
-    """A progress bar over decode steps, shown for long generations."""
+    """One progress bar over a capture: each watched layer's prompt pass, then each decode step
+    (shown for long prompts and long generations; see :func:`attn_widget.capture`)."""
 
     bar = None
 
-    def open_progress(self, total: int) -> None:
+    def open_progress(self, n_layers: int, n_steps: int) -> None:
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=total, desc="attention capture", unit="tok", leave=False)
+        self.bar = tqdm(total=n_layers + n_steps, desc="attention capture", unit="step", leave=False,
+                        postfix={"prompt pass": f"{n_layers} layers", "decode": f"{n_steps} tokens"})
+
+    def layer(self) -> None:
+        """One watched layer finished its prompt pass."""
+        if self.bar is not None and self.bar.n < self.bar.total:
+            self.bar.update(1)
 
     def step(self) -> None:
-        if self.bar is not None:
+        if self.bar is not None and self.bar.n < self.bar.total:
             self.bar.update(1)
 
     def close_progress(self) -> None:
@@ -76,7 +83,7 @@ class QueryKeyRecorder(Progress):
         slots = {id(mods[layer][0]): (kind, li, layer) for kind, mods in modules.items()
                  for li, layer in enumerate(kinds[kind][0])}
         self.tap = QueryKeyTap(slots, {kind: hs for kind, (_, hs, _) in kinds.items()}, causal, lengths,
-                               self.step)
+                               self.step, self.layer)
 
     def check_complete(self, n_rows: int) -> None:
         for kind, (ls, _, _) in self.kinds.items():
@@ -181,6 +188,8 @@ class Recorder(Progress):
                 self.step()
         else:
             self.rows_done[kind][li] = r0 + q if kind == "cross" else q
+        if q > 1:
+            self.layer()
 
     def _validate(self, kind, layer, w, kept, h0: int = 0, sinks: bool = False,
                   tolerance: float = ROW_SUM_TOLERANCE) -> None:

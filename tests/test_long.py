@@ -106,3 +106,31 @@ def test_rows_of_a_long_capture_equal_eager_passes_over_each_prefix(word_tokeniz
                 assert not b.rows(li, 0, p, p + 1)[0, p + 1:].any()
     finally:
         model.set_attn_implementation("sdpa")
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_a_capture_progress_bar_counts_each_layers_prompt_pass_then_each_decode_step(
+        monkeypatch, word_tokenizer, attn):
+    import tqdm.auto
+
+    bars = []
+
+    class Bar:
+        def __init__(self, total, **kwargs):
+            self.total, self.n, self.closed = total, 0, False
+            bars.append(self)
+
+        def update(self, n):
+            self.n += n
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    model = tiny_model("llama")
+    model.set_attn_implementation(attn)
+    aw.capture(model, word_tokenizer, "w1 w2 w3 w4 w5", max_new_tokens=3, min_new_tokens=3, progress=True)
+    assert len(bars) == 1 and bars[0].closed
+    assert (bars[0].total, bars[0].n) == (2 + 3, 2 + 3)  # 2 layers' prompt pass, 3 decode steps
+    aw.capture(model, word_tokenizer, "w1 w2 w3", max_new_tokens=3)  # short: no bar by default
+    assert len(bars) == 1
