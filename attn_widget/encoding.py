@@ -178,14 +178,14 @@ def _matrix_section(key: str, source: int, b: AttentionBlock, data: np.ndarray) 
     return Section(key, source, "dense", (b.n_queries, b.n_keys), data)
 
 
-def thumbnails(trace: AttentionTrace, size: int = THUMB_SIZE,
-               layers: Sequence[int] | None = None) -> np.ndarray:
+def thumbnails(trace: AttentionTrace, size: int = THUMB_SIZE, layers: Sequence[int] | None = None,
+               heads: Sequence[int] | None = None) -> np.ndarray:
     """uint8 (n_layers, n_heads, R, C) grid thumbnails, at most ``size`` × ``size``.
 
     Each thumbnail pixel is the max over a square of ``side = ceil(T / size)`` queries × keys (so
     thin diagonals and sinks stay visible), divided by the head's max, then ``round(255 *
     sqrt(x))`` to lift small weights. ``R = ceil(n_queries / side)``, ``C = ceil(n_keys / side)``.
-    ``layers``: only these layer positions (default: all), in that order.
+    ``layers``, ``heads``: only these layer and head positions (default: all), in that order.
 
     A block of weights is pooled from its stored float16 in one pass; a block of queries and
     keys head by head with :meth:`AttentionBlock.pooled`, so its weights are never all held.
@@ -195,13 +195,16 @@ def thumbnails(trace: AttentionTrace, size: int = THUMB_SIZE,
     side = max(1, math.ceil(max(q, k) / size))
     r, c = math.ceil(q / side), math.ceil(k / side)
     li = list(range(len(b.layers))) if layers is None else [int(x) for x in layers]
+    hi = list(range(len(b.heads))) if heads is None else [int(x) for x in heads]
     if b.form == "queries-keys":
-        values = np.stack([np.stack([b.pooled(i, h, side) for h in range(len(b.heads))]) for i in li]) \
-            if li else np.zeros((0, len(b.heads), r, c), np.float32)
+        values = np.zeros((len(li), len(hi), r, c), np.float32)
+        for i, layer in enumerate(li):
+            for j, head in enumerate(hi):
+                values[i, j] = b.pooled(layer, head, side)
     else:
         # Non-negative float16 values order like their bit patterns read as int16, so the max
         # pooling runs on integers; -0.0 reads as -32768 and never wins.
-        bits = b.data[li].view(np.int16)
+        bits = b.data[np.ix_(li, hi)].view(np.int16)
         if b.causal:
             pooled = _pool_tril(bits, q, side, r)
         else:

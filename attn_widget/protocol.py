@@ -63,6 +63,35 @@ PARTIAL_EVERY = 1.0
 """Seconds between the parts of a grid sent while it fills in."""
 
 
+class Foreground:
+    """Counts the fetches views are waiting for (a pooled head, a region), from :meth:`begin`
+    when one is asked to :meth:`end` when it is answered. Background work (prefetches, the
+    grid) calls :meth:`wait` before each step, so it starts nothing new while a user waits: the
+    two cores go to what will be painted next."""
+
+    def __init__(self) -> None:
+        self._busy = 0
+        self._idle = threading.Condition()
+
+    def begin(self) -> None:
+        with self._idle:
+            self._busy += 1
+
+    def end(self) -> None:
+        with self._idle:
+            self._busy -= 1
+            self._idle.notify_all()
+
+    def wait(self, timeout: float = 5.0) -> None:
+        """Return once no fetch is waited for, or after ``timeout`` seconds (background work
+        is slowed, never starved)."""
+        with self._idle:
+            self._idle.wait_for(lambda: self._busy == 0, timeout)
+
+
+FOREGROUND = Foreground()
+
+
 class GridJob(Future):
     """The all-heads grid of one trace, prepared on :data:`GRID_WORKER`: thumbnails layer by
     layer, then the metric badges layer by layer. Its result is the complete ``grid`` reply
@@ -277,8 +306,9 @@ def grid_payload(trace: AttentionTrace, *, source: int, trace_id: str,
                  on_part: Callable[[bytes], None] | None = None) -> bytes:
     """The ``data`` reply buffer for a ``grid`` fetch: thumbnails and analysis badges.
 
-    Made layer by layer: the thumbnails of every layer, then the badges of every layer (each
-    layer's :func:`head_metrics`). With ``on_part``, a part is handed to it whenever
+    Made step by step: the thumbnails of every head, then the badges of every layer (each
+    layer's :func:`head_metrics`), each step after :data:`FOREGROUND` fetches are answered.
+    With ``on_part``, a part is handed to it whenever
     :data:`PARTIAL_EVERY` seconds have passed since the last: a grid payload whose header says
     ``progress`` (``thumbs``: captured heads with thumbnails, layer-major; ``metrics``: layers
     with badges, the others NaN)."""
@@ -301,13 +331,19 @@ def grid_payload(trace: AttentionTrace, *, source: int, trace_id: str,
             on_part(payload({"thumbs": n_thumbs, "metrics": n_metrics}))
             last = time.monotonic()
 
+    # Stored weights pool a layer at a time in one pass; queries and keys a head at a time
+    # (~0.4 s each at 8k tokens), yielding to what a view waits for between heads.
+    step = len(b.heads) if b.form == "weights" else 1
     for li in range(n_layers):
-        layer = encoding.thumbnails(trace, layers=[li])
-        if thumbs is None:
-            thumbs = np.zeros((n_layers,) + layer.shape[1:], np.uint8)
-        thumbs[li] = layer[0]
-        part((li + 1) * len(b.heads), 0)
+        for h0 in range(0, len(b.heads), step):
+            FOREGROUND.wait()
+            some = encoding.thumbnails(trace, layers=[li], heads=range(h0, min(h0 + step, len(b.heads))))
+            if thumbs is None:
+                thumbs = np.zeros((n_layers, len(b.heads)) + some.shape[2:], np.uint8)
+            thumbs[li, h0:h0 + step] = some[0]
+            part(li * len(b.heads) + min(h0 + step, len(b.heads)), 0)
     for li, model_layer in enumerate(b.layers):
+        FOREGROUND.wait()
         for name, values in head_metrics(trace, layers=[model_layer]).items():
             metrics.setdefault(name, np.full((n_layers, len(b.heads)), np.nan, np.float32))[li] = values[0]
         if li + 1 < n_layers:

@@ -20,7 +20,7 @@ import traitlets
 
 from . import protocol
 from .figures import bokeh_once
-from .protocol import FETCH_WORKER, POOL_ABOVE, PREFETCH_WORKER, ViewData
+from .protocol import FETCH_WORKER, FOREGROUND, POOL_ABOVE, PREFETCH_WORKER, ViewData
 from .selection import MEAN, format_ranges, is_int
 from .trace import AttentionTrace
 
@@ -287,9 +287,14 @@ class AttentionWidget(anywidget.AnyWidget):
                 return None
             if data.costly(content):
                 # Computed on a worker (a pooled head takes ~0.4 s at 8k tokens): the kernel
-                # stays free, and what the view waits for never queues behind a prefetch or a grid.
-                worker = PREFETCH_WORKER if content.get("prefetch") else FETCH_WORKER
-                self._later.append(worker.submit(lambda: self._send_answer(data.answer(content))))
+                # stays free, and what the view waits for never queues behind a prefetch or a
+                # grid; those start nothing new until it is answered.
+                if content.get("prefetch"):
+                    job = PREFETCH_WORKER.submit(self._answer_in_background, data, content)
+                else:
+                    FOREGROUND.begin()
+                    job = FETCH_WORKER.submit(self._answer_in_foreground, data, content)
+                self._later.append(job)
                 return None
             return data.answer(content)
         if kind == "bokeh":
@@ -306,6 +311,17 @@ class AttentionWidget(anywidget.AnyWidget):
     def _send_answer(self, answer: protocol.Reply) -> None:
         reply, buffers = answer
         self.send(reply, buffers or None)
+
+    def _answer_in_foreground(self, data: ViewData, content: Mapping[str, Any]) -> None:
+        """Answer a fetch the view waits for (counted in FOREGROUND since it was asked)."""
+        try:
+            self._send_answer(data.answer(content))
+        finally:
+            FOREGROUND.end()
+
+    def _answer_in_background(self, data: ViewData, content: Mapping[str, Any]) -> None:
+        FOREGROUND.wait()
+        self._send_answer(data.answer(content))
 
     def _run_reply(self, content: Mapping[str, Any]) -> tuple[dict[str, Any], list[bytes]]:
         rid, prompt = content.get("id"), content.get("prompt")

@@ -9,16 +9,23 @@
 - first paint of a 1024-token SmolLM2 widget, from pressing Ctrl+Enter on the cell to the
   heatmap's first paint, on a fresh page (BokehJS not loaded yet) and, once that widget has
   settled, for a second widget of the same trace;
-- the bytes the browser received over the kernel websocket for that first paint.
+- the bytes the browser received over the kernel websocket for that first paint;
+- ``--long``: a long trace (default 8192 tokens) of random queries and keys in SmolLM2's shape
+  (30 layers × 9 heads, 3 key/value groups, head_dim 64): the first payload's bytes and build
+  time in the kernel; in the page, a head never shown before (its pooled image asked from the
+  kernel) and a 512-token zoom (its region at full resolution) from the input to the frame after
+  the paint, while the all-heads grid is computed; and the kernel's own time to answer them.
 
 Run: ``python benchmarks/bench_widget.py`` (needs the built front end, Chromium, SmolLM2).
 ``--quick`` skips SmolLM2 and the 4096² case. ``--first-paint N`` runs only the SmolLM2 first
 paint, N times on fresh pages, and prints medians of its stages (performance marks ``aw:*``).
+``--long [--tokens T]`` runs only the long-trace section.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -125,8 +132,14 @@ def main() -> None:
                         help="only the SmolLM2 first paint, N fresh pages, with a stage breakdown")
     parser.add_argument("--setup-extra", default="", help="code appended to the setup cell "
                         "(experiments with --first-paint)")
+    parser.add_argument("--long", action="store_true", help="only the long-trace section")
+    parser.add_argument("--tokens", type=int, default=8192, help="tokens of the --long trace")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
+
+    if args.long:
+        long_bench(args.tokens)
+        return
 
     cells = [SETUP,
              "w1k = aw.AttentionWidget(synthetic(1024, 4), send_all_below=2**31)\nw1k",
@@ -309,6 +322,116 @@ def _first_paint_seconds(nb, cell, received, page_clock=False):
     if page_clock:
         return elapsed, bytes_in, nb.page.evaluate(PAGE_CLOCK_JS)
     return elapsed, bytes_in
+
+
+LONG_SETUP = """
+import os, sys, time, numpy as np, attn_widget as aw
+sys.path.insert(0, {browser_tests!r})
+from test_long_widget import random_long_trace
+t0 = time.perf_counter()
+tr = random_long_trace({tokens}, n_layers=30, n_heads=9, n_groups=3, head_dim=64)
+print(f'TRACE {{tr.block().nbytes / 2**20:.0f}} MiB of queries and keys, '
+      f'made in {{time.perf_counter() - t0:.1f}} s')
+"""
+LONG_WIDGET = """
+t0 = time.perf_counter()
+w = aw.AttentionWidget(tr, layer=15, head=4)
+build = time.perf_counter() - t0
+print(f'FIRST {{len(w._payload)}} bytes, built in {{build:.2f}} s, load {{os.getloadavg()[0]:.1f}}')
+w
+"""
+LONG_KERNEL = """
+d = w.view_data
+def ask(key):
+    t0, c0 = time.perf_counter(), time.thread_time()
+    reply, bufs = d.answer({{"type": "fetch", "id": 0, "trace_id": d.trace_id, "source": 0, "key": key}})
+    assert reply["type"] == "data", reply
+    return f"{{time.perf_counter() - t0:.2f}} ({{time.thread_time() - c0:.2f}} CPU)"
+side = {side}
+heads = ((3, 2), (22, 7), (9, 0), (27, 5))
+pool = [ask(f"pool/{{layer}}/{{head}}/{{side}}") for layer, head in heads]
+region = [ask(f"region/{{layer}}/{{head}}/4100/4612/4000/4512") for layer, head in heads]
+print("KERNEL pool " + ", ".join(pool) + " | region " + ", ".join(region)
+      + f" | grid done: {{d.grid[0].done()}} | load {{os.getloadavg()[0]:.1f}}")
+"""
+LONG_MEASURE_JS = """
+([action, arg, expect]) => new Promise((resolve) => {
+  // From the input (a head slider move, or new heatmap ranges) to the frame after the paint
+  // that shows what was asked: the pooled head, or the full-resolution region over it.
+  const root = document.querySelector('.aw-root');
+  const t0 = performance.now();
+  const done = () => {
+    const d = root.dataset;
+    return action === 'head' ? d.shown === expect : d.detail.startsWith(expect) && d.resolution === 'full:1';
+  };
+  const watch = new MutationObserver(() => {
+    if (!done()) return;
+    watch.disconnect();
+    requestAnimationFrame(() => resolve(performance.now() - t0));
+  });
+  watch.observe(root, { attributes: true, attributeFilter: ['data-paints'] });
+  if (action === 'head') {
+    const input = root.querySelector('.aw-head');
+    input.value = arg;
+    input.dispatchEvent(new Event('input', { bubbles: true }));
+  } else {
+    const doc = Object.values(Bokeh.index).find((v) => v.model.name === 'heatmap').model.document;
+    doc.get_model_by_name('x_range').setv({ start: arg[0], end: arg[1] });
+    doc.get_model_by_name('y_range').setv({ start: arg[3], end: arg[2] });
+  }
+  setTimeout(() => { watch.disconnect(); resolve(null); }, 120000);
+})
+"""
+
+
+def long_bench(tokens: int) -> None:
+    """The long-trace section: a SmolLM2-shaped trace of random queries and keys in JupyterLab."""
+    import math
+
+    from playwright.sync_api import sync_playwright
+
+    from attn_widget.figures import frame_pixels
+
+    side = math.ceil(tokens / frame_pixels())
+    cells = [LONG_SETUP.format(browser_tests=str(ROOT / "tests" / "browser"), tokens=tokens),
+             LONG_WIDGET.format(), LONG_KERNEL.format(side=side)]
+    with tempfile.TemporaryDirectory(prefix="attn-bench-") as tmp:
+        lab = start_lab(Path(tmp))
+        try:
+            lab.write_notebook("long.ipynb", cells)
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                page = new_page(browser, width=1400, height=1300)
+                nb = NotebookPage(page, lab, "long.ipynb")
+                print(f"machine: 2 CPU cores shared with other work (load {os.getloadavg()[0]:.1f} at "
+                      "start); Chromium headless, no GPU; JupyterLab 4; the kernel computes the "
+                      "all-heads grid on its grid thread meanwhile")
+                print(nb.run(0, timeout=900_000).strip().splitlines()[-1])
+                print(nb.run(1, timeout=900_000).strip().splitlines()[0])
+                nb.widget(1)
+                page.wait_for_timeout(3000)  # the first paint's prefetches (layer mean, heads ±1)
+                heads = []
+                for head in (8, 1, 6):  # never shown, and not neighbours of one shown
+                    ms = page.evaluate(LONG_MEASURE_JS, ["head", head, f"pool/15/{head}/{side}:linear"])
+                    heads.append(ms)
+                    page.wait_for_timeout(3000)
+                zooms = []
+                for start in (4000, 1000, 6500):  # 512 × 512 tokens each, a region never fetched
+                    box = [start, start + 512, start + 100, start + 612]  # keys, then queries
+                    ms = page.evaluate(LONG_MEASURE_JS, ["zoom", box, "region/15/6/"])
+                    zooms.append(ms)
+                    page.wait_for_timeout(2000)
+                fmt = lambda xs: ", ".join("timed out" if x is None else f"{x / 1000:.2f} s" for x in xs)  # noqa: E731
+                print(f"head never shown, slider input → pooled image painted (next frame): {fmt(heads)}")
+                print(f"512-token zoom, new ranges → full-resolution region painted (next frame; "
+                      f"includes the view's 150 ms settle delay): {fmt(zooms)}")
+                print(nb.run(2, timeout=900_000).strip().splitlines()[-1] + "  (seconds of "
+                      "ViewData.answer on the kernel thread, and that thread's CPU seconds, for "
+                      "pooled heads and 512² regions never asked)")
+                print(f"load at the end {os.getloadavg()[0]:.1f}")
+                browser.close()
+        finally:
+            lab.stop()
 
 
 if __name__ == "__main__":

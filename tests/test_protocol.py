@@ -159,3 +159,27 @@ def test_a_grid_whose_analysis_fails_answers_with_the_reason(monkeypatch):
                                   "key": "grid"})
     assert reply["type"] == "error" and buffers == []
     assert reply["message"] == "the all-heads grid could not be prepared: ZeroDivisionError: division by zero"
+
+
+def test_background_work_waits_while_a_view_waits_for_a_fetch():
+    import threading
+    import time
+
+    from attn_widget.protocol import Foreground
+
+    gate = Foreground()
+    gate.wait(timeout=5)  # nothing waited for: no wait
+    gate.begin()
+    waited = []
+    worker = threading.Thread(target=lambda: (gate.wait(timeout=30), waited.append(time.monotonic())))
+    worker.start()
+    time.sleep(0.2)
+    assert waited == []
+    answered = time.monotonic()
+    gate.end()
+    worker.join(10)
+    assert waited and waited[0] >= answered
+    gate.begin()
+    start = time.monotonic()
+    gate.wait(timeout=0.1)  # slowed, never starved
+    assert time.monotonic() - start < 5
