@@ -216,6 +216,7 @@ export function poolDiff(a, b, region, maxPixels) {
     const base = ((q - region.q0) / side | 0) * w;
     for (let k = region.k0; k < kEnd; k++) {
       const v = Math.abs(cell(a, q, k) - cell(b, q, k));
+      if (v !== v) continue; // no attention cell in either (-0 in pooled and region sections)
       const o = base + ((k - region.k0) / side | 0);
       if (!(out[o] >= v)) out[o] = v;
       if (v > max) max = v;
@@ -229,5 +230,6 @@ const cols = (s) => (s.layout === "tril" ? s.shape[0] : s.shape[1]);
 
 function cell(s, q, k) {
   if (s.layout === "tril") return k > q ? 0 : F16[s.data[(q * (q + 1)) / 2 + k]];
-  return F16[s.data[q * s.shape[1] + k]];
+  const bits = s.data[q * s.shape[1] + k];
+  return bits === 0x8000 ? NaN : F16[bits];
 }

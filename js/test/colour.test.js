@@ -124,6 +124,17 @@ test("|A − B| is the square max of the absolute difference, with its overall m
   assert.equal(max, 0.25);
 });
 
+test("|A − B| of pooled squares leaves the squares with no attention (-0) transparent", () => {
+  const pooled = (values) => ({ layout: "dense", dtype: "float16", shape: [2, 2], side: 4, data: f16array(values) });
+  const { values } = poolDiff(pooled([0.5, -0, 0.25, 1]), pooled([0.25, -0, 0.25, 0.5]), { q0: 0, q1: 2, k0: 0, k1: 2 }, 10);
+  assert.deepEqual([...values].map((v) => (Number.isNaN(v) ? null : v)), [0.25, null, 0, 0.5]);
+});
+
+test("colours: -0 (no attention cell) is transparent, +0 is the lowest colour", () => {
+  const lut = paletteLUT(["#000001", "#0000ff"]);
+  assert.deepEqual([...colorize(Float32Array.from([-0, 0, NaN]), scaleMapping("linear"), lut)], [0, lut[0], 0]);
+});
+
 // ------------------------------------------------------------------ fused pooling + colouring
 
 import { bitsLUT, poolColour } from "../src/colour.js";
