@@ -26,6 +26,7 @@ from .geometry import n_from_packed, pack_causal, packed_rows, tril_offset, unpa
 from .querykeys import ROW_CHUNK, QueryKeys, one_blas_thread
 from .selection import Indices, check_index, format_ranges, model_indices, position_in
 from .tokens import TokenTable
+from .valuenorms import ValueNorms, check_weighting
 
 CACHE_BYTES = 64 * 2**20
 """Bytes of pooled images and regions each block keeps for reuse (least recently used dropped)."""
@@ -45,11 +46,13 @@ class AttentionBlock:
     layers, heads : the model's layer and (query) head indices the block holds, in order.
     queries, keys : which token sequence each axis runs over: ``"tokens"`` or
         ``"source_tokens"``.
+    norms : :class:`~attn_widget.valuenorms.ValueNorms` or None: ``‖f_h(x_j)‖`` per layer, head
+        and key, for the value-weighted views (``weighting="norm"``: ``α_ij ‖f_h(x_j)‖``).
     """
 
     def __init__(self, name: str, causal: bool, layers: tuple[int, ...], heads: tuple[int, ...],
                  data: np.ndarray | None = None, queries: str = "tokens", keys: str = "tokens", *,
-                 qk: QueryKeys | None = None):
+                 qk: QueryKeys | None = None, norms: ValueNorms | None = None):
         if (data is None) == (qk is None):
             raise ValueError("an attention block holds either its weights (data) or its queries and "
                              "keys (qk), exactly one of them")
@@ -57,6 +60,7 @@ class AttentionBlock:
         self.layers, self.heads = tuple(layers), tuple(heads)
         self.queries, self.keys = queries, keys
         self._data, self.qk = data, qk
+        self.norms = norms
         self._cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._cache_lock = threading.Lock()
 
@@ -95,7 +99,20 @@ class AttentionBlock:
     @property
     def nbytes(self) -> int:
         """Bytes the block holds now."""
-        return (0 if self._data is None else self._data.nbytes) + (0 if self.qk is None else self.qk.nbytes)
+        return ((0 if self._data is None else self._data.nbytes) + (0 if self.qk is None else self.qk.nbytes)
+                + (0 if self.norms is None else self.norms.nbytes))
+
+    def key_factors(self, li, hi, weighting: str) -> np.ndarray | None:
+        """float32 (…, n_keys) what each key's weight is multiplied by under ``weighting`` for
+        positional indices ``li``, ``hi`` (broadcast together): None for ``"attention"``,
+        ``‖f_h(x_j)‖`` for ``"norm"``."""
+        if check_weighting(weighting) == "attention":
+            return None
+        if self.norms is None:
+            raise ValueError(f"block {self.name!r} holds no value norms, so weighting='norm' cannot be "
+                             "computed; capture with values='norms' (a trace built from weights alone, "
+                             "or captured with values=False, has none)")
+        return self.norms.norms[li, hi]
 
     def layer_pos(self, layer: int) -> int:
         return position_in(self.layers, layer, "layer", self.name)
@@ -108,42 +125,70 @@ class AttentionBlock:
         grid = np.indices((len(self.layers), len(self.heads)))
         return grid[0][li, hi], grid[1][li, hi]
 
-    def packed(self, li: int, hi: int) -> np.ndarray:
+    def packed(self, li: int, hi: int, weighting: str = "attention") -> np.ndarray:
         """float16 weights of one head (positions into the block) in the stored layout; a view
-        when the block holds weights."""
+        when the block holds weights and ``weighting`` is ``"attention"``."""
+        if self.key_factors(li, hi, weighting) is not None:
+            return self.stored_layout(li, hi, weighting).astype(np.float16)
         return self.qk.packed(li, hi) if self._data is None else self._data[li, hi]
 
-    def dense(self, li: int | slice | np.ndarray, hi: int | slice | np.ndarray) -> np.ndarray:
-        """float32 dense (…, n_queries, n_keys) for positional indices (broadcast together)."""
-        if self._data is None:
-            return self.rows(li, hi, 0, self.n_queries)
-        packed = self._data[li, hi]
-        return unpack_causal(packed, self.n_queries) if self.causal else packed.astype(np.float32)
+    def stored_layout(self, li: int, hi: int | None, weighting: str) -> np.ndarray:
+        """float32 rows of head position ``hi`` (None: the mean of heads) of layer position
+        ``li`` in the stored layout (packed lower triangle or dense), built ``ROW_CHUNK`` rows at a
+        time."""
+        t = self.n_queries
+        if not self.causal:
+            return self.head_rows(li, hi, 0, t, weighting)
+        out = np.empty(tril_offset(t), np.float32)
+        for s in range(0, t, ROW_CHUNK):
+            e = min(s + ROW_CHUNK, t)
+            seen = np.arange(e)[None, :] <= np.arange(s, e)[:, None]  # row-major: the packed order
+            out[tril_offset(s):tril_offset(e)] = self.head_rows(li, hi, s, e, weighting)[:, :e][seen]
+        return out
 
-    def rows(self, li, hi, start: int, stop: int) -> np.ndarray:
-        """float32 (…, stop - start, n_keys) for query rows ``start:stop``; zeros above diagonal."""
+    def dense(self, li: int | slice | np.ndarray, hi: int | slice | np.ndarray,
+              weighting: str = "attention") -> np.ndarray:
+        """float32 dense (…, n_queries, n_keys) for positional indices (broadcast together);
+        ``weighting="norm"``: each weight times ``‖f_h(x_j)‖`` of its key."""
+        if self._data is None:
+            return self.rows(li, hi, 0, self.n_queries, weighting)
+        factors = self.key_factors(li, hi, weighting)
+        packed = self._data[li, hi]
+        out = unpack_causal(packed, self.n_queries) if self.causal else packed.astype(np.float32)
+        if factors is not None:
+            out *= factors[..., None, :]
+        return out
+
+    def rows(self, li, hi, start: int, stop: int, weighting: str = "attention") -> np.ndarray:
+        """float32 (…, stop - start, n_keys) for query rows ``start:stop``; zeros above diagonal;
+        ``weighting="norm"``: each weight times ``‖f_h(x_j)‖`` of its key."""
+        factors = self.key_factors(li, hi, weighting)
         if self._data is None:
             pairs = self._pairs(li, hi)
             out = np.empty(pairs[0].shape + (stop - start, self.n_keys), np.float32)
             for idx in np.ndindex(pairs[0].shape):
                 out[idx] = self.qk.rows(int(pairs[0][idx]), int(pairs[1][idx]), start, stop)
-            return out
-        if not self.causal:
-            return self._data[li, hi, ..., start:stop, :].astype(np.float32)
-        return packed_rows(self._data[li, hi], start, stop, self.n_keys)
+        elif not self.causal:
+            out = self._data[li, hi, ..., start:stop, :].astype(np.float32)
+        else:
+            out = packed_rows(self._data[li, hi], start, stop, self.n_keys)
+        if factors is not None:
+            out *= factors[..., None, :]
+        return out
 
-    def head_rows(self, li: int, hi: int | None, start: int, stop: int) -> np.ndarray:
+    def head_rows(self, li: int, hi: int | None, start: int, stop: int,
+                  weighting: str = "attention") -> np.ndarray:
         """float32 (stop - start, n_keys): query rows of head position ``hi`` of layer position
         ``li``, or of the mean of the block's heads when ``hi`` is None."""
         if hi is not None:
-            return self.rows(li, hi, start, stop)
-        total = self.rows(li, 0, start, stop)
+            return self.rows(li, hi, start, stop, weighting)
+        total = self.rows(li, 0, start, stop, weighting)
         for h in range(1, len(self.heads)):
-            total += self.rows(li, h, start, stop)
+            total += self.rows(li, h, start, stop, weighting)
         total /= len(self.heads)
         return total
 
-    def pooled(self, li: int, hi: int | None, side: int) -> np.ndarray:
+    def pooled(self, li: int, hi: int | None, side: int, weighting: str = "attention") -> np.ndarray:
         """float32 (ceil(n_queries / side), ceil(n_keys / side)): each cell the max over a
         ``side`` × ``side`` square of head ``hi`` (None: the mean of heads) of layer ``li``
         (positions), so single strong weights survive. Computed ``ROW_CHUNK``-ish rows at a time
@@ -151,7 +196,8 @@ class AttentionBlock:
         side = int(side)
         if side < 1:
             raise ValueError(f"side must be a positive number of tokens; got {side}")
-        key = ("pooled", int(li), None if hi is None else int(hi), side)
+        self.key_factors(li, 0 if hi is None else hi, weighting)  # refused before any work
+        key = ("pooled", int(li), None if hi is None else int(hi), side, weighting)
         hit = self._cache_get(key)
         if hit is not None:
             return hit
@@ -160,14 +206,15 @@ class AttentionBlock:
         out = np.empty((math.ceil(nq / side), c), np.float32)
         step = side * max(1, ROW_CHUNK // side)
         with one_blas_thread():
-            self._pool_into(out, li, hi, side, step)
+            self._pool_into(out, li, hi, side, step, weighting)
         return self._cache_put(key, out)
 
-    def _pool_into(self, out: np.ndarray, li: int, hi: int | None, side: int, step: int) -> None:
+    def _pool_into(self, out: np.ndarray, li: int, hi: int | None, side: int, step: int,
+                   weighting: str) -> None:
         nq, nk, c = self.n_queries, self.n_keys, out.shape[1]
         for s in range(0, nq, step):
             e = min(s + step, nq)
-            rows = self.head_rows(li, hi, s, e)
+            rows = self.head_rows(li, hi, s, e, weighting)
             seen = min(e, nk) if self.causal else nk  # later columns are 0 in a causal chunk
             cols = np.zeros((e - s, c), np.float32)
             cols[:, :math.ceil(seen / side)] = np.maximum.reduceat(
@@ -176,7 +223,7 @@ class AttentionBlock:
                 cols, np.arange(0, e - s, side), axis=0)
 
     def region(self, li: int, hi: int | None, queries: tuple[int, int],
-               keys: tuple[int, int]) -> np.ndarray:
+               keys: tuple[int, int], weighting: str = "attention") -> np.ndarray:
         """float32 (q1 - q0, k1 - k0): full-resolution weights of rows ``q0:q1`` and columns
         ``k0:k1`` of head ``hi`` (None: the mean of heads) of layer ``li`` (positions); rows are
         normalised over all keys, as in the model. Kept in the block's small cache."""
@@ -184,7 +231,8 @@ class AttentionBlock:
         if not (0 <= q0 < q1 <= self.n_queries and 0 <= k0 < k1 <= self.n_keys):
             raise ValueError(f"region rows {q0}:{q1} and columns {k0}:{k1} must be non-empty and "
                              f"inside {self.n_queries} queries × {self.n_keys} keys")
-        key = ("region", int(li), None if hi is None else int(hi), q0, q1, k0, k1)
+        self.key_factors(li, 0 if hi is None else hi, weighting)
+        key = ("region", int(li), None if hi is None else int(hi), q0, q1, k0, k1, weighting)
         hit = self._cache_get(key)
         if hit is not None:
             return hit
@@ -192,8 +240,21 @@ class AttentionBlock:
         with one_blas_thread():
             for s in range(q0, q1, ROW_CHUNK):
                 e = min(s + ROW_CHUNK, q1)
-                out[s - q0:e - q0] = self.head_rows(li, hi, s, e)[:, k0:k1]
+                out[s - q0:e - q0] = self.head_rows(li, hi, s, e, weighting)[:, k0:k1]
         return self._cache_put(key, out)
+
+    def layer_rows(self, li: int, start: int, stop: int) -> np.ndarray:
+        """float32 (stop - start, n_keys): ``‖Σ_h α^h_ij f_h(x_j)‖`` over the block's heads of
+        layer position ``li``, for query rows ``start:stop`` (needs the Gram kept by
+        ``capture(values="layer")``)."""
+        self.key_factors(li, 0, "norm")
+        out = np.empty((stop - start, self.n_keys), np.float32)
+        with one_blas_thread():
+            for s in range(start, stop, ROW_CHUNK):
+                e = min(s + ROW_CHUNK, stop)
+                alphas = self.rows(li, slice(None), s, e)
+                out[s - start:e - start] = self.norms.layer_rows(li, alphas)
+        return out
 
     def _cache_get(self, key: tuple) -> np.ndarray | None:
         with self._cache_lock:
@@ -215,8 +276,10 @@ class AttentionBlock:
                 total -= self._cache.popitem(last=False)[1].nbytes
         return value
 
-    def mean_of_heads(self, li: int) -> np.ndarray:
+    def mean_of_heads(self, li: int, weighting: str = "attention") -> np.ndarray:
         """float32 mean over the captured heads of layer position ``li``, in the stored layout."""
+        if self.key_factors(li, slice(None), weighting) is not None:
+            return self.stored_layout(li, None, weighting)
         if self._data is not None:
             return self._data[li].astype(np.float32).mean(axis=0)
         total = self.qk.packed(li, 0).astype(np.float32)
@@ -228,16 +291,17 @@ class AttentionBlock:
         """This block for layer positions ``li`` and head positions ``hi``."""
         layers = tuple(self.layers[i] for i in li)
         heads = tuple(self.heads[i] for i in hi)
+        norms = None if self.norms is None else self.norms.select(li, hi)
         if self._data is None:
             return AttentionBlock(self.name, self.causal, layers, heads, None, self.queries, self.keys,
-                                  qk=self.qk.select(li, hi))
+                                  qk=self.qk.select(li, hi), norms=norms)
         return AttentionBlock(self.name, self.causal, layers, heads, self._data[np.ix_(li, hi)],
-                              self.queries, self.keys)
+                              self.queries, self.keys, norms=norms)
 
     def on_axes(self, queries: str, keys: str) -> AttentionBlock:
         """The same block, its axes named ``queries`` and ``keys`` (no copy)."""
         return AttentionBlock(self.name, self.causal, self.layers, self.heads, self._data, queries, keys,
-                              qk=self.qk)
+                              qk=self.qk, norms=self.norms)
 
 
 class AttentionTrace:
@@ -464,35 +528,40 @@ class AttentionTrace:
         return [check_index(i, len(self.tokens), "span position") for i in name_or_text]
 
     # ----------------------------------------------------------------- attention access
-    def head(self, layer: int, head: int, block: str | None = None) -> np.ndarray:
-        """float32 (n_queries, n_keys) attention of one model layer and head."""
-        b = self.block(block)
-        return b.dense(b.layer_pos(layer), b.head_pos(head))
+    # ``weighting``: "attention" (the weights α) or "norm" (α_ij · ‖f_h(x_j)‖, Kobayashi et al.
+    # 2020: how much of what the head moved came from key j; see attn_widget.valuenorms).
+    def head(self, layer: int, head: int, block: str | None = None, *,
+             weighting: str = "attention") -> np.ndarray:
+        """float32 (n_queries, n_keys) attention of one model layer and head; with
+        ``weighting="norm"``, ``α_ij ‖f_h(x_j)‖`` (not normalised: rows sum to the length of what
+        the head moved, up to cancellation)."""
+        b = self.check_weighting(weighting, block)
+        return b.dense(b.layer_pos(layer), b.head_pos(head), weighting)
 
-    def layer_mean(self, layer: int, block: str | None = None) -> np.ndarray:
+    def layer_mean(self, layer: int, block: str | None = None, *, weighting: str = "attention") -> np.ndarray:
         """float32 (n_queries, n_keys): the mean over the captured heads of one layer."""
-        b = self.block(block)
-        mean = b.mean_of_heads(b.layer_pos(layer))
+        b = self.check_weighting(weighting, block)
+        mean = b.mean_of_heads(b.layer_pos(layer), weighting)
         return unpack_causal(mean, b.n_queries) if b.causal else mean
 
     def attention(self, block: str | None = None, layers: Sequence[int] | None = None,
-                  heads: Sequence[int] | None = None) -> np.ndarray:
+                  heads: Sequence[int] | None = None, *, weighting: str = "attention") -> np.ndarray:
         """float32 dense (n_layers, n_heads, n_queries, n_keys) for model layer/head indices.
 
         Memory: 4 · layers · heads · T² bytes; prefer :meth:`head` or :meth:`row` for long runs.
         """
-        b = self.block(block)
+        b = self.check_weighting(weighting, block)
         li = np.array([b.layer_pos(x) for x in (b.layers if layers is None else layers)], dtype=np.intp)
         hi = np.array([b.head_pos(x) for x in (b.heads if heads is None else heads)], dtype=np.intp)
-        return b.dense(li[:, None], hi[None, :])
+        return b.dense(li[:, None], hi[None, :], weighting)
 
-    def row(self, position: int, block: str | None = None) -> np.ndarray:
+    def row(self, position: int, block: str | None = None, *, weighting: str = "attention") -> np.ndarray:
         """float32 (n_layers, n_heads, n_keys): what query ``position`` attends to."""
-        b = self.block(block)
+        b = self.check_weighting(weighting, block)
         position = check_index(position, b.n_queries, "position")
-        return b.rows(slice(None), slice(None), position, position + 1)[:, :, 0, :]
+        return b.rows(slice(None), slice(None), position, position + 1, weighting)[:, :, 0, :]
 
-    def step(self, t: int, block: str | None = None) -> np.ndarray:
+    def step(self, t: int, block: str | None = None, *, weighting: str = "attention") -> np.ndarray:
         """float32 (n_layers, n_heads, n_keys): the attention that produced generated token ``t``.
 
         Generated token ``t`` (0-based) sits at position ``prompt_len + t``; it was predicted by
@@ -505,7 +574,49 @@ class AttentionTrace:
         start = self.spans["generated"][0]
         if start + t == 0:
             raise ValueError("generated token 0 is at position 0 and has no producing query")
-        return self.row(start + t - 1, block)
+        return self.row(start + t - 1, block, weighting=weighting)
+
+    # ----------------------------------------------------------------- value-weighted views
+    @property
+    def has_value_norms(self) -> bool:
+        """Whether every block keeps the norms ``weighting="norm"`` needs."""
+        return all(b.norms is not None for b in self.blocks.values())
+
+    def check_weighting(self, weighting: str, block: str | None = None) -> AttentionBlock:
+        """Block ``block`` when it can be read with ``weighting``; otherwise one ``ValueError``
+        saying why (an unknown weighting, or no value norms and what to do)."""
+        b = self.block(block)
+        if check_weighting(weighting) == "norm" and b.norms is None:
+            why = self.options.get("values_unavailable") or (
+                "captured with values=False, read from a file of format version 3 or older, or built "
+                "from weights alone")
+            raise ValueError(f"weighting='norm' needs the norms of the values, and block {b.name!r} of this "
+                             f"trace holds none ({why}); capture with values='norms', or use "
+                             "weighting='attention'")
+        return b
+
+    def value_norms(self, layer: int, head: int, block: str | None = None) -> np.ndarray:
+        """float32 (n_keys,): ``‖f_h(x_j)‖`` of each key position ``j`` for one model layer and
+        head, the length of what the head would move if it put all its weight on that key."""
+        b = self.check_weighting("norm", block)
+        return b.norms.norms[b.layer_pos(layer), b.head_pos(head)].copy()
+
+    def layer_contribution(self, layer: int, position: int | None = None,
+                           block: str | None = None) -> np.ndarray:
+        """``‖Σ_h α^h_ij f_h(x_j)‖``: what key ``j`` added to query ``i``'s position through all
+        the captured heads of one layer together (heads can cancel, so it is at most the sum of
+        the heads' ``α_ij ‖f_h(x_j)‖``).
+
+        Needs ``capture(..., values="layer")``, which keeps the heads' Gram matrix per layer and
+        key position (``H (H + 1) / 2`` numbers). Returns float32 (n_queries, n_keys) for the
+        layer, or (n_keys,) for query ``position``: ``T² · H²`` multiply-adds for the layer.
+        """
+        b = self.check_weighting("norm", block)
+        li = b.layer_pos(layer)
+        if position is None:
+            return b.layer_rows(li, 0, b.n_queries)
+        position = check_index(position, b.n_queries, "position")
+        return b.layer_rows(li, position, position + 1)[0]
 
     def step_position(self, t: int) -> int:
         """The query position whose attention produced generated token ``t``."""
@@ -526,6 +637,8 @@ class AttentionTrace:
         forms = {x.form for x in self.blocks.values()}
         held = "float16 weights" if forms == {"weights"} else (
             "queries and keys" if forms == {"queries-keys"} else "weights, queries and keys")
+        if self.has_value_norms:
+            held += " and value norms"
         parts.append(f"{nbytes / 2**20:.1f} MiB of {held}")
         text = self.text.replace("\n", "⏎")
         parts.append(f"text={text[:60]!r}{'…' if len(text) > 60 else ''}")

@@ -5,7 +5,10 @@ CRC32 of those and of the JSON header, then the JSON header (tokens, spans, mode
 per attention block, its arrays: dtype, shape, offset, size, CRC32), then the arrays, each
 64-byte aligned. Each block is stored in its form: float16 weights (``data``), or queries and
 keys (``queries``, ``keys``, ``groups``, ``scaling``, ``windows``, ``sinks``) from which the
-weights are recomputed. Versions 1 (weights only) and 2 (no header checksum) still load.
+weights are recomputed; either form may add the norms of its values (``norms``, and ``gram`` for
+the layer-level view, :mod:`attn_widget.valuenorms`). Version 4 is version 3 with those arrays:
+a trace without them is written as version 3, so older readers still open it. Versions 1
+(weights only) and 2 (no header checksum) still load.
 
 Every fact in a header is checked, against the header itself (lengths, spans, each array's
 shape for its block's layers, heads and tokens, its place in the file) and against the file, so
@@ -32,18 +35,23 @@ from .querykeys import QueryKeys
 from .storage import file_kind, jsonable, write_atomically
 from .tokens import TokenTable
 from .trace import AttentionBlock, AttentionTrace
+from .valuenorms import ValueNorms
 
 FORMAT_NAME = "attn_widget.trace"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
+WITHOUT_VALUES = 3
+"""The version a trace without value norms is written as (the one before they existed)."""
 MAGIC = b"ATTNTRACE\x00"
 _HEADER = struct.Struct("<10sIQ")  # magic, format version, json length
 _HEADER_CRC = struct.Struct("<I")  # version 3 on: CRC32 of the fixed header and the JSON header
 _ALIGN = 64
 _SEQUENCES = ("tokens", "source_tokens")
+_VALUES = {"norms": ("float32", False), "gram": ("float32", False)}  # version 4 on, either form
 _ARRAYS = {  # form -> array name -> (dtype, required)
-    "weights": {"data": ("float16", True)},
+    "weights": {"data": ("float16", True), **_VALUES},
     "queries-keys": {"queries": ("float32", True), "keys": ("float32", True), "groups": ("int64", True),
-                     "scaling": ("float64", True), "windows": ("int64", True), "sinks": ("float32", False)},
+                     "scaling": ("float64", True), "windows": ("int64", True), "sinks": ("float32", False),
+                     **_VALUES},
 }
 
 
@@ -62,8 +70,15 @@ def _aligned(n: int) -> int:
 # --------------------------------------------------------------------------- saving
 def _block_arrays(b: AttentionBlock) -> tuple[dict[str, np.ndarray], dict]:
     """The arrays a block is stored as, and the other facts of its form."""
+    values = {}
+    if b.norms is not None:
+        if not isinstance(b.norms, ValueNorms):
+            raise _Malformed(f"block {b.name!r} holds {type(b.norms).__name__} instead of ValueNorms")
+        values["norms"] = np.ascontiguousarray(b.norms.norms, dtype=np.float32)
+        if b.norms.gram is not None:
+            values["gram"] = np.ascontiguousarray(b.norms.gram, dtype=np.float32)
     if b.form == "weights":
-        return {"data": np.ascontiguousarray(b.data, dtype=np.float16)}, {}
+        return {"data": np.ascontiguousarray(b.data, dtype=np.float16), **values}, {}
     qk = b.qk
     if not isinstance(qk, QueryKeys):
         raise _Malformed(f"block {b.name!r} holds {type(qk).__name__} instead of QueryKeys")
@@ -72,7 +87,7 @@ def _block_arrays(b: AttentionBlock) -> tuple[dict[str, np.ndarray], dict]:
     if qk.sinks is not None:
         arrays["sinks"] = qk.sinks
     specs = _ARRAYS["queries-keys"]
-    return ({k: np.ascontiguousarray(v, dtype=specs[k][0]) for k, v in arrays.items()},
+    return ({**{k: np.ascontiguousarray(v, dtype=specs[k][0]) for k, v in arrays.items()}, **values},
             {"softcap": float(qk.softcap), "causal_keys": bool(qk.causal)})
 
 
@@ -103,7 +118,8 @@ def _trace_parts(trace: AttentionTrace) -> tuple[dict, list[np.ndarray], list[di
         layout.append({"name": b.name, "causal": b.causal, "layers": jsonable(b.layers),
                        "heads": jsonable(b.heads), "queries": b.queries, "keys": b.keys, "form": b.form,
                        "arrays": table, **extra})
-    meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "tokens": trace.tokens.to_json(),
+    version = FORMAT_VERSION if any("norms" in a for a in by_block) else WITHOUT_VALUES
+    meta = {"format": FORMAT_NAME, "version": version, "tokens": trace.tokens.to_json(),
             "source_tokens": None if trace.source_tokens is None else trace.source_tokens.to_json(),
             "spans": jsonable(trace.spans), "model": jsonable(trace.model),
             "options": jsonable(trace.options), "blocks": layout}
@@ -127,7 +143,7 @@ def save_trace(trace: AttentionTrace, path: str | os.PathLike) -> Path:
         blob = json.dumps(meta, ensure_ascii=False).encode("utf-8")
     except _Malformed as e:
         raise ValueError(f"cannot save this trace to {str(path)!r}: {e}; nothing was written") from None
-    fixed = _HEADER.pack(MAGIC, FORMAT_VERSION, len(blob))
+    fixed = _HEADER.pack(MAGIC, meta["version"], len(blob))
     crc = _HEADER_CRC.pack(zlib.crc32(fixed + blob))
     data_start = _aligned(len(fixed) + len(crc) + len(blob))
     total = data_start + sum(_aligned(a.nbytes) for a in chunks)
@@ -254,15 +270,17 @@ def _check_header(meta: Any, data_size: int) -> None:
                     f"{at} says {nbytes} bytes for shape {shape} of {dtype}")
             extents.append((offset, offset + nbytes, at))
             shapes[key] = tuple(shape)
+        _expect("gram" not in shapes or "norms" in shapes, f"{where} has a gram array without its norms")
+        values = {"norms": (n_layers, n_heads, nk), "gram": (n_layers, nk, n_heads * (n_heads + 1) // 2)}
         if form == "weights":
             cells = (tril_offset(nq),) if causal else (nq, nk)
-            expected = {"data": (n_layers, n_heads, *cells)}
+            expected = {"data": (n_layers, n_heads, *cells), **values}
         else:
             q, k = shapes["queries"], shapes["keys"]
             _expect(len(q) == 4 and len(k) == 4, f"{where} queries and keys are not 4-dimensional")
             expected = {"queries": (n_layers, n_heads, nq, q[3]), "keys": (n_layers, k[1], nk, q[3]),
                         "groups": (n_heads,), "scaling": (n_layers,), "windows": (n_layers,),
-                        "sinks": (n_layers, n_heads)}
+                        "sinks": (n_layers, n_heads), **values}
             softcap = b.get("softcap", 0.0)
             _expect(isinstance(softcap, (int, float)) and not isinstance(softcap, bool)
                     and math.isfinite(softcap) and softcap >= 0, f"{where} has softcap {_short(softcap)}")
@@ -282,6 +300,11 @@ def _check_values(b: dict, arrays: dict[str, np.ndarray]) -> None:
     """The values of one block's arrays: weights in [0, 1], queries and keys finite, groups
     within the keys."""
     where = f"block {b['name']!r}"
+    for key in ("norms", "gram"):
+        if key in arrays:
+            _expect(bool(np.isfinite(arrays[key]).all()), f"{where} has value {key} that are NaN or infinite")
+    if "norms" in arrays:
+        _expect(bool((arrays["norms"] >= 0).all()), f"{where} has negative value norms")
     if "data" in arrays:
         data = arrays["data"]
         _expect(bool(np.isfinite(data).all()), f"{where} has weights that are NaN or infinite")
@@ -316,7 +339,7 @@ def _open_regular(path: Path):
 
 
 def load_trace(path: str | os.PathLike) -> AttentionTrace:
-    """Read a trace written by :meth:`AttentionTrace.save` (format version 1, 2 or 3).
+    """Read a trace written by :meth:`AttentionTrace.save` (format version 1 to 4).
 
     Raises :class:`TraceFormatError`, naming the problem, for anything that is not a trace
     written here: a folder, FIFO or device, a foreign file, a truncated or corrupted one (the
@@ -400,8 +423,9 @@ def _from_version_1(meta: dict) -> None:
 
 def _block(b: dict, arrays: dict[str, np.ndarray]) -> AttentionBlock:
     common = (b["name"], b["causal"], tuple(b["layers"]), tuple(b["heads"]))
+    norms = ValueNorms(arrays["norms"], arrays.get("gram")) if "norms" in arrays else None
     if b["form"] == "weights":
-        return AttentionBlock(*common, arrays["data"], b["queries"], b["keys"])
+        return AttentionBlock(*common, arrays["data"], b["queries"], b["keys"], norms=norms)
     qk = QueryKeys(arrays["queries"], arrays["keys"], arrays["groups"], arrays["scaling"], arrays["windows"],
                    float(b.get("softcap", 0.0)), arrays.get("sinks"), b.get("causal_keys", b["causal"]))
-    return AttentionBlock(*common, None, b["queries"], b["keys"], qk=qk)
+    return AttentionBlock(*common, None, b["queries"], b["keys"], qk=qk, norms=norms)
