@@ -4,9 +4,11 @@ Hugging Face keeps every layer of every decode step as float32 until ``generate`
 under SDPA or flash attention returns no weights at all, without an error. We instead take what
 we need while the model runs, on the model as it was loaded: on a fast kernel, the queries and
 keys it computes (weights recomputed exactly from them, :mod:`attn_widget.qk_capture`); on eager
-attention, its weights the moment a layer produces them (:mod:`attn_widget.recording`). Only the
-requested layers and heads are kept; decode steps are stitched in order, so the trace equals one
-forward pass over the final text.
+attention, its weights the moment a layer produces them (:mod:`attn_widget.recording`); and, for
+value-weighted views, the norms of what each head's values contribute (:mod:`attn_widget.values`).
+Only the requested layers and heads are kept; decode steps are stitched in order, so the trace
+equals one forward pass over the final text. The memory estimate lives in
+:mod:`attn_widget.budget`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import contextlib
 import dataclasses
 import inspect
 import logging
-import os
 import threading
 import weakref
 from collections.abc import Mapping, Sequence
@@ -24,13 +25,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from .geometry import tril_offset
+from .budget import MemoryBudgetError, check_budget, estimate_bytes
 from .qk_capture import EAGER_PREFIX, fast_implementation
 from .recording import CaptureError, captured_block, recorder_for, recording
 from .selection import check_count, check_positive, index_list, indices_below, is_int
-from .storage import format_bytes
 from .tokens import token_table
 from .trace import AttentionBlock, AttentionTrace
+from .values import check_values, plan_values
+
+__all__ = ["CaptureError", "MemoryBudgetError", "capture", "capture_options", "estimate_bytes",
+           "recompute_matches"]
 
 log = logging.getLogger("attn_widget")
 
@@ -39,23 +43,11 @@ LONG_PROMPT = 2048
 """Prompt tokens from which a capture shows a progress bar by default."""
 
 
-class MemoryBudgetError(CaptureError):
-    """A capture would need more memory than its budget; the message lists cheaper choices.
-
-    ``choices`` holds them as keyword arguments of :func:`capture` (``{"layers": [28, 29]}``,
-    ``{"max_new_tokens": 12}``, ``{"memory_budget": 123456789}``…): each, with the rest of the
-    call unchanged, fits the budget.
-    """
-
-    def __init__(self, message: str, choices: Sequence[dict] = ()):
-        super().__init__(message)
-        self.choices = [dict(c) for c in choices]
-
-
 def capture(model, tokenizer, prompt: str | Sequence[dict], *, max_new_tokens: int = 0,
             layers: Sequence[int] | None = None, heads: Sequence[int] | None = None,
             chat: bool = False, target: str | None = None, memory_budget: float | None = None,
-            progress: bool | None = None, form: str = "auto", **generate_kwargs: Any) -> AttentionTrace:
+            progress: bool | None = None, form: str = "auto", values: str | bool = "auto",
+            **generate_kwargs: Any) -> AttentionTrace:
     """Run ``model`` on ``prompt`` and capture its attention as an :class:`AttentionTrace`.
 
     Parameters
@@ -87,6 +79,13 @@ def capture(model, tokenizer, prompt: str | Sequence[dict], *, max_new_tokens: i
         ``"queries-keys"`` (grows with T; weights recomputed when asked; not for models captured
         by hooks) or
         ``"auto"``: queries and keys when they take less memory than the weights.
+    values : what to keep of the values, for ``weighting="norm"`` views (Kobayashi et al. 2020):
+        ``"norms"``, ``‖f_h(x_j)‖`` per kept layer, head and key position (4 bytes each, checked
+        once per model class); ``"layer"``, also the heads' Gram per layer and key, for
+        :meth:`AttentionTrace.layer_contribution` (``H (H + 1) / 2`` floats; forming it costs
+        about one more output projection per token); ``False``, nothing; ``"auto"`` (default):
+        the norms when the model's value and output projections are found, nothing otherwise
+        (``trace.options["values_unavailable"]`` says why).
     **generate_kwargs : passed to ``model.generate``.
 
     Every argument is checked, and the layers and heads against the model, before the model
@@ -100,7 +99,7 @@ def capture(model, tokenizer, prompt: str | Sequence[dict], *, max_new_tokens: i
     """
     options = capture_options(max_new_tokens=max_new_tokens, layers=layers, heads=heads, chat=chat,
                               target=target, memory_budget=memory_budget, progress=progress, form=form,
-                              **generate_kwargs)
+                              values=values, **generate_kwargs)
     # One capture at a time per model: they would switch its attention under each other. A
     # second one waits its turn.
     with _model_lock(model):
@@ -109,7 +108,8 @@ def capture(model, tokenizer, prompt: str | Sequence[dict], *, max_new_tokens: i
 
 def capture_options(*, max_new_tokens: int = 0, layers=None, heads=None, chat: bool = False,
                     target: str | None = None, memory_budget: float | None = None,
-                    progress: bool | None = None, form: str = "auto", **generate_kwargs: Any) -> dict:
+                    progress: bool | None = None, form: str = "auto", values: str | bool = "auto",
+                    **generate_kwargs: Any) -> dict:
     """The keyword arguments of :func:`capture`, checked and normalised as it does first (layers
     and heads read once into lists), without a model: what :class:`AttentionSession` checks its
     defaults with. Raises ``ValueError`` or ``TypeError`` naming the argument."""
@@ -124,13 +124,14 @@ def capture_options(*, max_new_tokens: int = 0, layers=None, heads=None, chat: b
         memory_budget = check_positive(memory_budget, "memory_budget (bytes)", example="4 * 2**30")
     if not isinstance(form, str) or form not in FORMS:
         raise ValueError(f"form must be one of {list(FORMS)}; got {form!r}")
+    values = check_values(values)
     for bad in ("num_beams", "num_return_sequences"):
         if generate_kwargs.get(bad, 1) != 1:
             raise ValueError(f"{bad}={generate_kwargs[bad]} is not supported: a trace follows one "
                              "sequence; use 1")
     return {"max_new_tokens": max_new_tokens, "layers": index_list(layers, "layers"),
             "heads": index_list(heads, "heads"), "chat": bool(chat), "target": target,
-            "memory_budget": memory_budget, "progress": progress, "form": form,
+            "memory_budget": memory_budget, "progress": progress, "form": form, "values": values,
             "generate_kwargs": dict(generate_kwargs)}
 
 
@@ -214,10 +215,10 @@ def _capture(model, tokenizer, prompt, options: dict) -> AttentionTrace:
     form = options["form"]
     fast = fast_implementation(model)
     # refused before any model work, on the path capture means to take…
-    _check_budget(model, plan, options, fast)
+    check_budget(plan, options, _qk_dims(model.config, next(iter(plan.kinds))) if fast else None)
     if fast is not None and not recompute_matches(model, fast):
         fast = None
-        _check_budget(model, plan, options, fast)  # …and again when it falls back to eager hooks
+        check_budget(plan, options, None)  # …and again when it falls back to eager hooks
     if form == "queries-keys" and fast is None:
         raise ValueError(f"form='queries-keys' needs the model on a fast attention kernel (or an eager "
                          f"function) that attn_widget can tap; {type(model).__name__} is captured from "
@@ -234,14 +235,16 @@ def _capture_with(model, tokenizer, prompt, plan: _Plan, fast, options: dict) ->
     prompt_ids = plan.prompt_ids.to(device)
     dec_ids = None if plan.dec_ids is None else plan.dec_ids.to(device)
     P = prompt_ids.shape[1]
-    rec = recorder_for(fast, modules, kinds, plan.lengths(max_new_tokens), causal)
+    values, projections, no_values = plan_values(model, modules, kinds, plan.lengths(max_new_tokens),
+                                                 options["values"], fast)
+    rec = recorder_for(fast, modules, kinds, plan.lengths(max_new_tokens), causal, values)
     was_training = model.training
     model.eval()
     progress = options["progress"]
     if progress or (progress is None and (max_new_tokens >= 64 or P >= LONG_PROMPT)):
         rec.open_progress(sum(len(kinds[k][0]) for k in kinds), max_new_tokens)
     try:
-        with torch.no_grad(), recording(rec, modules, kinds, fast):
+        with torch.no_grad(), recording(rec, modules, kinds, fast, values, projections):
             if max_new_tokens == 0:
                 mask = torch.ones_like(prompt_ids)
                 if enc_dec:
@@ -262,10 +265,12 @@ def _capture_with(model, tokenizer, prompt, plan: _Plan, fast, options: dict) ->
     T = seq.shape[1]
     blocks = {}
     for kind in kinds:
-        b = captured_block(kind, kinds, causal, rec.result(kind, T))
-        weights_cheaper = form == "auto" and b.weights_nbytes <= b.nbytes
-        if b.form == "queries-keys" and (form == "weights" or weights_cheaper):
-            b = AttentionBlock(b.name, b.causal, b.layers, b.heads, b.data, b.queries, b.keys)
+        n_keys = P if kind in ("encoder", "cross") else T
+        norms = None if values is None else values.result(kind, n_keys)
+        b = captured_block(kind, kinds, causal, rec.result(kind, T), norms)
+        if b.form == "queries-keys" and (form == "weights" or (form == "auto" and
+                                                             b.weights_nbytes <= b.qk.nbytes)):
+            b = AttentionBlock(b.name, b.causal, b.layers, b.heads, b.data, b.queries, b.keys, norms=norms)
         blocks[kind] = b
     if enc_dec:
         tokens = token_table(tokenizer, seq[0].tolist())
@@ -295,7 +300,10 @@ def _capture_with(model, tokenizer, prompt, plan: _Plan, fast, options: dict) ->
                 "max_new_tokens": max_new_tokens, "layers": options["layers"], "heads": options["heads"],
                 "chat": options["chat"], "generate_kwargs": options["generate_kwargs"],
                 "attention": "eager" if fast is None or fast.startswith(EAGER_PREFIX) else fast,
+                "values": "none" if values is None else ("layer" if values.keep_gram else "norms"),
                 "torch": torch.__version__, "transformers": transformers.__version__}
+    if no_values:
+        recorded["values_unavailable"] = no_values
     return AttentionTrace(tokens, blocks, spans, model_info, recorded, source)
 
 
@@ -504,144 +512,11 @@ def _attention_modules(model, enc_dec: bool) -> dict[str, list[tuple[torch.nn.Mo
 
 
 # --------------------------------------------------------------------- memory
-def _available_bytes() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
-def _estimate(kinds, lengths, causal, prompt_len: int, qk_dims: tuple[int, int] | None = None,
-              form: str = "auto") -> tuple[int, int]:
-    """(store, largest transient) bytes of a capture.
-
-    From eager weights (``qk_dims`` None): the float16 store holds every kept row; the transient
-    is one layer's float32 prompt pass while it is taken (scores, weights, a copy). From a fast
-    kernel (``qk_dims`` = (head_dim, n_kv_heads)): float32 queries and keys, which grow with T,
-    plus the float16 weights when they are kept instead (``auto`` keeps the smaller; both exist
-    while the weights are built); the transient is one layer's queries and keys being copied.
-    """
-    store = transient = 0
-    for kind, (ls, hs, n_heads) in kinds.items():
-        q, k = lengths[kind]
-        weights = len(ls) * len(hs) * (tril_offset(q) if causal[kind] else q * k) * 2
-        if qk_dims is None:
-            store += weights
-            rows = prompt_len if kind in ("self", "encoder") else 1
-            keys = 1 if kind == "decoder" else prompt_len
-            transient = max(transient, 3 * n_heads * rows * keys * 4)
-        else:
-            d, groups = qk_dims
-            qk = len(ls) * (len(hs) * q + min(groups, len(hs)) * k) * d * 4
-            store += qk + (weights if form == "weights" or (form == "auto" and weights <= qk) else 0)
-            transient = max(transient, 2 * (n_heads + groups) * prompt_len * d * 4)
-    return store, transient
-
-
-def estimate_bytes(n_layers: int, n_heads: int, n_tokens: int, prompt_tokens: int,
-                   all_heads: int | None = None, qk_dims: tuple[int, int] | None = None) -> int:
-    """Bytes a decoder-only capture of ``n_layers`` × ``n_heads`` over ``n_tokens`` needs: from
-    eager weights, or (``qk_dims`` = (head_dim, n_kv_heads)) from a fast kernel."""
-    kinds = {"self": (range(n_layers), range(n_heads), all_heads or n_heads)}
-    return sum(_estimate(kinds, {"self": (n_tokens, n_tokens)}, {"self": True}, prompt_tokens, qk_dims))
-
-
 def _qk_dims(config, kind: str) -> tuple[int, int]:
     """(head_dim, n_kv_heads) of the model's ``kind`` attention, for the memory estimate."""
     n_heads = _n_heads(config, kind)
     d = getattr(config, "head_dim", None) or getattr(config, "hidden_size", 0) // n_heads
     return int(d), int(getattr(config, "num_key_value_heads", None) or n_heads)
-
-
-def _check_budget(model, plan: _Plan, options: dict, fast: str | None) -> None:
-    """Refuse a capture whose estimate is over its budget, with choices that fit.
-
-    Each choice is keyword arguments of :func:`capture` that, with the rest of the call as it
-    is, would pass this check (the same estimate): fewer layers, fewer heads, fewer new tokens,
-    or a larger budget; they are in the message and in the error's ``choices``.
-    """
-    kinds, causal = plan.kinds, plan.causal
-    qk_dims = None if fast is None else _qk_dims(model.config, next(iter(kinds)))
-    max_new, form = options["max_new_tokens"], options["form"]
-    prompt_len = plan.prompt_ids.shape[1]
-
-    def need(ks=kinds, new=max_new, p=prompt_len) -> int:
-        return sum(_estimate(ks, plan.lengths(new, p), causal, p, qk_dims, form))
-
-    total = need()
-    budget = options["memory_budget"]
-    if budget is None:
-        budget = _available_bytes() // 2
-        source = "half the memory available now; set memory_budget= to change it"
-    else:
-        source = "memory_budget"
-    if total <= budget:
-        return
-
-    def fits(n_bytes: int) -> bool:
-        return n_bytes <= budget
-
-    # layers and heads kept by every kind, so that one list is valid for all of them
-    layers = sorted(set.intersection(*(set(ls) for ls, _, _ in kinds.values())))
-    heads = sorted(set.intersection(*(set(hs) for _, hs, _ in kinds.values())))
-
-    def keep(layer_set=None, head_set=None):
-        return {k: ([x for x in ls if layer_set is None or x in layer_set],
-                    [x for x in hs if head_set is None or x in head_set], n)
-                for k, (ls, hs, n) in kinds.items()}
-
-    choices: list[tuple[dict, int]] = []
-    n = _largest(lambda i: fits(need(keep(layer_set=layers[-i:]))), len(layers) - 1)
-    if n:  # the last layers: nearest the output
-        choices.append(({"layers": layers[-n:]}, need(keep(layer_set=layers[-n:]))))
-    n = _largest(lambda i: fits(need(keep(head_set=heads[:i]))), len(heads) - 1)
-    if n:
-        choices.append(({"heads": heads[:n]}, need(keep(head_set=heads[:n]))))
-    longest = _largest(lambda t: fits(need(new=max(0, t - prompt_len), p=min(t, prompt_len))),
-                       prompt_len + max_new - 1)
-    if max_new and longest >= prompt_len:
-        choices.append(({"max_new_tokens": longest - prompt_len}, need(new=longest - prompt_len)))
-    choices.append(({"memory_budget": int(total) + 1}, total))
-
-    what = f"{len(kinds[next(iter(kinds))][0])} layers × {len(kinds[next(iter(kinds))][1])} heads"
-    q = plan.lengths(max_new)[next(iter(kinds))][0]
-    shown = "; ".join(f"{', '.join(f'{k}={_literal(v)}' for k, v in c.items())} ({format_bytes(b)})"
-                      for c, b in choices)
-    line = (f"capturing {what} over {q} tokens (prompt {prompt_len} + {max_new} new) needs about "
-            f"{format_bytes(total)}, over the budget of {format_bytes(budget)} ({source}). Cheaper choices "
-            f"that fit: {shown}.")
-    if longest:
-        line += (f" At this budget all of them fit up to about {longest} tokens"
-                 f"{', shorter than this prompt' if longest < prompt_len else ''}.")
-    if len(choices) == 1:
-        smallest = need(keep(layer_set=layers[-1:], head_set=heads[:1]))
-        line += (f" Even one layer and one head (layers=[{layers[-1]}], heads=[{heads[0]}]) needs "
-                 f"{format_bytes(smallest)}.")
-    raise MemoryBudgetError(line, [c for c, _ in choices])
-
-
-def _largest(fits, hi: int) -> int:
-    """The largest ``n`` in ``1..hi`` with ``fits(n)`` (which holds up to some ``n`` and not
-    after), or 0."""
-    lo = 0
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if fits(mid):
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
-
-
-def _literal(value) -> str:
-    """A keyword value as the user would type it: a run of indices as ``range(a, b)``."""
-    if isinstance(value, list) and len(value) > 3 and value == list(range(value[0], value[-1] + 1)):
-        return f"range({value[0]}, {value[-1] + 1})"
-    return repr(value)
 
 
 def _generate(model, tokenizer, prompt_ids, max_new_tokens, enc_dec, kwargs):

@@ -42,11 +42,16 @@ class QueryKeyTap:
     lengths : ``{kind: (queries, keys)}``: the most positions the run can produce.
     on_step : called once per decode step (one new query in the first watched module).
     on_layer : called as each watched module finishes a pass of several queries (the prompt).
+    on_values : called with ``(kind, li, start, values)`` for each pass: the values (1, n_kv_groups,
+        n, head_dim) of key positions ``start .. start + n`` as the kernel received them, on its
+        device (:class:`attn_widget.values.ValueRecorder` keeps their norms).
     """
 
     def __init__(self, slots: dict[int, tuple[str, int, int]], heads: dict[str, list[int]],
                  causal: dict[str, bool], lengths: dict[str, tuple[int, int]],
-                 on_step: Callable[[], None] | None = None, on_layer: Callable[[], None] | None = None):
+                 on_step: Callable[[], None] | None = None, on_layer: Callable[[], None] | None = None,
+                 on_values: Callable[[str, int, int, torch.Tensor], None] | None = None):
+        self.on_values = on_values
         self.slots = slots
         self.heads = {kind: list(hs) for kind, hs in heads.items()}
         self.causal = causal
@@ -63,9 +68,10 @@ class QueryKeyTap:
         self._index: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
         self.group_of: dict[str, Any] = {}  # per kind: the position in ``keys`` each kept head reads
 
-    def record(self, module, query: torch.Tensor, key: torch.Tensor, scaling: float | None,
-               kwargs: dict[str, Any]) -> None:
-        """Keep the kept heads' new queries and their groups' new keys, on the host."""
+    def record(self, module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               scaling: float | None, kwargs: dict[str, Any]) -> None:
+        """Keep the kept heads' new queries and their groups' new keys, on the host, and hand the
+        new values to ``on_values``."""
         kind, li, layer = self.slots[id(module)]
         n_new = query.shape[2]
         heads, groups = self._indices(kind, query.shape[1], key.shape[1], query.device)
@@ -82,6 +88,8 @@ class QueryKeyTap:
                                f"{self.queries[kind].shape[2]} positions expected")
         self.queries[kind][li, :, start:stop] = query[0].index_select(0, heads)
         self.keys[kind][li, :, start:start + new_keys.shape[2]] = new_keys[0].index_select(0, groups)
+        if self.on_values is not None:
+            self.on_values(kind, li, start, value[:, :, -n_new:] if self.causal[kind] else value)
         self.filled[(kind, li)] = stop
         if (kind, li) not in self.facts:
             sinks = kwargs.get("s_aux")
@@ -132,7 +140,7 @@ def _wrap(original: Callable) -> Callable:
         out = original(module, query, key, value, attention_mask, *args, **kwargs)
         tap = _ACTIVE.get(threading.get_ident())
         if tap is not None and id(module) in tap.slots:
-            tap.record(module, query, key, kwargs.get("scaling"), kwargs)
+            tap.record(module, query, key, value, kwargs.get("scaling"), kwargs)
         return out
 
     return attention_with_tap

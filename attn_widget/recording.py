@@ -5,7 +5,8 @@ from the model's own kernel.
 layers and heads, downcast to float16, causal rows appended to a packed lower triangle (a decode
 step with a KV cache produces one query row over all earlier keys: exactly the next row), and
 checks them (rows sum to 1, nothing above the diagonal, no NaN). :class:`QueryKeyRecorder` keeps
-queries and keys instead (:mod:`attn_widget.qk_capture`). :func:`recording` attaches either one.
+queries and keys instead (:mod:`attn_widget.qk_capture`). :func:`recording` attaches either one,
+and a :class:`~attn_widget.values.ValueRecorder` beside it when the norms of the values are kept.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .geometry import tril_offset
 from .qk_capture import QueryKeyTap, tapped
 from .querykeys import QueryKeys
 from .trace import AttentionBlock
+from .valuenorms import ValueNorms
 
 ROW_SUM_TOLERANCE = 1e-3
 FUTURE_TOLERANCE = 1e-4  # total weight a query may put above the diagonal (float rounding)
@@ -77,13 +79,13 @@ class Progress:
 class QueryKeyRecorder(Progress):
     """Keeps queries and keys from the model's own kernel (see :mod:`attn_widget.qk_capture`)."""
 
-    def __init__(self, modules, kinds, lengths, causal):
+    def __init__(self, modules, kinds, lengths, causal, on_values=None):
         self.kinds = kinds
         self.causal = causal
         slots = {id(mods[layer][0]): (kind, li, layer) for kind, mods in modules.items()
                  for li, layer in enumerate(kinds[kind][0])}
         self.tap = QueryKeyTap(slots, {kind: hs for kind, (_, hs, _) in kinds.items()}, causal, lengths,
-                               self.step, self.layer)
+                               self.step, self.layer, on_values)
 
     def check_complete(self, n_rows: int) -> None:
         for kind, (ls, _, _) in self.kinds.items():
@@ -238,27 +240,34 @@ class Recorder(Progress):
             else out
 
 
-def captured_block(kind: str, kinds, causal, stored) -> AttentionBlock:
-    """The captured block ``kind``: float16 weights, or queries and keys (``stored``)."""
+def captured_block(kind: str, kinds, causal, stored, norms: ValueNorms | None = None) -> AttentionBlock:
+    """The captured block ``kind``: float16 weights, or queries and keys (``stored``), with the
+    norms of its values when they were kept."""
     qk = stored if isinstance(stored, QueryKeys) else None
     return AttentionBlock(kind, causal[kind], tuple(kinds[kind][0]), tuple(kinds[kind][1]),
                           None if qk is not None else stored,
                           queries="source_tokens" if kind == "encoder" else "tokens",
-                          keys="source_tokens" if kind in ("encoder", "cross") else "tokens", qk=qk)
+                          keys="source_tokens" if kind in ("encoder", "cross") else "tokens", qk=qk,
+                          norms=norms)
 
 
-def recorder_for(fast: str | None, modules, kinds, lengths, causal) -> Recorder | QueryKeyRecorder:
-    """The recorder of a capture: of ``fast``'s queries and keys, or of eager weights (None)."""
+def recorder_for(fast: str | None, modules, kinds, lengths, causal,
+                 values=None) -> Recorder | QueryKeyRecorder:
+    """The recorder of a capture: of ``fast``'s queries and keys (handing the values to
+    ``values``, a :class:`~attn_widget.values.ValueRecorder`, when given), or of eager weights
+    (``fast`` None)."""
     if fast is None:
         return Recorder(kinds, lengths, causal)
-    return QueryKeyRecorder(modules, kinds, lengths, causal)
+    return QueryKeyRecorder(modules, kinds, lengths, causal, None if values is None else values.take)
 
 
 @contextlib.contextmanager
-def recording(rec, modules, kinds, fast: str | None):
+def recording(rec, modules, kinds, fast: str | None, values=None, projections=None):
     """Within the block, the kept layers' attention goes into ``rec``: eager weights taken by
     forward hooks (a :class:`Recorder`), or the queries and keys of ``fast``, the model's own
-    kernel (a :class:`QueryKeyRecorder`)."""
+    kernel (a :class:`QueryKeyRecorder`). With hooks, ``values`` (a
+    :class:`~attn_widget.values.ValueRecorder`) takes the values from the value ``projections``
+    of the captured layers; on a tapped kernel it gets them from the tap."""
     if fast is not None:
         with tapped(fast, rec.tap):
             yield
@@ -266,7 +275,8 @@ def recording(rec, modules, kinds, fast: str | None):
     handles = [mods[layer][0].register_forward_hook(rec.hook(kind, li, layer, mods[layer][1]))
                for kind, mods in modules.items() for li, layer in enumerate(kinds[kind][0])]
     try:
-        yield
+        with values.hooked(modules, kinds, projections) if values is not None else contextlib.nullcontext():
+            yield
     finally:
         for h in handles:
             h.remove()
