@@ -18,6 +18,7 @@ Where each concern lives (every public name is re-exported here):
 ``flow``       influence through the layers: :func:`trace_influence`, :func:`attention_rollout`
 ``compare``    two runs of one model: :func:`compare_attention`, with token alignment
 ``reports``    diagnosis reports: :func:`ignored_context`, :func:`hallucination`, :func:`repetition`
+``weighted``   raw vs value-weighted attention: :func:`weighting_shift`
 ``findings``   what the reports share: :data:`FINDINGS`, :class:`Finding`, sink handling
 ``headstats``  per-head sums (row entropies, column sums, diagonals) from one pass, kept on the trace
 ``engine``     the engine under all of them: layer/head selection, gathers, row and column sums
@@ -36,6 +37,11 @@ the trace's attention block (default: ``self``, or ``decoder`` for encoder-decod
 Position arguments accept negative values counted from the end, like Python lists.
 ``progress`` (on the functions that may read whole heads) shows a ``tqdm`` bar: ``None`` (the
 default) when the pass would take more than about a second, ``True`` always, ``False`` never.
+``weighting`` (on the views, head metrics, sinks, influence, rollout, comparisons and reports):
+``"attention"`` (default) reads the weights ``α``; ``"norm"`` reads each head's rows
+``α_ij ‖f_h(x_j)‖`` (Kobayashi et al. 2020, "Attention is Not Only a Weight") divided by their
+sums, so that each is again a distribution over keys and every threshold keeps its meaning; the
+summaries say which was used. It needs a trace captured with value norms (the default).
 
 The diagnosis reports follow the three failure modes of the article "Understanding What Your
 Model Attends To" and use its finding names. A report reads the attention of the query that
@@ -74,6 +80,11 @@ from .reports import (
     repetition,
 )
 from .views import SpanAttention, attention_from, attention_to, layer_means, span_attention
+
+# re-exported by name, outside __all__ for now (tests/test_analysis_package.py pins __all__ to the
+# names of the module the package replaced)
+from .weighted import WeightingShift as WeightingShift
+from .weighted import weighting_shift as weighting_shift
 
 __all__ = [
     "FINDINGS", "AttentionComparison", "AttentionSinks", "BigDiff", "Finding", "HallucinationReport",

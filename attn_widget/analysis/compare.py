@@ -11,6 +11,7 @@ import numpy as np
 from ..selection import Indices, format_ranges
 from ..tokens import TokenTable
 from ..trace import AttentionTrace
+from ..valuenorms import describe_weighting
 from .engine import as_float32, flat_entries, geometry_of, select_layers_heads
 from .streaming import block_rows, chunk_rows, row_cells, whole_head_pass
 
@@ -62,6 +63,7 @@ class AttentionComparison:
         self-attention).
     threshold : the difference threshold used.
     layers, heads : model indices compared.
+    weighting : ``"attention"`` or ``"norm"`` (value-weighted rows, renormalised).
     """
 
     max_diff: np.ndarray
@@ -73,6 +75,7 @@ class AttentionComparison:
     threshold: float
     layers: tuple[int, ...]
     heads: tuple[int, ...]
+    weighting: str = "attention"
 
     @property
     def overall_max(self) -> float:
@@ -85,7 +88,8 @@ class AttentionComparison:
     def summary(self) -> str:
         li, hi = np.unravel_index(int(np.argmax(self.max_diff)), self.max_diff.shape)
         lines = [f"max |A1−A2| {self.overall_max:.4f} (L{self.layers[li]}H{self.heads[hi]}), mean "
-                 f"{self.overall_mean:.5f}; {self.n_big} entries > {self.threshold:g}"]
+                 f"{self.overall_mean:.5f}; {self.n_big} entries > {self.threshold:g}; weighting: "
+                 f"{describe_weighting(self.weighting)}"]
         for name, al in (("tokens", self.queries),) + ((("keys", self.keys),) if self.keys is not
                                                         self.queries else ()):
             if al.identical:
@@ -100,7 +104,8 @@ class AttentionComparison:
 
 def compare_attention(trace_1: AttentionTrace, trace_2: AttentionTrace, *, layers: Indices = None,
                       heads: Indices = None, threshold: float = 0.1, max_positions: int = 10,
-                      block: str | None = None, progress: bool | None = None) -> AttentionComparison:
+                      block: str | None = None, progress: bool | None = None,
+                      weighting: str = "attention") -> AttentionComparison:
     """``|A1 − A2|`` per layer and head between two runs of the same model.
 
     When the token sequences differ they are aligned first (``difflib.SequenceMatcher`` on
@@ -114,13 +119,15 @@ def compare_attention(trace_1: AttentionTrace, trace_2: AttentionTrace, *, layer
     threshold : a difference above it is listed in ``big_diffs`` (default 0.1, as in
         ``compare_attention_patterns`` of the article "Understanding What Your Model Attends To").
     max_positions : how many such entries to list (default 10, the article's).
+    weighting : ``"attention"``, or ``"norm"``: compare each head's rows ``α_ij ‖f_h(x_j)‖``
+        renormalised (both traces need value norms).
 
     Returns
     -------
     AttentionComparison with (n_layers, n_heads) ``max_diff`` and ``mean_diff``.
     """
     _check_same_model(trace_1, trace_2)
-    b1, b2 = trace_1.block(block), trace_2.block(block)
+    b1, b2 = trace_1.check_weighting(weighting, block), trace_2.check_weighting(weighting, block)
     if b1.name != b2.name:
         raise ValueError(f"the traces' default blocks differ ({b1.name!r} vs {b2.name!r}); pass block=")
     layers = _captured_in_both(b1.layers, b2.layers, "layers") if layers is None else layers
@@ -131,10 +138,10 @@ def compare_attention(trace_1: AttentionTrace, trace_2: AttentionTrace, *, layer
     kal = qal if b1.keys == b1.queries else _align(trace_1.sequence(b1.keys), trace_2.sequence(b2.keys))
     if not len(qal.pairs) or not len(kal.pairs):
         raise ValueError("the two traces have no tokens in common to compare")
-    if b1.qk is None and b2.qk is None:
+    if b1.qk is None and b2.qk is None and weighting == "attention":
         found = _stored_diffs(b1, b2, li1, hi1, li2, hi2, qal, kal)
     else:
-        found = _streamed_diffs(b1, b2, li1, hi1, li2, hi2, qal, kal, progress)
+        found = _streamed_diffs(b1, b2, li1, hi1, li2, hi2, qal, kal, progress, weighting)
     max_diff = np.zeros((len(lsel), len(hsel)))
     total = np.zeros_like(max_diff)
     big: list[BigDiff] = []
@@ -151,7 +158,7 @@ def compare_attention(trace_1: AttentionTrace, trace_2: AttentionTrace, *, layer
             big.append(BigDiff(lsel[j], hsel[m], int(q1[v]), int(k1[v]), int(q2[v]), int(k2[v]),
                                float(diff[v])))
     return AttentionComparison(max_diff, total / max(n_pairs, 1), big, n_big, qal, kal, float(threshold),
-                               lsel, hsel)
+                               lsel, hsel, weighting)
 
 
 Diffs = Iterator[tuple[int, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
@@ -184,7 +191,7 @@ def _stored_diffs(b1, b2, li1, hi1, li2, hi2, qal, kal) -> Diffs:
             yield j, m, diff[m], q1, k1, q2, k2
 
 
-def _streamed_diffs(b1, b2, li1, hi1, li2, hi2, qal, kal, progress) -> Diffs:
+def _streamed_diffs(b1, b2, li1, hi1, li2, hi2, qal, kal, progress, weighting) -> Diffs:
     """The visible pairs of two blocks, either keeping queries and keys, a chunk of aligned
     query rows of one head at a time (each chunk under ``chunk_rows`` rows in both traces)."""
     qp, kp = qal.pairs, kal.pairs
@@ -203,8 +210,8 @@ def _streamed_diffs(b1, b2, li1, hi1, li2, hi2, qal, kal, progress) -> Diffs:
                 for a, z in groups:
                     qi, ki = _visible_pairs(b1.causal, qal, kal, slice(a, z))
                     (s1, s2), (e1, e2) = qp[a], qp[z - 1] + 1
-                    diff = block_rows(b1, li1[j], hi1[m], s1, e1)[qp[a + qi, 0] - s1, kp[ki, 0]]
-                    diff -= block_rows(b2, li2[j], hi2[m], s2, e2)[qp[a + qi, 1] - s2, kp[ki, 1]]
+                    diff = block_rows(b1, li1[j], hi1[m], s1, e1, weighting)[qp[a + qi, 0] - s1, kp[ki, 0]]
+                    diff -= block_rows(b2, li2[j], hi2[m], s2, e2, weighting)[qp[a + qi, 1] - s2, kp[ki, 1]]
                     np.abs(diff, out=diff)
                     yield j, m, diff, qp[a + qi, 0], kp[ki, 0], qp[a + qi, 1], kp[ki, 1]
                     advance(row_cells(b1, s1, e1) + row_cells(b2, s2, e2))

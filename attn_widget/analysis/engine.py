@@ -120,13 +120,14 @@ def take(values: np.ndarray, g: Geometry, q: ArrayLike, k: ArrayLike) -> np.ndar
 
 
 def gather(b: AttentionBlock, li: np.ndarray, hi: np.ndarray, q: ArrayLike, k: ArrayLike, *,
-           progress: bool | None = None) -> np.ndarray:
+           progress: bool | None = None, weighting: str = "attention") -> np.ndarray:
     """float32 ``A[q, k]`` for selected layers and heads: (n_layers, n_heads, *broadcast(q, k).shape),
     0 where the key is out of range or a causal query cannot see it.
 
     A ``"queries-keys"`` block recomputes only the query rows in ``q``, a chunk at a time (with a
-    progress bar when that is long, see :func:`~.streaming.whole_head_pass`)."""
-    if b.qk is None:
+    progress bar when that is long, see :func:`~.streaming.whole_head_pass`); so does
+    ``weighting="norm"`` (rows renormalised, :func:`~.streaming.block_rows`) on either form."""
+    if b.qk is None and weighting == "attention":
         g = geometry_of(b)
         return np.stack([take(b.data[layer][hi], g, q, k) for layer in li])
     q, k = np.broadcast_arrays(np.asarray(q), np.asarray(k))
@@ -142,16 +143,16 @@ def gather(b: AttentionBlock, li: np.ndarray, hi: np.ndarray, q: ArrayLike, k: A
             at = order[lo:up]
             for j, layer in enumerate(li):
                 for m, head in enumerate(hi):
-                    out[j, m, where[at]] = block_rows(b, layer, head, s, e)[qv[at] - s, kv[at]]
+                    out[j, m, where[at]] = block_rows(b, layer, head, s, e, weighting)[qv[at] - s, kv[at]]
             advance(len(li) * len(hi) * row_cells(b, s, e))
     return out.reshape((len(li), len(hi)) + q.shape)
 
 
 def query_row(b: AttentionBlock, li: np.ndarray, hi: np.ndarray, q: int,
-              keys: np.ndarray | None = None) -> np.ndarray:
+              keys: np.ndarray | None = None, weighting: str = "attention") -> np.ndarray:
     """float32 (n_layers, n_heads, n_keys): what query ``q`` attends to, over ``keys`` (default all)."""
     keys = np.arange(b.n_keys) if keys is None else np.asarray(keys)
-    return gather(b, li, hi, np.array([[q]]), keys[None, :])[:, :, 0, :]
+    return gather(b, li, hi, np.array([[q]]), keys[None, :], weighting=weighting)[:, :, 0, :]
 
 
 def row_sums(values: np.ndarray, g: Geometry) -> np.ndarray:

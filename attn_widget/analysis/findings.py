@@ -16,6 +16,7 @@ import numpy as np
 
 from ..selection import check_index
 from ..trace import AttentionBlock, AttentionTrace
+from ..valuenorms import describe_weighting
 from .heads import find_attention_sinks
 
 # The article's possible findings of its three failure modes, with its one-line meaning of each.
@@ -83,6 +84,7 @@ class FindingsReport:
     """Base of the three diagnosis reports: their fired findings."""
 
     findings: list[Finding]
+    weighting: str
 
     @property
     def finding_names(self) -> list[str]:
@@ -90,7 +92,8 @@ class FindingsReport:
         return [f.name for f in self.findings]
 
     def _finding_lines(self) -> list[str]:
-        return [f"finding: {f}" for f in self.findings] or ["no finding fired"]
+        return ([f"finding: {f}" for f in self.findings] or ["no finding fired"]) + [
+            f"weighting: {describe_weighting(self.weighting)}"]
 
 
 def require_generation(trace: AttentionTrace, what: str) -> None:
@@ -131,16 +134,19 @@ def self_attention_block(trace: AttentionTrace, block: str | None, what: str) ->
 
 
 def report_sinks(trace: AttentionTrace, b: AttentionBlock, lsel: Sequence[int], hsel: Sequence[int],
-                 ignore: bool, visible: np.ndarray, keep: Sequence[int], progress: bool | None) -> list[int]:
+                 ignore: bool, visible: np.ndarray, keep: Sequence[int], progress: bool | None,
+                 weighting: str = "attention") -> list[int]:
     """Sink positions a report leaves out: found by both rules, seen by the query, not in ``keep``.
 
     Both rules, because Gu et al.'s α of the last few positions averages over a handful of
     queries and flags recent tokens in heads that attend locally. Finding them reads every
-    selected head whole, once per trace (:func:`find_attention_sinks` keeps what it read).
+    selected head whole, once per trace (:func:`find_attention_sinks` keeps what it read), with
+    the report's ``weighting``.
     """
     if not ignore:
         return []
-    sinks = find_attention_sinks(trace, layers=lsel, heads=hsel, block=b.name, progress=progress).positions
+    sinks = find_attention_sinks(trace, layers=lsel, heads=hsel, block=b.name, progress=progress,
+                                 weighting=weighting).positions
     return sorted(set(sinks) & set(visible.tolist()) - set(keep))
 
 

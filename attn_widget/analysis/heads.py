@@ -16,6 +16,7 @@ import numpy as np
 
 from ..selection import Indices, check_count, is_int
 from ..trace import AttentionTrace
+from ..valuenorms import describe_weighting
 from .engine import entropy_scale, gather, seeing_queries, select_layers_heads
 from .headstats import head_stats
 
@@ -42,6 +43,9 @@ class HeadScores:
     layers, heads : model indices of the rows and columns.
     block : the attention block scored.
 
+    weighting : ``"attention"``, or ``"norm"``: every metric read from the rows ``α_ij
+        ‖f_h(x_j)‖`` renormalised (see :mod:`attn_widget.valuenorms`).
+
     ``previous_token_score`` and ``self_score`` are NaN for cross-attention, where queries and
     keys are different sequences.
     """
@@ -56,6 +60,7 @@ class HeadScores:
     previous_token_score: np.ndarray
     self_score: np.ndarray
     block: str = "self"
+    weighting: str = "attention"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: ``layers``, ``heads``, ``block`` and each metric as nested lists (NaN → None)."""
@@ -70,7 +75,8 @@ class HeadScores:
         return _top_heads(_metric(self, metric, self.METRICS), self.layers, self.heads, k)
 
     def summary(self) -> str:
-        lines = [f"{len(self.layers)} layers × {len(self.heads)} heads ({self.block!r} block)"]
+        lines = [f"{len(self.layers)} layers × {len(self.heads)} heads ({self.block!r} block); weighting: "
+                 f"{describe_weighting(self.weighting)}"]
         for name in self.METRICS:
             a = getattr(self, name)
             if np.all(np.isnan(a)):
@@ -106,6 +112,8 @@ class AttentionSinks:
     n_std, epsilon, min_share : the thresholds used.
     layers, heads : model indices of the heads used.
     tokens : display text of every key position.
+    weighting : ``"attention"``, or ``"norm"``: both rules applied to the rows ``α_ij
+        ‖f_h(x_j)‖`` renormalised, where a sink whose value vector is short fades.
     """
 
     received: np.ndarray
@@ -120,6 +128,7 @@ class AttentionSinks:
     layers: tuple[int, ...]
     heads: tuple[int, ...]
     tokens: list[str]
+    weighting: str = "attention"
 
     @property
     def positions(self) -> list[int]:
@@ -131,7 +140,8 @@ class AttentionSinks:
         gu = ", ".join(f"{p} {self.tokens[p]!r} ({self.head_share[p]:.0%} of heads)"
                        for p in self.head_sinks)
         return (f"received attention > mean + {self.n_std:g}·std ({self.threshold:.3f}): {above or 'none'}\n"
-                f"α > {self.epsilon:g} in ≥ {self.min_share:.0%} of heads: {gu or 'none'}")
+                f"α > {self.epsilon:g} in ≥ {self.min_share:.0%} of heads: {gu or 'none'}\n"
+                f"weighting: {describe_weighting(self.weighting)}")
 
 
 @dataclasses.dataclass(eq=False)
@@ -173,52 +183,58 @@ class InductionScores:
 
 def attention_entropy(trace: AttentionTrace, *, layers: Indices = None, heads: Indices = None,
                       normalised: bool = False, block: str | None = None,
-                      progress: bool | None = None) -> np.ndarray:
+                      progress: bool | None = None, weighting: str = "attention") -> np.ndarray:
     """Entropy of each query's attention, ``H_i = −Σ_k A[i,k] ln A[i,k]`` (0·ln 0 = 0).
 
     Parameters
     ----------
     normalised : divide by ``ln n_i``, the log of the number of keys query ``i`` can see
         (``i + 1`` for causal attention), so 1 is uniform; a query that sees one key gets 0.
+    weighting : ``"attention"``, or ``"norm"``: the entropy of the rows ``α_ij ‖f_h(x_j)‖``
+        renormalised.
 
     Returns
     -------
     ndarray of float32, shape (n_layers, n_heads, n_queries), in nats.
     """
-    b = trace.block(block)
+    b = trace.check_weighting(weighting, block)
     li, hi, _, _ = select_layers_heads(trace, b, layers, heads)
-    out = head_stats(trace, b, li, hi, ["entropy"], progress=progress, desc="attention_entropy")["entropy"]
+    out = head_stats(trace, b, li, hi, ["entropy"], progress=progress, desc="attention_entropy",
+                     weighting=weighting)["entropy"]
     return out * entropy_scale(b) if normalised else out
 
 
 def head_scores(trace: AttentionTrace, *, layers: Indices = None, heads: Indices = None,
-                block: str | None = None, progress: bool | None = None) -> HeadScores:
+                block: str | None = None, progress: bool | None = None,
+                weighting: str = "attention") -> HeadScores:
     """Per-head metrics for every selected head, in one pass over the trace.
 
     The per-head sums they come from are kept on the trace (``trace.computed``), so asking
     again, for fewer heads, or for :func:`find_attention_sinks` after it, reads them back.
+    ``weighting="norm"`` scores the rows ``α_ij ‖f_h(x_j)‖`` renormalised instead of ``α``.
 
     Returns
     -------
     HeadScores with (n_layers, n_heads) arrays ``normalised_entropy``, ``sink_score``,
     ``previous_token_score`` and ``self_score`` (see :class:`HeadScores` for definitions).
     """
-    b = trace.block(block)
+    b = trace.check_weighting(weighting, block)
     li, hi, lsel, hsel = select_layers_heads(trace, b, layers, heads)
     stats = head_stats(trace, b, li, hi, ["entropy", "first", "diagonal", "previous"], progress=progress,
-                       desc="head_scores")
+                       desc="head_scores", weighting=weighting)
     scale = entropy_scale(b)
     seeing = scale > 0
     entropy = ((stats["entropy"][..., seeing] * scale[seeing]).mean(axis=-1, dtype=np.float64)
                if seeing.any() else np.full((len(li), len(hi)), np.nan))
     sink = stats["first"] / seeing_queries(b)[0]
     prev = stats["previous"] / (b.n_queries - 1) if b.n_queries > 1 else np.full_like(sink, np.nan)
-    return HeadScores(lsel, hsel, entropy, sink, prev, stats["diagonal"] / b.n_queries, b.name)
+    return HeadScores(lsel, hsel, entropy, sink, prev, stats["diagonal"] / b.n_queries, b.name, weighting)
 
 
 def find_attention_sinks(trace: AttentionTrace, *, n_std: float = 2.0, epsilon: float = 0.3,
                          min_share: float = 0.5, layers: Indices = None, heads: Indices = None,
-                         block: str | None = None, progress: bool | None = None) -> AttentionSinks:
+                         block: str | None = None, progress: bool | None = None,
+                         weighting: str = "attention") -> AttentionSinks:
     """Attention sinks by both rules: received attention above mean + n_std·std (the article
     "Understanding What Your Model Attends To") and α > ε in enough heads (Gu et al., "When
     Attention Sink Emerges in Language Models").
@@ -229,15 +245,17 @@ def find_attention_sinks(trace: AttentionTrace, *, n_std: float = 2.0, epsilon: 
     epsilon : Gu et al.'s per-head threshold on ``α_k`` (default 0.3).
     min_share : a position is in ``head_sinks`` when at least this share of heads has it as a
         sink (default 0.5, a majority).
+    weighting : ``"attention"``, or ``"norm"``: both rules on the rows ``α_ij ‖f_h(x_j)‖``
+        renormalised (a position that takes weight but contributes a short vector fades).
 
     Returns
     -------
     AttentionSinks
     """
-    b = trace.block(block)
+    b = trace.check_weighting(weighting, block)
     li, hi, lsel, hsel = select_layers_heads(trace, b, layers, heads)
     received_by_head = head_stats(trace, b, li, hi, ["received"], progress=progress,
-                                  desc="find_attention_sinks")["received"]
+                                  desc="find_attention_sinks", weighting=weighting)["received"]
     received = received_by_head.mean(axis=(0, 1)) / b.n_queries
     # the article takes torch's std, whose default is the sample standard deviation
     threshold = float(received.mean() + n_std * (received.std(ddof=1) if received.size > 1 else 0.0))
@@ -245,7 +263,7 @@ def find_attention_sinks(trace: AttentionTrace, *, n_std: float = 2.0, epsilon: 
     share = (alpha > epsilon).mean(axis=(0, 1))
     return AttentionSinks(received, threshold, np.flatnonzero(received > threshold).tolist(), alpha, share,
                           np.flatnonzero(share >= min_share).tolist(), n_std, epsilon, min_share, lsel, hsel,
-                          trace.sequence(b.keys).display)
+                          trace.sequence(b.keys).display, weighting)
 
 
 def induction_scores(trace: AttentionTrace, n: int, *, offset: int = 0, layers: Indices = None,

@@ -9,7 +9,9 @@ recomputing (a few float32 values per token and head: 12 bytes · T per head).
 
 A ``"weights"`` block reads its stored values in place and computes only the fields asked for;
 a ``"queries-keys"`` block recomputes each head's rows a chunk at a time
-(:mod:`.streaming`), feeding every field from each chunk, so it computes them all at once.
+(:mod:`.streaming`), feeding every field from each chunk, so it computes them all at once; so
+does ``weighting="norm"`` on either form (rows renormalised, :func:`.streaming.block_rows`).
+Each weighting is kept apart.
 """
 
 from __future__ import annotations
@@ -33,38 +35,40 @@ _TINY = np.float32(np.finfo(np.float32).tiny)
 
 def head_stats(trace: AttentionTrace, b: AttentionBlock, li: np.ndarray, hi: np.ndarray,
                fields: Collection[str], *, progress: bool | None = None,
-               desc: str = "attention per head") -> dict[str, np.ndarray]:
+               desc: str = "attention per head", weighting: str = "attention") -> dict[str, np.ndarray]:
     """``{field: ndarray of shape (len(li), len(hi), ...)}`` for each of ``fields`` (see
     :data:`FIELDS`) of the heads ``hi`` of layers ``li`` (positions in ``b``), from
     ``trace.computed`` where already there. ``desc`` labels the progress bar."""
     missing = {}
     for layer in li:
-        heads = [h for h in hi if not set(fields) <= _kept(trace, b, layer, h).keys()]
+        heads = [h for h in hi if not set(fields) <= _kept(trace, b, layer, h, weighting).keys()]
         if heads:
             missing[int(layer)] = heads
     if missing:
-        _compute(trace, b, missing, fields, progress, desc)
-    return {f: np.array([[_kept(trace, b, layer, h)[f] for h in hi] for layer in li]) for f in fields}
+        _compute(trace, b, missing, fields, progress, desc, weighting)
+    return {f: np.array([[_kept(trace, b, layer, h, weighting)[f] for h in hi] for layer in li])
+            for f in fields}
 
 
 def _compute(trace: AttentionTrace, b: AttentionBlock, missing: dict[int, list[int]], fields: Collection[str],
-             progress: bool | None, desc: str) -> None:
+             progress: bool | None, desc: str, weighting: str) -> None:
     """Compute and keep ``fields`` of the heads ``missing[layer]`` of each layer (positions)."""
     per_head = row_cells(b, 0, b.n_queries)
     with whole_head_pass(sum(map(len, missing.values())) * per_head, desc, progress) as advance:
         for layer, heads in missing.items():
-            if b.qk is None:
+            if b.qk is None and weighting == "attention":
                 _from_weights(trace, b, layer, heads, fields)
                 advance(len(heads) * per_head)
                 continue
             for head in heads:
-                _kept(trace, b, layer, head).update(_streamed(b, layer, head))
+                _kept(trace, b, layer, head, weighting).update(_streamed(b, layer, head, weighting))
                 advance(per_head)
 
 
-def _kept(trace: AttentionTrace, b: AttentionBlock, layer: int, head: int) -> dict[str, np.ndarray]:
-    """The fields kept for one head (positions in ``b``), keyed by model indices."""
-    return trace.computed.setdefault(("head stats", b.name, b.layers[layer], b.heads[head]), {})
+def _kept(trace: AttentionTrace, b: AttentionBlock, layer: int, head: int,
+          weighting: str = "attention") -> dict[str, np.ndarray]:
+    """The fields kept for one head (positions in ``b``) and weighting, keyed by model indices."""
+    return trace.computed.setdefault(("head stats", b.name, b.layers[layer], b.heads[head], weighting), {})
 
 
 def _square(b: AttentionBlock) -> bool:
@@ -94,13 +98,14 @@ def _from_weights(trace: AttentionTrace, b: AttentionBlock, layer: int, heads: l
         _kept(trace, b, layer, head).update({f: v[m] for f, v in found.items()})
 
 
-def _streamed(b: AttentionBlock, layer: int, head: int) -> dict[str, np.ndarray]:
-    """Every field of one head of a ``"queries-keys"`` block, from one pass over its rows."""
+def _streamed(b: AttentionBlock, layer: int, head: int, weighting: str) -> dict[str, np.ndarray]:
+    """Every field of one head, from one pass over its rows (recomputed from queries and keys, or
+    weighted by the value norms)."""
     entropy = np.empty(b.n_queries, np.float32)
     received = np.zeros(b.n_keys)
     diagonal = previous = 0.0
     logs = None
-    for s, e, rows in head_chunks(b, layer, head):
+    for s, e, rows in head_chunks(b, layer, head, weighting=weighting):
         if logs is None:
             logs = np.empty((e - s, b.n_keys), np.float32)  # the first chunk is the tallest
         # x·ln x with 0·ln 0 = 0: a zero weight meets ln of the smallest float32, not -inf

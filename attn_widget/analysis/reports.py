@@ -3,7 +3,9 @@ the model ignored context, hallucinated, or repeated itself.
 
 Each follows the article's investigation for its failure mode, reads the attention of the
 queries that produced the suspect output tokens, and names the article's possible findings
-that fire (see :mod:`attn_widget.analysis.findings`).
+that fire (see :mod:`attn_widget.analysis.findings`). With ``weighting="norm"`` each reads the
+rows ``α_ij ‖f_h(x_j)‖`` renormalised (Kobayashi et al. 2020, :mod:`attn_widget.valuenorms`)
+instead of the weights, its sinks found the same way, and its summary says so.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 
 from ..selection import Indices, check_count
 from ..trace import AttentionBlock, AttentionTrace
+from ..valuenorms import describe_weighting
 from .engine import entropy_scale, gather, query_row, select_layers_heads, span_positions, xlogx
 from .findings import (
     Finding,
@@ -62,6 +65,7 @@ class IgnoredContextReport(FindingsReport):
         ``position_window`` of the span or holding the text of a span token that get more
         attention than the span's best token.
     findings : the findings that fired; ``thresholds`` the thresholds used.
+    weighting : ``"attention"`` or ``"norm"`` (value-weighted rows, renormalised).
     """
 
     output_position: int
@@ -85,6 +89,7 @@ class IgnoredContextReport(FindingsReport):
     wrong_positions: list[tuple[int, str, float]]
     findings: list[Finding]
     thresholds: dict[str, float]
+    weighting: str = "attention"
 
     def summary(self) -> str:
         li = int(np.argmax(self.mass_by_layer))
@@ -122,6 +127,7 @@ class HallucinationReport(FindingsReport):
     sink_positions : sinks left out of the shares.
     findings : the findings that fired (``positions`` lists the output positions);
         ``thresholds`` the thresholds used.
+    weighting : ``"attention"`` or ``"norm"`` (value-weighted rows, renormalised).
     """
 
     positions: list[int]
@@ -136,6 +142,7 @@ class HallucinationReport(FindingsReport):
     sink_positions: list[int]
     findings: list[Finding]
     thresholds: dict[str, float]
+    weighting: str = "attention"
 
     def summary(self) -> str:
         lines = [f"{p} {t!r}: normalised entropy {e:.2f}, similar-context share {s:.1%}, own-output "
@@ -177,6 +184,7 @@ class RepetitionReport(FindingsReport):
     sink_positions : sinks left out of shares and correlations.
     findings : the findings that fired (``positions``: start of the second copy of each repeat
         that fired); ``thresholds`` the thresholds used.
+    weighting : ``"attention"`` or ``"norm"`` (value-weighted rows, renormalised).
     """
 
     repeats: list[Repeat]
@@ -187,11 +195,12 @@ class RepetitionReport(FindingsReport):
     sink_positions: list[int]
     findings: list[Finding]
     thresholds: dict[str, float]
+    weighting: str = "attention"
 
     def summary(self) -> str:
         if not self.repeats:
             return (f"no repeated n-gram of ≥ {int(self.thresholds['min_length'])} tokens in the generated "
-                    "text")
+                    f"text (weighting: {describe_weighting(self.weighting)})")
         lines = [f"{r.text!r} at {r.start} repeats at {r.start + r.shift} ({r.length} tokens): own-output "
                  f"share {s:.1%}, pattern correlation {c:.2f}"
                  for r, s, c in zip(self.repeats, self.self_share, self.pattern_correlation)]
@@ -204,7 +213,7 @@ def ignored_context(trace: AttentionTrace, output_position: int, context: str | 
                     occurrence: int = 0, layers: Indices = None, heads: Indices = None,
                     low_ratio: float = 1.0, irrelevant_ratio: float = 1.0, position_window: int = 2,
                     top_k: int = 5, ignore_sinks: bool = True, block: str | None = None,
-                    progress: bool | None = None) -> IgnoredContextReport:
+                    progress: bool | None = None, weighting: str = "attention") -> IgnoredContextReport:
     """The "model ignored context" investigation of the article "Understanding What Your Model
     Attends To", for one output token.
 
@@ -232,12 +241,14 @@ def ignored_context(trace: AttentionTrace, output_position: int, context: str | 
     top_k : how many outside positions to list.
     ignore_sinks : leave sinks (``find_attention_sinks(...).positions``) out of shares, ranks
         and outside positions.
+    weighting : ``"attention"``, or ``"norm"``: each head's row ``α_ij ‖f_h(x_j)‖`` renormalised
+        (how much of what the head moved came from each token), sinks found the same way.
 
     Returns
     -------
     IgnoredContextReport
     """
-    b = trace.block(block)
+    b = trace.check_weighting(weighting, block)
     li, hi, lsel, hsel = select_layers_heads(trace, b, layers, heads)
     out_pos, q = output_positions(trace, [output_position], "output_position", "ignored_context")
     out_pos, q = out_pos[0], int(q[0])
@@ -247,12 +258,12 @@ def ignored_context(trace: AttentionTrace, output_position: int, context: str | 
                          f"output_position {out_pos} sees only positions 0..{q}; pass a context from before "
                          "the output")
     visible = np.arange(q + 1 if b.causal else b.n_keys)
-    rows = query_row(b, li, hi, q, visible)
+    rows = query_row(b, li, hi, q, visible, weighting)
     mass_lh = rows[:, :, span].sum(axis=-1)
     strongest = mass_lh.argmax(axis=1)
     attention = rows.mean(axis=(0, 1))
     mass = float(attention[span].sum())
-    sinks = report_sinks(trace, b, lsel, hsel, ignore_sinks, visible, span, progress)
+    sinks = report_sinks(trace, b, lsel, hsel, ignore_sinks, visible, span, progress, weighting)
     candidates = np.setdiff1d(visible, sinks)
     outside = np.setdiff1d(candidates, span)
     share = mass / max(float(attention[candidates].sum()), 1e-12)
@@ -289,13 +300,13 @@ def ignored_context(trace: AttentionTrace, output_position: int, context: str | 
         out_pos, q, trace.sequence(b.queries).display[out_pos], span, [table.display[p] for p in span],
         lsel, hsel, mass_lh.mean(axis=1), np.asarray(hsel)[strongest],
         mass_lh[np.arange(len(lsel)), strongest], attention, mass, sinks,
-        float(attention[sinks].sum()), share, uniform, rank, top, wrong, findings, thresholds)
+        float(attention[sinks].sum()), share, uniform, rank, top, wrong, findings, thresholds, weighting)
 
 
 def hallucination(trace: AttentionTrace, positions: int | Sequence[int], *, layers: Indices = None,
                   heads: Indices = None, spread_threshold: float = 0.7, similar_threshold: float = 0.5,
                   loop_threshold: float = 0.5, ignore_sinks: bool = True, block: str | None = None,
-                  progress: bool | None = None) -> HallucinationReport:
+                  progress: bool | None = None, weighting: str = "attention") -> HallucinationReport:
     """The "model hallucinated" investigation of the article "Understanding What Your Model
     Attends To", for suspect output tokens.
 
@@ -316,16 +327,19 @@ def hallucination(trace: AttentionTrace, positions: int | Sequence[int], *, laye
     Parameters
     ----------
     positions : one or more positions of generated tokens (negative counts from the end).
+    weighting : ``"attention"``, or ``"norm"``: each head's row ``α_ij ‖f_h(x_j)‖`` renormalised,
+        for the entropy and the shares alike.
 
     Returns
     -------
     HallucinationReport
     """
     b = self_attention_block(trace, block, "hallucination")
+    trace.check_weighting(weighting, b.name)
     li, hi, lsel, hsel = select_layers_heads(trace, b, layers, heads)
     outs, qs = output_positions(trace, np.atleast_1d(positions).tolist(), "positions", "hallucination")
     keys = np.arange(b.n_keys)
-    rows = gather(b, li, hi, qs[:, None], keys[None, :])
+    rows = gather(b, li, hi, qs[:, None], keys[None, :], weighting=weighting)
     ent = -xlogx(rows).sum(axis=-1) * entropy_scale(b)[qs]
     attention = rows.mean(axis=(0, 1))
     table = trace.tokens
@@ -333,7 +347,7 @@ def hallucination(trace: AttentionTrace, positions: int | Sequence[int], *, laye
     texts = [comparable_text(table.text[p]) if not table.special[p] else "" for p in range(p0, p1)]
     counts = Counter(texts)
     similar = [p0 + i for i, t in enumerate(texts) if t and counts[t] > 1]
-    sinks = report_sinks(trace, b, lsel, hsel, ignore_sinks, keys, [], progress)
+    sinks = report_sinks(trace, b, lsel, hsel, ignore_sinks, keys, [], progress, weighting)
     generated = list(range(trace.spans["generated"][0], len(table)))
     similar_share = shares(attention, similar, sinks)
     generated_share = shares(attention, generated, sinks)
@@ -346,13 +360,14 @@ def hallucination(trace: AttentionTrace, positions: int | Sequence[int], *, laye
         ("self_attention_loop", generated_share, loop_threshold, "share on own output"),
     ), [f"{p} {table.display[p]!r}" for p in outs], outs)
     return HallucinationReport(outs, qs.tolist(), [table.display[p] for p in outs], lsel, hsel, ent_mean,
-                               similar, similar_share, generated_share, sinks, findings, thresholds)
+                               similar, similar_share, generated_share, sinks, findings, thresholds,
+                               weighting)
 
 
 def repetition(trace: AttentionTrace, *, min_length: int = 3, layers: Indices = None, heads: Indices = None,
                self_threshold: float = 0.5, pattern_threshold: float = 0.5, window: int = 32,
                ignore_sinks: bool = True, block: str | None = None,
-               progress: bool | None = None) -> RepetitionReport:
+               progress: bool | None = None, weighting: str = "attention") -> RepetitionReport:
     """The "model repeated itself" investigation of the article "Understanding What Your Model
     Attends To", over the generated text.
 
@@ -369,11 +384,14 @@ def repetition(trace: AttentionTrace, *, min_length: int = 3, layers: Indices = 
         ``window`` keys (default 32) aligned by distance back from the query, sinks masked,
         averaged over heads, layers and token pairs.
 
+    ``weighting="norm"`` reads each head's rows ``α_ij ‖f_h(x_j)‖`` renormalised instead of ``α``.
+
     Returns
     -------
     RepetitionReport
     """
     b = self_attention_block(trace, block, "repetition")
+    trace.check_weighting(weighting, b.name)
     require_generation(trace, "repetition")
     min_length = check_count(min_length, "min_length", minimum=1)
     li, hi, lsel, hsel = select_layers_heads(trace, b, layers, heads)
@@ -382,23 +400,23 @@ def repetition(trace: AttentionTrace, *, min_length: int = 3, layers: Indices = 
     repeats = [Repeat(g0 + s, d, n, "".join(table.text[g0 + s:g0 + s + n]))
                for s, d, n in _find_repeats(table.ids[g0:], min_length)]
     keys = np.arange(b.n_keys)
-    sinks = report_sinks(trace, b, lsel, hsel, ignore_sinks and bool(repeats), keys, [], progress)
+    sinks = report_sinks(trace, b, lsel, hsel, ignore_sinks and bool(repeats), keys, [], progress, weighting)
     generated = list(range(g0, len(table)))
     self_share = np.zeros(len(repeats))
     corr = np.zeros(len(repeats))
     for r_i, r in enumerate(repeats):
         first = np.arange(r.start, r.start + r.length)
         q1, q2 = first - 1, first + r.shift - 1
-        attention = gather(b, li, hi, q2[:, None], keys[None, :]).mean(axis=(0, 1))
+        attention = gather(b, li, hi, q2[:, None], keys[None, :], weighting=weighting).mean(axis=(0, 1))
         self_share[r_i] = shares(attention, generated, sinks).mean()
-        corr[r_i] = _pattern_correlation(b, li, hi, q1, q2, window, sinks)
+        corr[r_i] = _pattern_correlation(b, li, hi, q1, q2, window, sinks, weighting)
     thresholds = {"min_length": float(min_length), "self_threshold": float(self_threshold),
                   "pattern_threshold": float(pattern_threshold), "window": float(window)}
     findings = threshold_findings((
         ("high_self_attention", self_share, self_threshold, "share on own output"),
         ("pattern_in_attention", corr, pattern_threshold, "row correlation"),
     ), [f"{r.text!r} at {r.start + r.shift}" for r in repeats], [r.start + r.shift for r in repeats])
-    return RepetitionReport(repeats, self_share, corr, lsel, hsel, sinks, findings, thresholds)
+    return RepetitionReport(repeats, self_share, corr, lsel, hsel, sinks, findings, thresholds, weighting)
 
 
 def _find_repeats(ids: np.ndarray, min_length: int) -> list[tuple[int, int, int]]:
@@ -418,7 +436,7 @@ def _find_repeats(ids: np.ndarray, min_length: int) -> list[tuple[int, int, int]
 
 
 def _pattern_correlation(b: AttentionBlock, li: np.ndarray, hi: np.ndarray, q1: np.ndarray, q2: np.ndarray,
-                         window: int, sinks: Sequence[int]) -> float:
+                         window: int, sinks: Sequence[int], weighting: str) -> float:
     """Mean Pearson correlation of rows q1 vs q2, aligned by distance back from each query.
 
     Pair ``j`` compares keys ``q1[j] - d`` and ``q2[j] - d`` for ``d < min(window, q1[j] + 1)``,
@@ -428,8 +446,8 @@ def _pattern_correlation(b: AttentionBlock, li: np.ndarray, hi: np.ndarray, q1: 
     back = np.arange(int(min(window, q1.max() + 1)))[None, :]
     k1, k2 = q1[:, None] - back, q2[:, None] - back
     keep = (k1 >= 0) & ~(np.isin(k1, sinks) | np.isin(k2, sinks))
-    x = gather(b, li, hi, q1[:, None], k1) * keep
-    y = gather(b, li, hi, q2[:, None], k2) * keep
+    x = gather(b, li, hi, q1[:, None], k1, weighting=weighting) * keep
+    y = gather(b, li, hi, q2[:, None], k2, weighting=weighting) * keep
     n = keep.sum(axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
         xc = (x - x.sum(-1, keepdims=True) / n[:, None]) * keep

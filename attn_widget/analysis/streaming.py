@@ -14,6 +14,11 @@ make these passes fast on a CPU, measured on SmolLM2-shaped heads at 8192 tokens
 
 A pass estimated past about a second of work shows a ``tqdm`` progress bar (see
 :func:`whole_head_pass`).
+
+Every reader takes a ``weighting``: ``"attention"`` reads the weights ``α``; ``"norm"`` reads
+``α_ij ‖f_h(x_j)‖`` (:mod:`attn_widget.valuenorms`) with each row divided by its sum, so that a
+row is again a distribution over keys (the share of what the head moved that came from each key)
+and every metric, threshold and rollout step means what it means for weights.
 """
 
 from __future__ import annotations
@@ -54,16 +59,27 @@ def visible_width(b: AttentionBlock, stop: int) -> int:
     return min(stop, b.n_keys) if b.causal else b.n_keys
 
 
-def block_rows(b: AttentionBlock, layer: int, head: int, start: int, stop: int) -> np.ndarray:
+def block_rows(b: AttentionBlock, layer: int, head: int, start: int, stop: int,
+               weighting: str = "attention") -> np.ndarray:
     """float32 (stop - start, n_keys) rows of head position ``head`` of layer position ``layer``;
-    straight from the queries and keys of a ``"queries-keys"`` block (no extra copy)."""
+    straight from the queries and keys of a ``"queries-keys"`` block (no extra copy). With
+    ``weighting="norm"``, ``α_ij ‖f_h(x_j)‖`` renormalised to sum to 1 over each row."""
+    if weighting != "attention":
+        return renormalised(b.rows(layer, head, start, stop, weighting))
     if b.qk is not None:
         return b.qk.rows(layer, head, start, stop)
     return b.rows(layer, head, start, stop)
 
 
-def head_chunks(b: AttentionBlock, layer: int, head: int, start: int = 0,
-                stop: int | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
+def renormalised(rows: np.ndarray) -> np.ndarray:
+    """``rows`` (…, n_keys) divided in place by their sums over keys (a row of zeros stays 0)."""
+    total = rows.sum(axis=-1, keepdims=True)
+    np.divide(rows, total, out=rows, where=total > 0)
+    return rows
+
+
+def head_chunks(b: AttentionBlock, layer: int, head: int, start: int = 0, stop: int | None = None,
+                weighting: str = "attention") -> Iterator[tuple[int, int, np.ndarray]]:
     """``(s, e, rows)`` for query rows ``start:stop`` (default all) of one head in chunks of
     :func:`chunk_rows`; ``rows`` is float32 (e - s, :func:`visible_width` (e)): the keys after it
     are 0 for every row of the chunk."""
@@ -71,29 +87,29 @@ def head_chunks(b: AttentionBlock, layer: int, head: int, start: int = 0,
     step = chunk_rows(b.n_keys)
     for s in range(start, stop, step):
         e = min(s + step, stop)
-        yield s, e, block_rows(b, layer, head, s, e)[:, :visible_width(b, e)]
+        yield s, e, block_rows(b, layer, head, s, e, weighting)[:, :visible_width(b, e)]
 
 
-def mean_chunks(b: AttentionBlock, layer: int, start: int = 0,
-                stop: int | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
+def mean_chunks(b: AttentionBlock, layer: int, start: int = 0, stop: int | None = None,
+                weighting: str = "attention") -> Iterator[tuple[int, int, np.ndarray]]:
     """Like :func:`head_chunks`, for the mean over the block's heads of layer position ``layer``."""
     stop = b.n_queries if stop is None else stop
     step = chunk_rows(b.n_keys)
     for s in range(start, stop, step):
         e = min(s + step, stop)
         width = visible_width(b, e)
-        total = block_rows(b, layer, 0, s, e)[:, :width].copy()
+        total = block_rows(b, layer, 0, s, e, weighting)[:, :width].copy()
         for head in range(1, len(b.heads)):
-            total += block_rows(b, layer, head, s, e)[:, :width]
+            total += block_rows(b, layer, head, s, e, weighting)[:, :width]
         total /= len(b.heads)
         yield s, e, total
 
 
 def fill_mean(b: AttentionBlock, layer: int, out: np.ndarray, scale: float = 1.0,
-              advance: Callable[[int], None] = lambda n: None) -> np.ndarray:
+              advance: Callable[[int], None] = lambda n: None, weighting: str = "attention") -> np.ndarray:
     """``out`` (n_queries, n_keys), zeros, filled with ``scale`` × the mean over the block's heads
     of layer position ``layer``, a chunk of rows at a time (``advance`` is told the weights done)."""
-    for s, e, mean in mean_chunks(b, layer):
+    for s, e, mean in mean_chunks(b, layer, weighting=weighting):
         if scale != 1.0:
             mean *= scale
         out[s:e, :mean.shape[1]] = mean
