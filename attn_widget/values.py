@@ -168,12 +168,12 @@ class ValueRecorder:
         for li in range(self.norms[kind].shape[0]):
             done = self.done.get((kind, li), 0)
             if done < n_keys:
-                raise RuntimeError(f"{kind} attention layer {li} gave values for {done} of {n_keys} key "
+                raise CaptureError(f"{kind} attention layer {li} gave values for {done} of {n_keys} key "
                                    "positions; the value projection did not see every step")
         norms = self.norms[kind][:, :, :n_keys].numpy().copy()
         gram = self.gram[kind][:, :n_keys].numpy().copy() if self.keep_gram else None
         if not (np.isfinite(norms).all() and (gram is None or np.isfinite(gram).all())):
-            raise RuntimeError(f"{kind} attention has values that are NaN or infinite")
+            raise CaptureError(f"{kind} attention has values that are NaN or infinite")
         return ValueNorms(norms, gram)
 
     @contextlib.contextmanager
@@ -201,8 +201,10 @@ class ValueRecorder:
 
     def _place_values(self, kind: str, li: int, index: int):
         def hook(module, args, output) -> None:
+            if threading.get_ident() != self.thread:
+                return  # another thread's pass of the same model is not this capture's
             values = self._pending.pop((kind, li), None)
-            if threading.get_ident() != self.thread or values is None:
+            if values is None:
                 return  # cross-attention reuses the values it cached on the first step
             n_keys = output[index].shape[-1]
             n, d = values.shape[1], _matrix(self.outputs[kind][li]).shape[1] // self.n_heads[kind]
@@ -295,7 +297,8 @@ def _check(model, impl: str, modules, heads_of: dict[str, int]) -> str | None:
                       {kind: (_CHECK_TOKENS, _CHECK_TOKENS)},
                       on_values=lambda _, li, start, v: values.__setitem__(li, v.detach().float().cpu()))
     inputs: dict[int, torch.Tensor] = {}
-    handles = [out.register_forward_pre_hook(_keep_input(inputs, li)) for li, out in enumerate(outputs)]
+    handles = [out.register_forward_pre_hook(_keep_input(inputs, li, threading.get_ident()))
+               for li, out in enumerate(outputs)]
     was_training = model.training
     model.eval()
     try:
@@ -325,7 +328,8 @@ def _check(model, impl: str, modules, heads_of: dict[str, int]) -> str | None:
     return None
 
 
-def _keep_input(inputs: dict[int, torch.Tensor], li: int):
+def _keep_input(inputs: dict[int, torch.Tensor], li: int, thread: int):
     def hook(module, args) -> None:
-        inputs[li] = args[0].detach()
+        if threading.get_ident() == thread:  # another thread's pass is not the check's
+            inputs[li] = args[0].detach()
     return hook

@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import FRANCE_PROMPT, tiny_model
 from test_capture_fast import fast_model
+from test_reliability_capture import with_a_pass_from_another_thread
 
 import attn_widget as aw
 from attn_widget import analysis
@@ -107,7 +108,8 @@ def _decoder_run(ids):
 
 
 # --------------------------------------------------------------------------- decoder-only models
-@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "gemma3", "phi3", "gpt2", "gpt_neox", "opt"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "mistral", "gemma3", "phi3", "gpt2",
+                                    "gpt_neox", "opt", "gpt_oss"])
 @pytest.mark.parametrize("form", ["weights", "queries-keys"])
 def test_norm_weighted_attention_equals_value_and_output_projection_hooks(family, form, word_tokenizer):
     model = fast_model(family)
@@ -329,4 +331,26 @@ def test_a_model_with_a_layer_offloaded_to_disk_keeps_the_same_norms(word_tokeni
                   "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
     model = dispatch_model(fast_model("llama"), device_map=device_map, offload_dir=str(tmp_path))
     trace = aw.capture(model, word_tokenizer, PROMPT, max_new_tokens=3, min_new_tokens=3)
-    np.testing.assert_allclose(trace.attention(weighting="norm"), plain.attention(weighting="norm"), rtol=1e-5)
+    np.testing.assert_allclose(trace.attention(weighting="norm"), plain.attention(weighting="norm"),
+                               rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["bart", "llama-sdpa"])
+def test_a_pass_of_the_same_model_on_another_thread_leaves_the_norms_alone(family, word_tokenizer):
+    model = fast_model("llama") if family == "llama-sdpa" else tiny_model(family)
+    options = {"max_new_tokens": 4, "min_new_tokens": 4}
+    alone = aw.capture(model, word_tokenizer, PROMPT, **options)
+    if family == "bart":  # a source of the capture's length: its values would fit anywhere
+        other = {"input_ids": torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6, 5]]),
+                 "decoder_input_ids": torch.tensor([[2]])}
+        module = model.model.decoder.layers[1].self_attn
+    else:
+        other, module = {"input_ids": torch.tensor([[7]])}, model.model.layers[1].self_attn
+    handle, interrupted = with_a_pass_from_another_thread(model, module, other)
+    try:
+        busy = aw.capture(model, word_tokenizer, PROMPT, **options)
+    finally:
+        handle.remove()
+    assert interrupted
+    for name, block in alone.blocks.items():
+        np.testing.assert_array_equal(busy.block(name).norms.norms, block.norms.norms, err_msg=name)
