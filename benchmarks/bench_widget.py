@@ -25,6 +25,7 @@ paint, N times on fresh pages, and prints medians of its stages (performance mar
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -73,6 +74,24 @@ HOOK_JS = """
   };
 }
 """
+
+
+@contextlib.contextmanager
+def lab_and_browser():
+    """A private JupyterLab and a headless Chromium, both stopped on the way out."""
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory(prefix="attn-bench-") as tmp:
+        lab = start_lab(Path(tmp))
+        try:
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                try:
+                    yield lab, browser
+                finally:
+                    browser.close()
+        finally:
+            lab.stop()
 
 
 def median_ms(xs):
@@ -135,8 +154,6 @@ def main() -> None:
     parser.add_argument("--long", action="store_true", help="only the long-trace section")
     parser.add_argument("--tokens", type=int, default=8192, help="tokens of the --long trace")
     args = parser.parse_args()
-    from playwright.sync_api import sync_playwright
-
     if args.long:
         long_bench(args.tokens)
         return
@@ -156,61 +173,53 @@ def main() -> None:
              "w_again = aw.AttentionWidget(long, layer=15, head=4)\nw_again",
              "w1k_sweep = aw.AttentionWidget(synthetic(1000, 16), send_all_below=2**31)\nw1k_sweep",
              PUSH_CELL]  # the next widget is the kernel's first again: BokehJS travels with it
-    with tempfile.TemporaryDirectory(prefix="attn-bench-") as tmp:
-        lab = start_lab(Path(tmp))
-        try:
-            lab.write_notebook("bench.ipynb", cells)
-            with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-                page = new_page(browser, width=1400, height=1000)
-                received: list[tuple[float, int]] = []
+    with lab_and_browser() as (lab, browser):
+        lab.write_notebook("bench.ipynb", cells)
+        page = new_page(browser, width=1400, height=1000)
+        received: list[tuple[float, int]] = []
 
-                def on_ws(ws):
-                    ws.on("framereceived",
-                          lambda payload: received.append((time.perf_counter(), len(payload))))
+        def on_ws(ws):
+            ws.on("framereceived",
+                  lambda payload: received.append((time.perf_counter(), len(payload))))
 
-                page.on("websocket", on_ws)
-                if args.first_paint:
-                    setup = cells[0] + (args.setup_extra or "")
-                    first_paint_only(browser, lab, [setup] + cells[1:], args.first_paint)
-                    browser.close()
-                    return
-                nb = NotebookPage(page, lab, "bench.ipynb")
-                nb.run(0)
-                print("machine: 2 shared CPU cores; Chromium headless, no GPU; JupyterLab 4")
-                report("1024×1024", *slider_bench(nb, 1, 0, 4, args.repeats))
-                report("1024×1024, image cache off (every move pools)",
-                       *slider_bench(nb, 1, 0, 4, args.repeats, cold=True))
-                if not args.quick:
-                    report("4096×4096", *slider_bench(nb, 2, 1, 3, args.repeats))
-                    report("4096×4096, image cache off (every move pools)",
-                           *slider_bench(nb, 2, 1, 3, args.repeats, cold=True))
-                report("1000×1000, sweep visiting each of 16 heads once",
-                       *slider_bench(nb, 8, 1 if args.quick else 2, 16, 0, sweep=True))
-                if not args.quick:
-                    nb.run(3)
-                    page.close()
-                    page = new_page(browser, width=1400, height=1000)
-                    received.clear()
-                    page.on("websocket", on_ws)
-                    nb = NotebookPage(page, lab, "bench.ipynb")
-                    print(nb.run(4, timeout=900_000).strip().splitlines()[-1])
-                    nb.run(9)
-                    cold, cold_bytes, cold_page = _first_paint_seconds(nb, 5, received, page_clock=True)
-                    # Let the first widget settle (its grid thumbnails arrive) before the next.
-                    nb.cell(5).locator(".aw-grid-cell").first.wait_for(timeout=60_000)
-                    print(nb.run(6).strip())
-                    warm, warm_bytes, warm_page = _first_paint_seconds(nb, 7, received, page_clock=True)
-                    print(f"first paint, 1024-token SmolLM2 widget, first of the kernel, fresh page "
-                          f"(BokehJS sent with it): page clock {cold_page:.2f} s (Ctrl+Enter → painted "
-                          f"frame); Python clock {cold:.2f} s (from before the click on the cell, "
-                          f"paint polled); {cold_bytes / 2**20:.2f} MiB received")
-                    print(f"first paint, second widget of the same trace (BokehJS on the page): "
-                          f"page clock {warm_page:.2f} s; Python clock {warm:.2f} s; "
-                          f"{warm_bytes / 2**20:.2f} MiB received")
-                browser.close()
-        finally:
-            lab.stop()
+        page.on("websocket", on_ws)
+        if args.first_paint:
+            setup = cells[0] + (args.setup_extra or "")
+            first_paint_only(browser, lab, [setup] + cells[1:], args.first_paint)
+            return
+        nb = NotebookPage(page, lab, "bench.ipynb")
+        nb.run(0)
+        print("machine: 2 shared CPU cores; Chromium headless, no GPU; JupyterLab 4")
+        report("1024×1024", *slider_bench(nb, 1, 0, 4, args.repeats))
+        report("1024×1024, image cache off (every move pools)",
+               *slider_bench(nb, 1, 0, 4, args.repeats, cold=True))
+        if not args.quick:
+            report("4096×4096", *slider_bench(nb, 2, 1, 3, args.repeats))
+            report("4096×4096, image cache off (every move pools)",
+                   *slider_bench(nb, 2, 1, 3, args.repeats, cold=True))
+        report("1000×1000, sweep visiting each of 16 heads once",
+               *slider_bench(nb, 8, 1 if args.quick else 2, 16, 0, sweep=True))
+        if not args.quick:
+            nb.run(3)
+            page.close()
+            page = new_page(browser, width=1400, height=1000)
+            received.clear()
+            page.on("websocket", on_ws)
+            nb = NotebookPage(page, lab, "bench.ipynb")
+            print(nb.run(4, timeout=900_000).strip().splitlines()[-1])
+            nb.run(9)
+            cold, cold_bytes, cold_page = _first_paint_seconds(nb, 5, received, page_clock=True)
+            # Let the first widget settle (its grid thumbnails arrive) before the next.
+            nb.cell(5).locator(".aw-grid-cell").first.wait_for(timeout=60_000)
+            print(nb.run(6).strip())
+            warm, warm_bytes, warm_page = _first_paint_seconds(nb, 7, received, page_clock=True)
+            print(f"first paint, 1024-token SmolLM2 widget, first of the kernel, fresh page "
+                  f"(BokehJS sent with it): page clock {cold_page:.2f} s (Ctrl+Enter → painted "
+                  f"frame); Python clock {cold:.2f} s (from before the click on the cell, "
+                  f"paint polled); {cold_bytes / 2**20:.2f} MiB received")
+            print(f"first paint, second widget of the same trace (BokehJS on the page): "
+                  f"page clock {warm_page:.2f} s; Python clock {warm:.2f} s; "
+                  f"{warm_bytes / 2**20:.2f} MiB received")
 
 
 MARKS = ("aw:initialize", "aw:render", "aw:build", "aw:decoded", "aw:bokeh-request",
@@ -388,50 +397,41 @@ def long_bench(tokens: int) -> None:
     """The long-trace section: a SmolLM2-shaped trace of random queries and keys in JupyterLab."""
     import math
 
-    from playwright.sync_api import sync_playwright
-
     from attn_widget.figures import frame_pixels
 
     side = math.ceil(tokens / frame_pixels())
     cells = [LONG_SETUP.format(browser_tests=str(ROOT / "tests" / "browser"), tokens=tokens),
              LONG_WIDGET.format(), LONG_KERNEL.format(side=side)]
-    with tempfile.TemporaryDirectory(prefix="attn-bench-") as tmp:
-        lab = start_lab(Path(tmp))
-        try:
-            lab.write_notebook("long.ipynb", cells)
-            with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-                page = new_page(browser, width=1400, height=1300)
-                nb = NotebookPage(page, lab, "long.ipynb")
-                print(f"machine: 2 CPU cores shared with other work (load {os.getloadavg()[0]:.1f} at "
-                      "start); Chromium headless, no GPU; JupyterLab 4; the kernel computes the "
-                      "all-heads grid on its grid thread meanwhile")
-                print(nb.run(0, timeout=900_000).strip().splitlines()[-1])
-                print(nb.run(1, timeout=900_000).strip().splitlines()[0])
-                nb.widget(1)
-                page.wait_for_timeout(3000)  # the first paint's prefetches (layer mean, heads ±1)
-                heads = []
-                for head in (8, 1, 6):  # never shown, and not neighbours of one shown
-                    ms = page.evaluate(LONG_MEASURE_JS, ["head", head, f"pool/15/{head}/{side}:linear"])
-                    heads.append(ms)
-                    page.wait_for_timeout(3000)
-                zooms = []
-                for start in (4000, 1000, 6500):  # 512 × 512 tokens each, a region never fetched
-                    box = [start, start + 512, start + 100, start + 612]  # keys, then queries
-                    ms = page.evaluate(LONG_MEASURE_JS, ["zoom", box, "region/15/6/"])
-                    zooms.append(ms)
-                    page.wait_for_timeout(2000)
-                fmt = lambda xs: ", ".join("timed out" if x is None else f"{x / 1000:.2f} s" for x in xs)  # noqa: E731
-                print(f"head never shown, slider input → pooled image painted (next frame): {fmt(heads)}")
-                print(f"512-token zoom, new ranges → full-resolution region painted (next frame; "
-                      f"includes the view's 150 ms settle delay): {fmt(zooms)}")
-                print(nb.run(2, timeout=900_000).strip().splitlines()[-1] + "  (seconds of "
-                      "ViewData.answer on the kernel thread, and that thread's CPU seconds, for "
-                      "pooled heads and 512² regions never asked)")
-                print(f"load at the end {os.getloadavg()[0]:.1f}")
-                browser.close()
-        finally:
-            lab.stop()
+    with lab_and_browser() as (lab, browser):
+        lab.write_notebook("long.ipynb", cells)
+        page = new_page(browser, width=1400, height=1300)
+        nb = NotebookPage(page, lab, "long.ipynb")
+        print(f"machine: 2 CPU cores shared with other work (load {os.getloadavg()[0]:.1f} at "
+              "start); Chromium headless, no GPU; JupyterLab 4; the kernel computes the "
+              "all-heads grid on its grid thread meanwhile")
+        print(nb.run(0, timeout=900_000).strip().splitlines()[-1])
+        print(nb.run(1, timeout=900_000).strip().splitlines()[0])
+        nb.widget(1)
+        page.wait_for_timeout(3000)  # the first paint's prefetches (layer mean, heads ±1)
+        heads = []
+        for head in (8, 1, 6):  # never shown, and not neighbours of one shown
+            ms = page.evaluate(LONG_MEASURE_JS, ["head", head, f"pool/15/{head}/{side}:linear"])
+            heads.append(ms)
+            page.wait_for_timeout(3000)
+        zooms = []
+        for start in (4000, 1000, 6500):  # 512 × 512 tokens each, a region never fetched
+            box = [start, start + 512, start + 100, start + 612]  # keys, then queries
+            ms = page.evaluate(LONG_MEASURE_JS, ["zoom", box, "region/15/6/"])
+            zooms.append(ms)
+            page.wait_for_timeout(2000)
+        fmt = lambda xs: ", ".join("timed out" if x is None else f"{x / 1000:.2f} s" for x in xs)  # noqa: E731
+        print(f"head never shown, slider input → pooled image painted (next frame): {fmt(heads)}")
+        print(f"512-token zoom, new ranges → full-resolution region painted (next frame; "
+              f"includes the view's 150 ms settle delay): {fmt(zooms)}")
+        print(nb.run(2, timeout=900_000).strip().splitlines()[-1] + "  (seconds of "
+              "ViewData.answer on the kernel thread, and that thread's CPU seconds, for "
+              "pooled heads and 512² regions never asked)")
+        print(f"load at the end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

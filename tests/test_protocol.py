@@ -95,7 +95,7 @@ def test_an_8192_token_view_opens_with_one_pooled_head_in_a_small_payload(monkey
     from attn_widget import protocol
     from attn_widget.trace import AttentionBlock
 
-    monkeypatch.setattr(protocol, "head_metrics", lambda trace, layers=None: {})  # analysis aside
+    monkeypatch.setattr(protocol, "head_metrics", lambda trace, layers=None, progress=None: {})  # no analysis
     monkeypatch.setattr(AttentionBlock, "data", property(lambda self: pytest.fail("built every weight")))
     data = ViewData.of(_qk_trace(8192)).encode(0, 0, send_all_below=8 * 2**20, pool_above=8 * 2**20)
     header, arrays = encoding.decode_payload(data.payload)
@@ -130,7 +130,7 @@ def test_a_grid_in_preparation_is_sent_in_parts_then_whole(monkeypatch):
     monkeypatch.setattr(protocol, "PARTIAL_EVERY", 0.0)
     release = threading.Event()
 
-    def slow_metrics(trace, layers=None):
+    def slow_metrics(trace, layers=None, progress=None):
         release.wait(30)
         return {"sink_score": np.full((1, 3), 0.5, np.float32)}
 
@@ -153,7 +153,7 @@ def test_a_grid_in_preparation_is_sent_in_parts_then_whole(monkeypatch):
 def test_a_grid_whose_analysis_fails_answers_with_the_reason(monkeypatch):
     from attn_widget import protocol
 
-    monkeypatch.setattr(protocol, "head_metrics", lambda trace, layers=None: 1 / 0)
+    monkeypatch.setattr(protocol, "head_metrics", lambda trace, layers=None, progress=None: 1 / 0)
     data = ViewData.of(_trace()).encode(0, 0, send_all_below=0)
     reply, buffers = data.answer({"type": "fetch", "id": "g", "trace_id": data.trace_id, "source": 0,
                                   "key": "grid"})
@@ -183,3 +183,29 @@ def test_background_work_waits_while_a_view_waits_for_a_fetch():
     start = time.monotonic()
     gate.wait(timeout=0.1)  # slowed, never starved
     assert time.monotonic() - start < 5
+
+
+def test_a_grid_in_preparation_stops_when_the_program_ends():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = f"""
+import sys, time
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_encoding import qk_trace
+from attn_widget import protocol
+from attn_widget.protocol import ViewData
+
+def slow(trace, layers=None, progress=None):
+    print("layer", layers, flush=True)
+    time.sleep(0.3)
+    return {{}}
+
+protocol.head_metrics = slow
+ViewData.of(qk_trace(t=40, n_layers=40, n_heads=1)).encode(0, 0, send_all_below=0)
+time.sleep(0.5)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert 0 < out.stdout.count("layer") < 40  # it had started, and did not hold the exit to the end

@@ -441,9 +441,9 @@ def test_a_long_trace_opens_pooled_and_its_fetches_are_answered_while_the_grid_i
         if {m["id"] for m, _ in sent} >= {"p", "r"}:
             break
         threading.Event().wait(0.05)
-    got = {m["id"]: (m["type"], m["key"], thread.rsplit("_", 1)[0]) for m, thread in sent}
-    assert got == {"p": ("data", "pool/0/mean/4", "attn_widget-fetch"),
-                   "r": ("data", "region/1/0/100/164/0/64", "attn_widget-prefetch")}
+    got = {m["id"]: (m["type"], m["key"], thread.split("_")[1]) for m, thread in sent}
+    assert got == {"p": ("data", "pool/0/mean/4", "widget-fetch"),
+                   "r": ("data", "region/1/0/100/164/0/64", "widget-prefetch")}
     release.set()
     w.wait(timeout=120)
     assert [m["type"] for m, _ in sent if m["id"] == "g"][-1] == "data"
