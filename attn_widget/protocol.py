@@ -243,13 +243,15 @@ class ViewData:
         return cls(traces, views, block, names, layers, heads, tuple(labels))
 
     def encode(self, layer: int, head: int, *, send_all_below: int,
-               pool_above: int | None = None) -> ViewData:
+               pool_above: int | None = None, pool_side: int | None = None) -> ViewData:
         """These views with a new trace id, the first payload for ``layer``/``head`` and the
         figure skeletons; the grid starts on :data:`GRID_WORKER` when the payload lacks it.
 
         pool_above : when the payload is not complete and one head's float16 weights exceed
             this many bytes, heads are sent pooled to the heatmap's pixels (``pool/…`` keys,
             ``pool_side`` in the header) and zoomed regions at full resolution (``region/…``).
+        pool_side : the pooled resolution to use then (tokens a side of each square), when not
+            the heatmap's own pixels (a snapshot picks a coarser one to fit its budget).
             None: whole heads, however long the trace.
         """
         views = self.views
@@ -260,15 +262,15 @@ class ViewData:
         n_keys = max(t.block().n_keys for t in views)
         compact = len(views) > 1
         head_bytes = max(t.block().weights_nbytes // (len(t.layers) * len(t.heads)) for t in views)
-        pool_side = 0
+        side = 0
         if not complete and pool_above is not None and head_bytes > pool_above:
             # One square per pixel of the heatmap's frame: the browser then draws the image as
             # it comes, and asks for full resolution only where the user zooms in.
-            pool_side = math.ceil(max(n_queries, n_keys) / frame_pixels(compact))
+            side = pool_side or math.ceil(max(n_queries, n_keys) / frame_pixels(compact))
         payload, _ = encoding.trace_payload(
             views, layer=layer, head=head, labels=self.labels, metrics=metrics,
             metric_descriptions=metric_descriptions(metrics), send_all_below=send_all_below,
-            bokeh_version=bokeh_version(), trace_id=trace_id, pool_side=pool_side)
+            bokeh_version=bokeh_version(), trace_id=trace_id, pool_side=side)
         # Long traces: the grid (thumbnails + analysis metrics, ~0.7 s at 1024 tokens × 270
         # heads, minutes at 8k tokens) is prepared on a worker thread, so the kernel stays free
         # for the first paint and the next cell; the browser asks for it after its first paint.

@@ -21,7 +21,7 @@ import traitlets
 from . import protocol
 from .figures import bokeh_once
 from .protocol import FETCH_WORKER, FOREGROUND, POOL_ABOVE, PREFETCH_WORKER, ViewData
-from .selection import MEAN, format_ranges, is_int
+from .selection import MEAN, check_count, format_ranges, is_int
 from .trace import AttentionTrace
 
 SCALES = ("linear", "log", "row")
@@ -52,6 +52,8 @@ class AttentionWidget(anywidget.AnyWidget):
         Bytes of one head's float16 weights above which heads are sent pooled to the heatmap's
         pixels (max of each square, so peaks survive), and a zoomed region at full resolution
         (8 MiB: from about 2900 tokens); None sends whole heads however long the trace.
+    pool_side : int or None
+        Tokens a side of each pooled square then (default: one square per pixel of the heatmap).
     run : callable, optional
         ``run(prompt) -> AttentionTrace``: shows the prompt box and re-runs from it (used by
         :class:`~attn_widget.session.AttentionSession`).
@@ -90,18 +92,21 @@ class AttentionWidget(anywidget.AnyWidget):
                  layer: int | None = None, head: int | str | None = None, scale: str = "linear",
                  theme: str = "auto", labels: Sequence[str] = ("A", "B"),
                  send_all_below: int = 8 * 2**20, pool_above: int | None = POOL_ABOVE,
-                 run: Callable[[str], AttentionTrace] | None = None, prompt: str = "",
+                 pool_side: int | None = None, run: Callable[[str], AttentionTrace] | None = None,
+                 prompt: str = "",
                  block: str | None = None, push_bokeh: bool = True, **kwargs: Any):
         self._labels = tuple(labels)
         self._send_all_below = int(send_all_below)
         self._pool_above = None if pool_above is None else int(pool_above)
+        self._pool_side = None if pool_side is None else check_count(pool_side, "pool_side (tokens)",
+                                                                     minimum=1)
         self._run = run
         self._running: Future[None] | None = None  # the prompt-box run in progress
         self._later: list[Future[Any]] = []  # replies being prepared on worker threads
         self._data = self._views_of(trace, compare, block, self._labels)
         layer, head = self._first_view(layer, head)
         self._data = self._data.encode(layer, head, send_all_below=self._send_all_below,
-                                       pool_above=self._pool_above)
+                                       pool_above=self._pool_above, pool_side=self._pool_side)
         super().__init__(layer=layer, head=head, scale=scale, theme=theme,
                          step=0 if self.trace.n_generated else -1, prompt=prompt,
                          block=self._data.block, _blocks=list(self._data.blocks),
@@ -149,7 +154,7 @@ class AttentionWidget(anywidget.AnyWidget):
         layer, head = self._first_view(self.layer if self.layer in data.layers else None, keep_head, data)
         # One assignment: a fetch answered meanwhile sees the old views or the new, never half.
         self._data = data = data.encode(layer, head, send_all_below=self._send_all_below,
-                                        pool_above=self._pool_above)
+                                        pool_above=self._pool_above, pool_side=self._pool_side)
         with self.hold_sync(), self.hold_trait_notifications():
             self.set_trait("layer", layer)
             self.set_trait("head", head)

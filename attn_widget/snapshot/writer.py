@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import html
+import math
 import os
 import uuid
 from collections.abc import Iterable, Sequence
@@ -24,6 +25,7 @@ from ..encoding import decode_payload
 from ..selection import MEAN, check_count, check_positive, format_head_list, index_list, is_int
 from ..storage import write_atomically
 from ..tokens import printable
+from . import long
 from .page import Page, ascii_html
 
 # --------------------------------------------------------------------------- attention snapshots
@@ -50,6 +52,10 @@ class Snapshot:
     mean_bits : mantissa bits kept in the layer means: 10 is exact float16; fewer when the
         means had to be rounded to leave room for heads: relative error ≤ 2^-(mean_bits+1), or
         absolute error ≤ 2^(-15-mean_bits) for weights below 2^-14 (float16 subnormals).
+    pool_side : 0, or for a long trace the resolution its heads are in: 1 px = pool_side ×
+        pool_side tokens (the max of each square); ``heads`` are then the pooled heads.
+    step_rows : for a long trace, the (layer, head) pairs (head -1: the layer mean) whose
+        generated tokens' rows are in the file at full resolution.
     """
 
     path: Path
@@ -61,6 +67,8 @@ class Snapshot:
     n_sources: int
     budget_mb: float
     mean_bits: int = 10
+    pool_side: int = 0
+    step_rows: tuple[tuple[int, int], ...] = ()
 
     @property
     def bytes_per_cell(self) -> float:
@@ -72,6 +80,13 @@ class Snapshot:
 
     def __str__(self) -> str:
         n = len(self.heads) + len(self.left_out)
+        if self.pool_side:
+            means = sum(1 for _, h in self.step_rows if h == MEAN)
+            return (f"wrote {self.path} ({self.nbytes / MB:.2f} MB): a long trace, {len(self.heads)} of {n} "
+                    f"heads and every layer mean pooled at 1 px = {self.pool_side}×{self.pool_side} tokens "
+                    f"(max); generated tokens' rows at full resolution for {means} of {self.n_layers} "
+                    f"layer means and {len(self.step_rows) - means} heads; zooming to full resolution "
+                    "needs the live widget")
         line = (f"wrote {self.path} ({self.nbytes / MB:.2f} MB): {len(self.heads)} of {n} heads in full, "
                 f"{self.bytes_per_cell:.2f} bytes per attention cell; layer means and the all-heads "
                 f"grid cover all {self.n_layers} layers")
@@ -122,10 +137,10 @@ def save_snapshot(source, path: str | os.PathLike | None = None, *, layers: Sequ
     OSError : when ``path`` cannot be written (one message naming the path and the reason).
     """
     layers, heads, budget_mb, title = _checked_arguments(path, layers, heads, budget_mb, title)
-    widget, candidates = _snapshot_widget(source, layers, heads)
+    widget, candidates = _snapshot_widget(source, layers, heads, budget_mb)
     try:
-        data, included, left_out, mean_bits = _attention_page(widget, candidates, budget_mb, title,
-                                                              portable=path is None)
+        data, included, left_out, mean_bits, content = _attention_page(widget, candidates, budget_mb, title,
+                                                                       portable=path is None)
     finally:
         widget.close()
     if path is None:
@@ -133,7 +148,8 @@ def save_snapshot(source, path: str | os.PathLike | None = None, *, layers: Sequ
     path = write_atomically(path, lambda f: f.write(data), "snapshot")
     b = widget.trace.block()
     return Snapshot(path, len(data), tuple(included), tuple(left_out), len(b.layers),
-                    b.n_queries * b.n_keys, len(widget.traces), float(budget_mb), mean_bits)
+                    b.n_queries * b.n_keys, len(widget.traces), float(budget_mb), mean_bits,
+                    content.pool_side if content else 0, content.step_rows if content else ())
 
 
 def static(source, *, height: int = 1000, budget_mb: float = 10.0, **kwargs) -> StaticSnapshot:
@@ -191,7 +207,7 @@ class StaticSnapshot:
                 'f.style.height = Math.ceil(e.data.attnWidgetHeight) + "px"; }); })();</script>')
 
 
-def _snapshot_widget(source, layers: Sequence[int] | None, heads: HeadChoice):
+def _snapshot_widget(source, layers: Sequence[int] | None, heads: HeadChoice, budget_mb: float):
     """A fresh widget for the chosen layers/heads that fetches every head, and the (layer, head)
     pairs to include, most important first."""
     import traitlets
@@ -233,11 +249,26 @@ def _snapshot_widget(source, layers: Sequence[int] | None, heads: HeadChoice):
         candidates.insert(0, (layer, head))
     widget = AttentionWidget(traces[0], compare=traces[1] if len(traces) > 1 else None, labels=labels,
                              layer=layer, head=head, scale=view.get("scale", "linear"),
-                             theme=view.get("theme", "auto"), send_all_below=0, push_bokeh=False)
+                             theme=view.get("theme", "auto"), send_all_below=0, push_bokeh=False,
+                             pool_side=_pool_side(traces, budget_mb))
     if isinstance(source, AttentionWidget):
         with contextlib.suppress(traitlets.TraitError):  # both hold when the block has the steps
             widget.step, widget.selected_token = source.step, source.selected_token
     return widget, candidates
+
+
+def _pool_side(traces, budget_mb: float) -> int | None:
+    """The pooled resolution a long trace's snapshot uses: every head and layer mean of every
+    trace fits in about half the budget (never finer than the heatmap's pixels)."""
+    from ..encoding import THUMB_SIZE
+    from ..figures import frame_pixels
+
+    b = traces[0].block()
+    q, k = b.n_queries, b.n_keys
+    frame = math.ceil(max(q, k) / frame_pixels(len(traces) > 1))
+    n_images = len(traces) * len(b.layers) * (len(b.heads) + 1)
+    fixed = long.fixed_bytes(len(b.layers), len(b.heads), len(traces), THUMB_SIZE)
+    return long.pool_side_for(q, k, n_images, budget_mb * MB, fixed, frame) or None
 
 
 def head_priority(scores) -> np.ndarray:
@@ -248,9 +279,10 @@ def head_priority(scores) -> np.ndarray:
 
 
 def _attention_page(widget, candidates: list[tuple[int, int]], budget_mb: float, title: str | None,
-                    *, portable: bool) -> tuple[bytes, list[tuple[int, int]], list[tuple[int, int]], int]:
-    """The page's bytes, the heads it holds, the heads it left out and the mantissa bits kept
-    in the layer means (10: exact float16)."""
+                    *, portable: bool) -> tuple[bytes, list[tuple[int, int]], list[tuple[int, int]], int,
+                                                long.LongContent | None]:
+    """The page's bytes, the heads it holds, the heads it left out, the mantissa bits kept
+    in the layer means (10: exact float16) and, for a long trace, what it holds pooled."""
     from ..figures import bokeh_source
 
     data = widget.view_data
@@ -296,6 +328,23 @@ def _attention_page(widget, candidates: list[tuple[int, int]], budget_mb: float,
     base = len(page.render())
     if base > budget:
         raise ValueError(_too_small(base, b, budget_mb, "with no layer mean"))
+    side = int(header.get("pool_side") or 0)
+    if side:  # a long trace: pooled images and step rows (see .long)
+        page.unanswered["fetch"]["message"] = long.unanswered_message(side, budget_mb)
+        units = long.fill(trace, side=side, n_sources=n_sources, candidates=candidates,
+                          in_payload=in_payload, add=add,
+                          drop=lambda s, key: page.drop_last_reply(fetch(s, key)), size=base,
+                          budget=budget, too_small=lambda size: _too_small(
+                              size, b, budget_mb, f"the layer means pooled at 1 px = {side}×{side} tokens"))
+        while True:
+            content = long.content_of(units, side, candidates)
+            page.header_html = _header_html(page.title, content.left_out, candidates, budget_mb, 10,
+                                            long.header_lines(content, trace, budget_mb))
+            out = page.render()
+            if len(out) <= budget or len(units) <= 1:
+                return out, list(content.heads), list(content.left_out), 10, content
+            for s, key in reversed(units.pop().added):  # the running estimate was short
+                page.drop_last_reply(fetch(s, key))
     # Layer means are always included. When at full float16 precision they would leave less
     # than a tenth of the budget for heads, their lowest mantissa bits are rounded away (the
     # page says so); heads themselves are never rounded.
@@ -325,7 +374,7 @@ def _attention_page(widget, candidates: list[tuple[int, int]], budget_mb: float,
         last = f"head/{included[-1][0]}/{included[-1][1]}" if included else None
         missing = [s for s in range(n_sources) if last and (s, last) not in in_payload]
         if len(data) <= budget or not missing:
-            return data, included, left_out, mean_bits
+            return data, included, left_out, mean_bits, None
         included.pop()  # the running estimate was short: give back the last head
         for s in reversed(missing):
             page.drop_last_reply(fetch(s, last))
@@ -352,15 +401,18 @@ def _round_mantissa(payload: bytes, bits: int) -> bytes:
 
 
 def _header_html(title: str, left_out: Sequence[tuple[int, int]], candidates: Sequence[tuple[int, int]],
-                 budget_mb: float, mean_bits: int) -> str:
+                 budget_mb: float, mean_bits: int, long_lines: Sequence[str] | None = None) -> str:
     """The page's own heading (the widget shows the run's details): its title, that it is an
-    offline snapshot, and plainly which heads were left out."""
+    offline snapshot, and plainly which heads were left out (for a long trace, ``long_lines``:
+    the resolution of each view and what needs the live widget)."""
     from .. import __version__
 
     lines = [f"<h1>{ascii_html(title)}</h1>",
              f"<p>Offline snapshot written by attn_widget {__version__}: every view below is in this "
              "file; no kernel and no network are needed.</p>"]
-    if left_out:
+    if long_lines is not None:
+        lines.extend(long_lines)
+    elif left_out:
         kept = len(candidates) - len(left_out)
         lines.append(
             f'<p class="aw-snap-left-out"><b>{len(left_out)} of {len(candidates)} heads were left '
