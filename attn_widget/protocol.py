@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, InvalidStateError, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -171,13 +171,36 @@ class GridJob(Future):
             for fn in self._followers:
                 fn(buf)
 
+    def cancel(self) -> bool:
+        """Stop the grid (its view was closed or shows other traces): not started, it never
+        starts; started, it stops before its next head or layer. Followers are dropped, so
+        nothing it was given to send with is held any longer."""
+        with self._lock:
+            self._followers.clear()
+            self._latest = None
+        return super().cancel()
+
     def _run(self, trace: AttentionTrace, source: int, trace_id: str) -> None:
+        if self.cancelled():
+            return
         try:
-            final = grid_payload(trace, source=source, trace_id=trace_id, on_part=self._publish)
+            final = grid_payload(trace, source=source, trace_id=trace_id, on_part=self._publish,
+                                 stop=self.cancelled)
         except BaseException as e:  # the view that asks is told
-            self.set_exception(e)
+            self._finish(exception=e)
         else:
-            self.set_result(final)
+            self._finish(result=final)
+
+    def _finish(self, result: bytes | None = None, exception: BaseException | None = None) -> None:
+        with self._lock:
+            self._followers.clear()  # done: the grid's parts are sent no more
+        try:
+            if exception is not None:
+                self.set_exception(exception)
+            else:
+                self.set_result(result)
+        except InvalidStateError:  # cancelled meanwhile: nobody waits for it
+            pass
 
 
 @dataclasses.dataclass(frozen=True)
@@ -278,6 +301,12 @@ class ViewData:
         figures = figure_items(n_queries, compact=compact, n_keys=n_keys)
         return dataclasses.replace(self, trace_id=trace_id, payload=payload, figures=figures, grid=grid)
 
+    def cancel(self) -> None:
+        """Stop the grids still being prepared for these views (they are closed or replaced):
+        the worker thread drops them and holds none of their traces any longer."""
+        for job in self.grid:
+            job.cancel()
+
     def grid_pending(self, request: Mapping[str, Any]) -> bool:
         """True when ``request`` asks for a grid still being prepared (answering would wait)."""
         source = request.get("source", 0)
@@ -336,6 +365,9 @@ class ViewData:
                 buf = encoding.fetch_payload(trace, key, source=source, trace_id=self.trace_id)
         except encoding.FetchError as e:
             return {**base, "type": "error", "message": str(e)}, []
+        except CancelledError:  # the view was closed, or shows other traces now
+            return {**base, "type": "error", "message": f"{key} was not sent: the trace shown was "
+                    "replaced (re-run?) or the widget closed"}, []
         except Exception as e:  # the grid's analysis failed on its thread: say so, keep working
             if key != "grid":
                 raise
@@ -356,7 +388,8 @@ def unknown_reply(request: Mapping[str, Any]) -> Reply:
 
 
 def grid_payload(trace: AttentionTrace, *, source: int, trace_id: str,
-                 on_part: Callable[[bytes], None] | None = None) -> bytes:
+                 on_part: Callable[[bytes], None] | None = None,
+                 stop: Callable[[], bool] | None = None) -> bytes:
     """The ``data`` reply buffer for a ``grid`` fetch: thumbnails and analysis badges.
 
     Made step by step: the thumbnails of every head, then the badges of every layer (each
@@ -364,7 +397,8 @@ def grid_payload(trace: AttentionTrace, *, source: int, trace_id: str,
     With ``on_part``, a part is handed to it whenever
     :data:`PARTIAL_EVERY` seconds have passed since the last: a grid payload whose header says
     ``progress`` (``thumbs``: captured heads with thumbnails, layer-major; ``metrics``: layers
-    with badges, the others NaN)."""
+    with badges, the others NaN). ``stop``: asked before each step; when it returns True the
+    grid is abandoned (``CancelledError``)."""
     b = trace.block()
     n_layers = len(b.layers)
     thumbs: np.ndarray | None = None
@@ -378,6 +412,11 @@ def grid_payload(trace: AttentionTrace, *, source: int, trace_id: str,
             header["progress"] = progress
         return encoding.encode_payload(header, encoding.grid_sections(trace, metrics, source, thumbs=thumbs))
 
+    def next_step() -> None:
+        FOREGROUND.wait()
+        if stop is not None and stop():
+            raise CancelledError("the grid's view was closed or shows other traces")
+
     def part(n_thumbs: int, n_metrics: int) -> None:
         nonlocal last
         if on_part is not None and time.monotonic() - last >= PARTIAL_EVERY:
@@ -389,14 +428,14 @@ def grid_payload(trace: AttentionTrace, *, source: int, trace_id: str,
     step = len(b.heads) if b.form == "weights" else 1
     for li in range(n_layers):
         for h0 in range(0, len(b.heads), step):
-            FOREGROUND.wait()
+            next_step()
             some = encoding.thumbnails(trace, layers=[li], heads=range(h0, min(h0 + step, len(b.heads))))
             if thumbs is None:
                 thumbs = np.zeros((n_layers, len(b.heads)) + some.shape[2:], np.uint8)
             thumbs[li, h0:h0 + step] = some[0]
             part(li * len(b.heads) + min(h0 + step, len(b.heads)), 0)
     for li, model_layer in enumerate(b.layers):
-        FOREGROUND.wait()
+        next_step()
         for name, values in head_metrics(trace, layers=[model_layer], progress=False).items():
             metrics.setdefault(name, np.full((n_layers, len(b.heads)), np.nan, np.float32))[li] = values[0]
         if li + 1 < n_layers:

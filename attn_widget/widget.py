@@ -10,6 +10,7 @@ specified in ``js/PROTOCOL.md``.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -70,7 +71,10 @@ class AttentionWidget(anywidget.AnyWidget):
         observe them with ``widget.observe(callback, names="layer")``.
     """
 
-    _esm = _ESM
+    # The bundle's text, not its path: anywidget watches a path's file for hot reloading and
+    # connects every widget to that watcher with a closure over the widget, which then lives as
+    # long as the process (issue 17: no closed widget was ever freed).
+    _esm = _ESM.read_text(encoding="utf-8")
     layer = traitlets.Int(0).tag(sync=True)
     head = traitlets.Int(0).tag(sync=True)
     scale = traitlets.Enum(SCALES, "linear").tag(sync=True)
@@ -153,8 +157,10 @@ class AttentionWidget(anywidget.AnyWidget):
         keep_head = self.head if self.head == MEAN or self.head in data.heads else None
         layer, head = self._first_view(self.layer if self.layer in data.layers else None, keep_head, data)
         # One assignment: a fetch answered meanwhile sees the old views or the new, never half.
-        self._data = data = data.encode(layer, head, send_all_below=self._send_all_below,
-                                        pool_above=self._pool_above, pool_side=self._pool_side)
+        old, self._data = self._data, data.encode(layer, head, send_all_below=self._send_all_below,
+                                                  pool_above=self._pool_above, pool_side=self._pool_side)
+        data = self._data
+        old.cancel()  # its grid is for traces no longer shown
         with self.hold_sync(), self.hold_trait_notifications():
             self.set_trait("layer", layer)
             self.set_trait("head", head)
@@ -288,17 +294,20 @@ class AttentionWidget(anywidget.AnyWidget):
             if data.grid_pending(content):
                 # Still being computed on the grid thread: its parts and then the whole grid are
                 # sent from there; the kernel is not held up meanwhile.
-                self._later.append(data.follow_grid(content, self._send_answer))
+                self._later.append(data.follow_grid(content, self._sender()))
                 return None
             if data.costly(content):
                 # Computed on a worker (a pooled head takes ~0.4 s at 8k tokens): the kernel
                 # stays free, and what the view waits for never queues behind a prefetch or a
                 # grid; those start nothing new until it is answered.
+                # The jobs hold a weak sender, not the widget: a closed widget is freed even
+                # while they wait, and their answers then go nowhere.
                 if content.get("prefetch"):
-                    job = PREFETCH_WORKER.submit(self._answer_in_background, data, content)
+                    job = PREFETCH_WORKER.submit(_answer_in_background, self._sender(), data, content)
                 else:
                     FOREGROUND.begin()
-                    job = FETCH_WORKER.submit(self._answer_in_foreground, data, content)
+                    job = FETCH_WORKER.submit(_answer_in_foreground, self._sender(), data, content)
+                    job.add_done_callback(_end_if_cancelled)  # closed before it started
                 self._later.append(job)
                 return None
             return data.answer(content)
@@ -317,16 +326,30 @@ class AttentionWidget(anywidget.AnyWidget):
         reply, buffers = answer
         self.send(reply, buffers or None)
 
-    def _answer_in_foreground(self, data: ViewData, content: Mapping[str, Any]) -> None:
-        """Answer a fetch the view waits for (counted in FOREGROUND since it was asked)."""
-        try:
-            self._send_answer(data.answer(content))
-        finally:
-            FOREGROUND.end()
+    def _sender(self) -> Callable[[protocol.Reply], None]:
+        """``send(reply)`` for worker threads: holds the widget weakly and sends nothing once
+        it is closed or freed."""
+        ref = weakref.ref(self)
 
-    def _answer_in_background(self, data: ViewData, content: Mapping[str, Any]) -> None:
-        FOREGROUND.wait()
-        self._send_answer(data.answer(content))
+        def send(answer: protocol.Reply) -> None:
+            widget = ref()
+            if widget is not None and widget.comm is not None:
+                widget._send_answer(answer)
+
+        return send
+
+    def close(self) -> None:
+        """Close the widget: its views leave the page, and what it was preparing (the grid,
+        pooled heads, regions) is dropped; the widget and its traces are then freed once no
+        variable holds them (a prompt-box run in progress finishes, then shows nothing)."""
+        super().close()  # first: what the cancelled jobs would still answer goes nowhere
+        # (Also called when a widget whose construction failed is collected: it may lack these.)
+        data = getattr(self, "_data", None)
+        if data is not None:
+            data.cancel()
+        for job in getattr(self, "_later", ()):
+            job.cancel()  # not started yet: never starts
+        self._later = []
 
     def _run_reply(self, content: Mapping[str, Any]) -> tuple[dict[str, Any], list[bytes]]:
         rid, prompt = content.get("id"), content.get("prompt")
@@ -348,6 +371,8 @@ class AttentionWidget(anywidget.AnyWidget):
     def _run_in_background(self, rid: Any, prompt: str) -> None:
         try:
             trace = self._run(prompt)
+            if self.comm is None:  # closed while capturing: nothing to show it in
+                return
             self.set_trace(trace, prompt=prompt)
         except Exception as e:  # shown to the user in the prompt box; the widget keeps working
             self.send({"type": "run", "id": rid, "state": "error", "message": f"{type(e).__name__}: {e}"})
@@ -365,6 +390,26 @@ class AttentionWidget(anywidget.AnyWidget):
 
 def _on_message(widget: AttentionWidget, content: Any, buffers: list) -> None:
     widget._send_reply(content if isinstance(content, Mapping) else {"type": None})
+
+
+def _answer_in_foreground(send: Callable[[protocol.Reply], None], data: ViewData,
+                          content: Mapping[str, Any]) -> None:
+    """Answer a fetch the view waits for (counted in FOREGROUND since it was asked)."""
+    try:
+        send(data.answer(content))
+    finally:
+        FOREGROUND.end()
+
+
+def _end_if_cancelled(job: Future[Any]) -> None:
+    if job.cancelled():
+        FOREGROUND.end()
+
+
+def _answer_in_background(send: Callable[[protocol.Reply], None], data: ViewData,
+                          content: Mapping[str, Any]) -> None:
+    FOREGROUND.wait()
+    send(data.answer(content))
 
 
 def compare_widget(a: AttentionTrace, b: AttentionTrace, *, labels: Sequence[str] = ("A", "B"),
