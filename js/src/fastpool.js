@@ -48,6 +48,15 @@ function rowsOf(section) {
   return { nk, start: (q) => (tril ? (q * (q + 1)) >>> 1 : q * nk), length: (q) => (tril ? q + 1 : nk) };
 }
 
+/**
+ * Let the module and its memory go (the last view left the page): WebAssembly memory only
+ * grows, to the largest section pooled, and is freed only with its instance. The next view
+ * instantiates it again (a few milliseconds).
+ */
+export function releaseWasm() {
+  if (engine) engine = undefined;
+}
+
 /** For tests: run without WebAssembly (false) or with it again (true). */
 export function useWasm(on) {
   engine = on ? undefined : null;

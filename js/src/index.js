@@ -7,6 +7,7 @@ import { loadBokeh } from "./bokeh.js";
 import { Controls, isDark, watchTheme } from "./controls.js";
 import { h, markTime } from "./dom.js";
 import { traceFacts, traceTitle } from "./facts.js";
+import { releaseWasm } from "./fastpool.js";
 import { Grid } from "./grid.js";
 import { Heatmap } from "./heatmap.js";
 import { asBytes, decodeHeader, decodePayload } from "./payload.js";
@@ -14,6 +15,31 @@ import { Steps } from "./steps.js";
 import { MEAN, headName, matrixKey, neighbourKeys, regionKey } from "./store.js";
 import { Strip } from "./strip.js";
 import { Sync, bokehSource } from "./sync.js";
+
+// The views on the page now: a view joins when rendered and leaves when destroyed (its cell
+// re-run or cleared, its widget closed, the kernel restarted). Tests and benchmarks read the
+// count from `globalThis.__attnWidgetLiveViews.size`; when it falls to zero, what all views
+// share (the WebAssembly pooling module and its memory) is let go too.
+const LIVE = new Set();
+globalThis.__attnWidgetLiveViews = LIVE;
+
+/**
+ * Drop Bokeh documents that were embedded and are no longer shown. BokehJS keeps every document
+ * it ever made in `Bokeh.documents`, so one left there keeps its plots, their data sources and
+ * the images in them for the life of the page.
+ */
+function releaseDocuments(bokeh, docs) {
+  const all = bokeh?.documents;
+  for (const doc of docs) {
+    try {
+      doc.clear();
+    } catch (e) {
+      console.warn("attn_widget: a Bokeh document could not be cleared", e);
+    }
+    const i = Array.isArray(all) ? all.indexOf(doc) : -1;
+    if (i >= 0) all.splice(i, 1);
+  }
+}
 
 class AttentionView {
   constructor(model, el) {
@@ -81,14 +107,26 @@ class AttentionView {
     await this.build();
   }
 
+  /** The view leaves the page: everything it holds is let go (listeners, timers, sections,
+   * images, Bokeh documents); safe to call more than once. */
   destroy() {
+    if (this.destroyed) return;
     this.destroyed = true;
     this.unwatchTheme?.();
     this.sync.dispose();
     this.controls.dispose();
     this.removePlots();
     this.heatmap.dispose();
+    this.grid.dispose?.(); // parts that hold more than their DOM say so with a dispose()
+    this.strip.dispose?.();
+    this.steps.dispose?.();
+    delete this.root.awHeatmapViews;
     this.el.replaceChildren();
+    this.el.classList.remove("aw-host");
+    this.state.sections = this.state.detail = this.state.trace = this.state.hover = null;
+    this.lastDetail = null;
+    LIVE.delete(this);
+    if (LIVE.size === 0) releaseWasm();
   }
 
   fail(error) {
@@ -96,10 +134,16 @@ class AttentionView {
     this.controls.notice(`attn_widget could not draw: ${error && error.message ? error.message : error}`);
   }
 
+  /** Drop the plots (a rebuild, or the end), and the Bokeh documents they were drawn in. */
   removePlots() {
+    const docs = new Set(this.heatmap.views().map((v) => v?.model?.document));
+    docs.add(this.steps.bars?.plot?.document);
+    docs.delete(undefined);
+    docs.delete(null);
     this.strip.clear();
     this.heatmap.clear();
     this.steps.clear();
+    releaseDocuments(this.bokeh, docs);
   }
 
   async build() {
@@ -112,7 +156,7 @@ class AttentionView {
     this.heatmap.clearImages();
     state.trace = traceFacts(payload.header);
     const version = payload.header.bokeh_version;
-    const bokeh = await loadBokeh(version, () => sync.bokehSource(version));
+    const bokeh = (this.bokeh = await loadBokeh(version, () => sync.bokehSource(version)));
     markTime("aw:bokeh-ready");
     if (this.destroyed) return;
     this.removePlots();
@@ -120,10 +164,11 @@ class AttentionView {
     const generation = ++this.generation;
     const current = () => !this.destroyed && this.generation === generation;
     markTime("aw:dom");
+    const panels = this.heatmap.panels;
     await this.heatmap.embed(bokeh, sync.get("_figures").heatmap);
+    if (!current()) return this.dropLate(panels);
     this.root.awHeatmapViews = () => this.heatmap.views(); // benchmarks hook their paints
     markTime("aw:embedded");
-    if (!current()) return;
     this.applyTheme();
     this.onViewChange();
     this.updateStep();
@@ -138,9 +183,22 @@ class AttentionView {
     this.heatmap.showToolbars();
     this.drawGrid();
     await this.steps.embed(bokeh, sync.get("_figures").bars);
-    if (!current()) return;
+    if (!current()) return this.dropLate(panels);
     this.applyTheme();
     this.steps.updateBars();
+  }
+
+  /**
+   * A build overtaken while embedding (the view was destroyed or rebuilt meanwhile): the panels
+   * it embedded after they were cleared, and on a destroyed view anything embedded since, are
+   * dropped with their Bokeh documents.
+   */
+  dropLate(panels) {
+    if (this.heatmap.panels !== panels) {
+      for (const p of panels) p.views?.forEach((v) => v.remove());
+      releaseDocuments(this.bokeh, new Set(panels.map((p) => p.doc).filter(Boolean)));
+    }
+    if (this.destroyed) this.removePlots();
   }
 
   buildDom() {
@@ -290,13 +348,17 @@ function initialize({ model }) {
   loadBokeh(version, () => bokehSource(model, version)).catch(() => {});
 }
 
-async function render({ model, el }) {
+async function render({ model, el, signal }) {
   markTime("aw:render");
   const view = new AttentionView(model, el);
+  LIVE.add(view);
+  // anywidget calls the function returned below when the view leaves the page, and aborts
+  // `signal` then too (also while render is still awaiting BokehJS or the first paint).
+  signal?.addEventListener?.("abort", () => view.destroy());
   try {
     await view.start();
   } catch (e) {
-    view.fail(e);
+    if (!view.destroyed) view.fail(e);
   }
   return () => view.destroy();
 }

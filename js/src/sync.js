@@ -164,10 +164,15 @@ export class Sync {
       .filter((s) => s.source === source && s.key.startsWith("metric/")).map((s) => s.key.slice(7));
   }
 
-  /** Stop listening; a save already queued still goes out. */
+  /**
+   * Stop listening and let go of the sections (the payload's and up to CACHE_BYTES fetched):
+   * replies still on their way are ignored, nothing more is asked. A save already queued
+   * still goes out.
+   */
   dispose() {
     this.disposed = true;
     for (const d of this.disposers.splice(0)) d();
+    this.store.reset(null);
   }
 }
 
