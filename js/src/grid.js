@@ -51,13 +51,17 @@ export class Grid {
     }
     const [nL, nH, r, c] = thumbs.shape;
     const { causal, layers, heads } = sources[0];
-    const lut = this.state.lut;
     const progress = this.progress();
     this.pending = progress ? { thumbs: progress.thumbs, layers: progress.metrics } : null;
     this.status.textContent = !progress ? ""
       : progress.thumbs < nL * nH ? `computing: ${progress.thumbs} of ${nL * nH} thumbnails…`
         : `computing badges: ${progress.metrics} of ${nL} layers…`;
-    const table = h("div", { class: "aw-grid-table", style: `grid-template-columns: auto repeat(${nH}, auto)` });
+    // Every thumbnail is a tile of ONE image (a CSS sprite), never a canvas per cell: Chromium
+    // makes each canvas a composited layer and re-commits all of them on every frame, which cost
+    // a real model's 270-head grid 15–25 ms per slider move (bench_widget.py, frame trace).
+    const sprite = spriteCanvas(thumbs, this.state.lut, causal, this.pending?.thumbs ?? nL * nH);
+    const table = h("div", { class: "aw-grid-table", style: `grid-template-columns: auto repeat(${nH}, auto);`
+      + ` --aw-sprite: url("${sprite}"); --aw-sprite-size: ${nH * THUMB_PX}px ${nL * THUMB_PX}px` });
     table.append(h("span", { class: "aw-grid-corner", text: "L\\H" }), ...heads.map((x) => h("span", { class: "aw-grid-head", text: `${x}` })));
     this.cells = new Map();
     for (let li = 0; li < nL; li++) {
@@ -65,20 +69,10 @@ export class Grid {
       table.append(h("span", { class: "aw-grid-layer", text: `${l}` }));
       for (let hi = 0; hi < nH; hi++) {
         const x = heads[hi];
-        const canvas = h("canvas", { width: c, height: r });
-        const ctx = canvas.getContext("2d");
-        const img = ctx.createImageData(c, r);
-        const px = new Uint32Array(img.data.buffer);
-        const off = (li * nH + hi) * r * c;
+        const thumb = h("span", { class: "aw-thumb", style: `background-position: ${-hi * THUMB_PX}px ${-li * THUMB_PX}px` });
         const waiting = this.pending && li * nH + hi >= this.pending.thumbs;
-        for (let y = 0; y < r && !waiting; y++) {
-          // Above a causal diagonal: transparent (the cell's background, in either theme).
-          const end = causal ? Math.min(c, y + 1) : c;
-          for (let i = 0; i < end; i++) px[y * c + i] = lut[thumbs.data[off + y * c + i]];
-        }
-        ctx.putImageData(img, 0, 0);
         const badge = h("span", { class: "aw-badge" });
-        const cell = h("button", { type: "button", class: `aw-grid-cell${waiting ? " aw-pending" : ""}`, "data-layer": l, "data-head": x }, canvas, badge);
+        const cell = h("button", { type: "button", class: `aw-grid-cell${waiting ? " aw-pending" : ""}`, "data-layer": l, "data-head": x }, thumb, badge);
         cell.addEventListener("click", () => this.pick(l, x));
         this.cells.set(`${l}/${x}`, { cell, badge, index: li * nH + hi, layer: l, head: x });
         table.append(cell);
@@ -111,6 +105,42 @@ export class Grid {
       cell.classList.toggle("aw-current", l === layer && (x === head || head === MEAN));
     }
   }
+}
+
+/** Display size (CSS px) of a thumbnail; style.css's .aw-thumb has the same. */
+const THUMB_PX = 30;
+
+/**
+ * The sprite's pixels (RGBA words, layers down, heads across, each thumbnail r × c): the first
+ * `ready` thumbnails (layer-major) coloured through `lut`; above a causal diagonal and not yet
+ * computed: transparent (the cell's background shows, in either theme).
+ */
+export function spritePixels(thumbs, lut, causal, ready) {
+  const [nL, nH, r, c] = thumbs.shape;
+  const width = nH * c;
+  const px = new Uint32Array(nL * r * width);
+  for (let t = 0; t < Math.min(ready, nL * nH); t++) {
+    const li = Math.floor(t / nH);
+    const hi = t % nH;
+    const off = t * r * c;
+    for (let y = 0; y < r; y++) {
+      const end = causal ? Math.min(c, y + 1) : c;
+      const row = (li * r + y) * width + hi * c;
+      for (let i = 0; i < end; i++) px[row + i] = lut[thumbs.data[off + y * c + i]];
+    }
+  }
+  return { px, width, height: nL * r };
+}
+
+/** The sprite as a data: URL (one PNG, decoded once, shared by every cell's background). */
+function spriteCanvas(thumbs, lut, causal, ready) {
+  const { px, width, height } = spritePixels(thumbs, lut, causal, ready);
+  const canvas = h("canvas", { width, height });
+  const ctx = canvas.getContext("2d");
+  const img = ctx.createImageData(width, height);
+  new Uint32Array(img.data.buffer).set(px);
+  ctx.putImageData(img, 0, 0);
+  return canvas.toDataURL("image/png");
 }
 
 /** A badge's text: NaN as –, else 3 significant-ish digits. */
