@@ -307,6 +307,13 @@ class ViewData:
         for job in self.grid:
             job.cancel()
 
+    def released(self) -> ViewData:
+        """These views without what was made to send them (payload, figure skeletons, grids,
+        stopped): what a closed widget keeps, since IPython's ``Out`` may hold it for the
+        rest of the session."""
+        self.cancel()
+        return dataclasses.replace(self, payload=b"", figures={}, grid=())
+
     def grid_pending(self, request: Mapping[str, Any]) -> bool:
         """True when ``request`` asks for a grid still being prepared (answering would wait)."""
         source = request.get("source", 0)

@@ -340,13 +340,18 @@ class AttentionWidget(anywidget.AnyWidget):
 
     def close(self) -> None:
         """Close the widget: its views leave the page, and what it was preparing (the grid,
-        pooled heads, regions) is dropped; the widget and its traces are then freed once no
-        variable holds them (a prompt-box run in progress finishes, then shows nothing)."""
+        pooled heads, regions) and its payload are dropped; the widget and its traces are then
+        freed once nothing holds them (a prompt-box run in progress finishes, then shows
+        nothing). A closed widget cannot be shown again."""
         super().close()  # first: what the cancelled jobs would still answer goes nowhere
         # (Also called when a widget whose construction failed is collected: it may lack these.)
         data = getattr(self, "_data", None)
         if data is not None:
-            data.cancel()
+            # A widget displayed as a cell's value stays in IPython's Out after it is closed:
+            # it keeps its traces, not the bytes made to send them.
+            self._data = data.released()
+            self.set_trait("_payload", b"")
+            self.set_trait("_figures", {})
         for job in getattr(self, "_later", ()):
             job.cancel()  # not started yet: never starts
         self._later = []

@@ -18,10 +18,51 @@ import { Sync, bokehSource } from "./sync.js";
 
 // The views on the page now: a view joins when rendered and leaves when destroyed (its cell
 // re-run or cleared, its widget closed, the kernel restarted). Tests and benchmarks read the
-// count from `globalThis.__attnWidgetLiveViews.size`; when it falls to zero, what all views
-// share (the WebAssembly pooling module and its memory) is let go too.
-const LIVE = new Set();
-globalThis.__attnWidgetLiveViews = LIVE;
+// count from `globalThis.__attnWidgetLiveViews.size`. anywidget imports this module once per
+// widget model, and the page keeps every module it imported: OWN holds this instance's views,
+// and when they are gone so is its WebAssembly pooling module, with its memory.
+const LIVE = (globalThis.__attnWidgetLiveViews ??= new Set());
+const OWN = new Set();
+
+/**
+ * BokehJS 3 (3.9.2 measured) adds a `resize` listener to `window.visualViewport` for every plot
+ * view it builds and never removes it: each plot ever embedded stays reachable from the page,
+ * with its canvas, its model, the images drawn in it and the parts that drew them. The listeners
+ * added while a build of ours embeds are noted against that build, and removed when its plots
+ * are dropped; one added while several builds embed at once is removed once all of them are
+ * (a live plot never loses its own). Shared by every copy of this module on the page.
+ */
+const VIEWPORT = (globalThis.__attnWidgetViewport ??= viewportListeners(globalThis.visualViewport));
+
+function viewportListeners(vv) {
+  const embedding = new Set();
+  const noted = []; // {fn, options, owners}
+  if (vv && typeof vv.addEventListener === "function") {
+    const add = vv.addEventListener;
+    vv.addEventListener = function (type, fn, options) {
+      if (type === "resize" && embedding.size) noted.push({ fn, options, owners: new Set(embedding) });
+      return add.call(this, type, fn, options);
+    };
+  }
+  return {
+    async during(owner, work) {
+      embedding.add(owner);
+      try {
+        return await work();
+      } finally {
+        embedding.delete(owner);
+      }
+    },
+    release(owner) {
+      for (let i = noted.length - 1; i >= 0; i--) {
+        const e = noted[i];
+        if (!e.owners.delete(owner) || e.owners.size) continue;
+        vv.removeEventListener("resize", e.fn, e.options);
+        noted.splice(i, 1);
+      }
+    },
+  };
+}
 
 /**
  * Drop Bokeh documents that were embedded and are no longer shown. BokehJS keeps every document
@@ -126,7 +167,8 @@ class AttentionView {
     this.state.sections = this.state.detail = this.state.trace = this.state.hover = null;
     this.lastDetail = null;
     LIVE.delete(this);
-    if (LIVE.size === 0) releaseWasm();
+    OWN.delete(this);
+    if (OWN.size === 0) releaseWasm();
   }
 
   fail(error) {
@@ -144,6 +186,7 @@ class AttentionView {
     this.heatmap.clear();
     this.steps.clear();
     releaseDocuments(this.bokeh, docs);
+    if (this.plots) VIEWPORT.release(this.plots);
   }
 
   async build() {
@@ -165,8 +208,9 @@ class AttentionView {
     const current = () => !this.destroyed && this.generation === generation;
     markTime("aw:dom");
     const panels = this.heatmap.panels;
-    await this.heatmap.embed(bokeh, sync.get("_figures").heatmap);
-    if (!current()) return this.dropLate(panels);
+    const plots = (this.plots = {}); // what this build embeds, for VIEWPORT
+    await VIEWPORT.during(plots, () => this.heatmap.embed(bokeh, sync.get("_figures").heatmap));
+    if (!current()) return this.dropLate(panels, plots);
     this.root.awHeatmapViews = () => this.heatmap.views(); // benchmarks hook their paints
     markTime("aw:embedded");
     this.applyTheme();
@@ -182,8 +226,8 @@ class AttentionView {
     this.updateHighlights();
     this.heatmap.showToolbars();
     this.drawGrid();
-    await this.steps.embed(bokeh, sync.get("_figures").bars);
-    if (!current()) return this.dropLate(panels);
+    await VIEWPORT.during(plots, () => this.steps.embed(bokeh, sync.get("_figures").bars));
+    if (!current()) return this.dropLate(panels, plots);
     this.applyTheme();
     this.steps.updateBars();
   }
@@ -193,10 +237,11 @@ class AttentionView {
    * it embedded after they were cleared, and on a destroyed view anything embedded since, are
    * dropped with their Bokeh documents.
    */
-  dropLate(panels) {
+  dropLate(panels, plots) {
     if (this.heatmap.panels !== panels) {
       for (const p of panels) p.views?.forEach((v) => v.remove());
       releaseDocuments(this.bokeh, new Set(panels.map((p) => p.doc).filter(Boolean)));
+      VIEWPORT.release(plots);
     }
     if (this.destroyed) this.removePlots();
   }
@@ -352,6 +397,7 @@ async function render({ model, el, signal }) {
   markTime("aw:render");
   const view = new AttentionView(model, el);
   LIVE.add(view);
+  OWN.add(view);
   // anywidget calls the function returned below when the view leaves the page, and aborts
   // `signal` then too (also while render is still awaiting BokehJS or the first paint).
   signal?.addEventListener?.("abort", () => view.destroy());
