@@ -114,3 +114,13 @@ def test_twenty_prompt_box_runs_keep_one_trace_alive(session):
     del w, rec
     settle()
     assert ref() is None, "a closed session widget is still alive"
+
+
+def test_a_closed_widget_still_referenced_keeps_its_traces_but_not_its_payload():
+    # IPython's Out holds a widget displayed as a cell's value for the rest of the session.
+    t = random_trace()
+    w = AttentionWidget(t, push_bokeh=False)
+    assert w._payload and w.view_data.payload and w._figures
+    w.close()
+    assert w._payload == b"" and w.view_data.payload == b"" and w._figures == {}
+    assert w.trace is t and w.view_data.grid == ()
