@@ -63,6 +63,14 @@ def frame_pixels(compact: bool = False) -> int:
     return 260 if compact else 540
 
 
+def display_pixels(compact: bool = False) -> int:
+    """Width and height in CSS pixels the heatmap's figure leaves its frame, about: small enough
+    that the controls, heatmap, readout and the grid's first row fit a 1280×800 laptop screen in
+    JupyterLab with the file browser open. Pooled images keep ``frame_pixels`` squares a side
+    (at least one per CSS pixel of the frame; on a 2× screen, about one per device pixel)."""
+    return 260 if compact else 384
+
+
 def figure_items(n_tokens: int, *, compact: bool = False, n_keys: int | None = None) -> dict[str, Any]:
     """Bokeh skeletons (``json_item``) the front end embeds and fills with pixels.
 
@@ -153,7 +161,7 @@ def _build_skeleton_json(compact: bool) -> str:
     )
     from bokeh.palettes import Viridis256
 
-    size = frame_pixels(compact)  # ~52 token labels fit at 10 px each
+    size = display_pixels(compact)
     heat = Plot(name="heatmap", width=size + 80, height=size + 40, min_border=6,
                 x_range=Range1d(0, t, bounds=(0, t), name="x_range"),
                 y_range=Range1d(t, 0, bounds=(0, t), name="y_range"),

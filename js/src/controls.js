@@ -88,9 +88,11 @@ export class Controls {
         this.runPrompt();
       }
     });
+    // One line under the controls (its corner handle makes it taller).
+    this.promptBox.rows = 1;
+    this.promptBox.title = "Prompt: re-runs the model in the kernel (Shift+Enter or Run)";
     return h("div", { class: "aw-prompt" },
-      h("div", { class: "aw-section-title" }, h("span", { text: "Prompt (re-runs the model in the kernel; Shift+Enter)" })),
-      h("div", { class: "aw-row" }, this.promptBox, this.runButton), this.runStatus);
+      h("div", { class: "aw-row" }, h("span", { class: "aw-note", text: "Prompt" }), this.promptBox, this.runButton, this.runStatus));
   }
 
   /** The sliders, outputs, toggle and menu showing `layer`, `head` and `scale`. */

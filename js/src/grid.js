@@ -108,7 +108,7 @@ export class Grid {
 }
 
 /** Display size (CSS px) of a thumbnail; style.css's .aw-thumb has the same. */
-const THUMB_PX = 30;
+const THUMB_PX = 24;
 
 /**
  * The sprite's pixels (RGBA words, layers down, heads across, each thumbnail r × c): the first
