@@ -192,7 +192,9 @@ def _build_skeleton_json(compact: bool) -> str:
     for name, colour in (("hover_row", "#ffffff"), ("hover_col", "#ffffff"),
                          ("pin_row", "#ff4f9a"), ("pin_col", "#ff4f9a"), ("step_row", "#ffb000")):
         heat.add_layout(BoxAnnotation(name=name, fill_color=colour, line_color=colour, **box))
-    heat.add_tools(PanTool(), WheelZoomTool(), BoxZoomTool(), ResetTool(), SaveTool())
+    # The wheel scrolls the notebook; Ctrl+wheel (or pinch) zooms. A plain-wheel zoom caught
+    # every scroll that passed over the heatmap.
+    heat.add_tools(PanTool(), WheelZoomTool(modifiers={"ctrl": True}), BoxZoomTool(), ResetTool(), SaveTool())
     heat.toolbar.active_scroll = heat.tools[1]
     heat.tags = [log]  # keeps the log mapper in the document, for the front end to swap in
 
