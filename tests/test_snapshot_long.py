@@ -74,7 +74,7 @@ def test_a_smaller_budget_pools_coarser_and_still_fits(trace, tmp_path):
 
 def test_a_budget_below_the_fixed_parts_is_one_clear_error(trace, tmp_path):
     with pytest.raises(ValueError, match="raise budget_mb"):
-        aw.save_snapshot(trace, tmp_path / "tiny.html", budget_mb=1)
+        aw.save_snapshot(trace, tmp_path / "tiny.html", budget_mb=0.3)
     assert not (tmp_path / "tiny.html").exists()
 
 
@@ -84,3 +84,10 @@ def test_pool_side_for_fits_the_images_in_their_share():
     assert 2 * cells * cells * 300 <= long.POOLED_SHARE * (25e6 - 3_000_000)
     assert long.pool_side_for(8192, 8192, 300, 1e9, 3_000_000, 16) == 16  # never finer than the frame
     assert long.pool_side_for(8192, 8192, 300, 2e6, 3_000_000, 16) == 0  # nothing left for images
+
+
+def test_a_trace_whose_exact_means_cannot_fit_is_pooled_though_the_widget_would_send_it_whole(tmp_path):
+    """2048 tokens: a head is 4 MB, under the widget's pool_above, but two layer means alone
+    are over twice what a 5 MB budget leaves: the snapshot pools instead of refusing."""
+    snap = aw.save_snapshot(long_trace(2048), tmp_path / "mid.html", budget_mb=5)
+    assert snap.pool_side >= 4 and snap.nbytes <= 5e6 and len(snap.heads) == 6

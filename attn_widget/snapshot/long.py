@@ -12,7 +12,9 @@ Zooming in past the pooled resolution needs the live widget; the page says so.
 
 from __future__ import annotations
 
+import functools
 import math
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,12 +54,18 @@ def pool_side_for(n_queries: int, n_keys: int, n_images: int, budget_bytes: floa
 
 
 def fixed_bytes(n_layers: int, n_heads: int, n_sources: int, thumb_size: int) -> int:
-    """About what a page holds before any layer or head: BokehJS, the widget's code, the grid."""
+    """About what a page holds before any layer or head: BokehJS and the widget's code as the
+    page stores them (compressed), and the grid."""
+    return _code_bytes() + n_sources * n_layers * n_heads * (thumb_size * thumb_size + 40) + 100_000
+
+
+@functools.lru_cache(maxsize=1)
+def _code_bytes() -> int:
     from ..figures import bokeh_source
 
     widget_js = Path(__file__).resolve().parent.parent / "static" / "widget.js"
-    code = len(bokeh_source()) + (widget_js.stat().st_size if widget_js.exists() else 2_000_000)
-    return code + n_sources * n_layers * n_heads * (thumb_size * thumb_size + 40) + 200_000
+    code = [bokeh_source()] + ([widget_js.read_bytes()] if widget_js.exists() else [])
+    return sum(len(zlib.compress(c if isinstance(c, bytes) else c.encode(), 6)) for c in code)
 
 
 def step_queries(trace) -> list[int]:

@@ -139,8 +139,14 @@ def save_snapshot(source, path: str | os.PathLike | None = None, *, layers: Sequ
     layers, heads, budget_mb, title = _checked_arguments(path, layers, heads, budget_mb, title)
     widget, candidates = _snapshot_widget(source, layers, heads, budget_mb)
     try:
-        data, included, left_out, mean_bits, content = _attention_page(widget, candidates, budget_mb, title,
-                                                                       portable=path is None)
+        try:
+            data, included, left_out, mean_bits, content = _attention_page(
+                widget, candidates, budget_mb, title, portable=path is None)
+        except _ExactTooBig:  # the exact layer means do not fit: every head and mean pooled instead
+            widget.close()
+            widget, candidates = _snapshot_widget(source, layers, heads, budget_mb, pool=True)
+            data, included, left_out, mean_bits, content = _attention_page(
+                widget, candidates, budget_mb, title, portable=path is None)
     finally:
         widget.close()
     if path is None:
@@ -207,7 +213,12 @@ class StaticSnapshot:
                 'f.style.height = Math.ceil(e.data.attnWidgetHeight) + "px"; }); })();</script>')
 
 
-def _snapshot_widget(source, layers: Sequence[int] | None, heads: HeadChoice, budget_mb: float):
+class _ExactTooBig(ValueError):
+    """The page with exact layer means is over the budget (a pooled page may still fit)."""
+
+
+def _snapshot_widget(source, layers: Sequence[int] | None, heads: HeadChoice, budget_mb: float,
+                     pool: bool = False):
     """A fresh widget for the chosen layers/heads that fetches every head, and the (layer, head)
     pairs to include, most important first."""
     import traitlets
@@ -250,25 +261,29 @@ def _snapshot_widget(source, layers: Sequence[int] | None, heads: HeadChoice, bu
     widget = AttentionWidget(traces[0], compare=traces[1] if len(traces) > 1 else None, labels=labels,
                              layer=layer, head=head, scale=view.get("scale", "linear"),
                              theme=view.get("theme", "auto"), send_all_below=0, push_bokeh=False,
-                             pool_side=_pool_side(traces, budget_mb))
+                             **dict(zip(("pool_above", "pool_side"), _pooling(traces, budget_mb, pool))))
     if isinstance(source, AttentionWidget):
         with contextlib.suppress(traitlets.TraitError):  # both hold when the block has the steps
             widget.step, widget.selected_token = source.step, source.selected_token
     return widget, candidates
 
 
-def _pool_side(traces, budget_mb: float) -> int | None:
-    """The pooled resolution a long trace's snapshot uses: every head and layer mean of every
-    trace fits in about half the budget (never finer than the heatmap's pixels)."""
+def _pooling(traces, budget_mb: float, pool: bool) -> tuple[int | None, int | None]:
+    """``pool_above`` and ``pool_side`` for a snapshot's widget: a long trace (the widget pools
+    it anyway), or any trace when ``pool`` (the exact layer means did not fit), is pooled at the
+    resolution where every head and layer mean of every trace fits in about half the budget
+    (never finer than the heatmap's pixels)."""
     from ..encoding import THUMB_SIZE
     from ..figures import frame_pixels
+    from ..protocol import POOL_ABOVE
 
     b = traces[0].block()
     q, k = b.n_queries, b.n_keys
     frame = math.ceil(max(q, k) / frame_pixels(len(traces) > 1))
     n_images = len(traces) * len(b.layers) * (len(b.heads) + 1)
     fixed = long.fixed_bytes(len(b.layers), len(b.heads), len(traces), THUMB_SIZE)
-    return long.pool_side_for(q, k, n_images, budget_mb * MB, fixed, frame) or None
+    side = long.pool_side_for(q, k, n_images, budget_mb * MB, fixed, frame) or None
+    return (0 if pool else POOL_ABOVE), side
 
 
 def head_priority(scores) -> np.ndarray:
@@ -326,9 +341,9 @@ def _attention_page(widget, candidates: list[tuple[int, int]], budget_mb: float,
              if (s, f"mean/{layer}") not in in_payload]
     page.header_html = _header_html(page.title, candidates, candidates, budget_mb, 10)
     base = len(page.render())
-    if base > budget:
-        raise ValueError(_too_small(base, b, budget_mb, "with no layer mean"))
     side = int(header.get("pool_side") or 0)
+    if base > budget:
+        raise (ValueError if side else _ExactTooBig)(_too_small(base, b, budget_mb, "with no layer mean"))
     if side:  # a long trace: pooled images and step rows (see .long)
         page.unanswered["fetch"]["message"] = long.unanswered_message(side, budget_mb)
         units = long.fill(trace, side=side, n_sources=n_sources, candidates=candidates,
@@ -355,7 +370,7 @@ def _attention_page(widget, candidates: list[tuple[int, int]], budget_mb: float,
         for s, key in reversed(means):
             page.drop_last_reply(fetch(s, key))
     if size > budget:
-        raise ValueError(_too_small(size, b, budget_mb, f"with the means rounded to {mean_bits} bits"))
+        raise _ExactTooBig(_too_small(size, b, budget_mb, f"with the means rounded to {mean_bits} bits"))
     included: list[tuple[int, int]] = []
     for layer, head in candidates:
         key = f"head/{layer}/{head}"
