@@ -190,8 +190,12 @@ def _build_skeleton_json(compact: bool) -> str:
                              title_text_font_style="normal", padding=4), "right")
     box = dict(fill_alpha=0.12, line_alpha=0.9, line_width=1, visible=False, level="overlay")
     for name, colour in (("hover_row", "#ffffff"), ("hover_col", "#ffffff"),
-                         ("pin_row", "#ff4f9a"), ("pin_col", "#ff4f9a"), ("step_row", "#ffb000")):
+                         ("pin_row", "#ff4f9a"), ("pin_col", "#ff4f9a")):
         heat.add_layout(BoxAnnotation(name=name, fill_color=colour, line_color=colour, **box))
+    # The generation step: a dashed outline, no fill (an amber fill read as a row of strong
+    # attention on viridis); the front end keeps it inside the frame.
+    heat.add_layout(BoxAnnotation(name="step_row", fill_alpha=0, line_color="#ffb000", line_width=2,
+                                  line_dash="dashed", line_alpha=1, visible=False, level="overlay"))
     # The wheel scrolls the notebook; Ctrl+wheel (or pinch) zooms. A plain-wheel zoom caught
     # every scroll that passed over the heatmap.
     heat.add_tools(PanTool(), WheelZoomTool(modifiers={"ctrl": True}), BoxZoomTool(), ResetTool(), SaveTool())

@@ -8,9 +8,9 @@ import { LOG_LOW, bitsLUT, colorize, paletteLUT, poolDiff, scaleMapping } from "
 import { h } from "./dom.js";
 import { poolColourFast, poolRelativeFast, wasmEngine } from "./fastpool.js";
 import { coverage, covers, matrixShape, valueAt } from "./payload.js";
-import { ImageCache } from "./store.js";
+import { ImageCache, MEAN } from "./store.js";
 import { axisTicks, quoted } from "./tokens.js";
-import { cellRegion, coversView, detailRegion, pixelsFor, placement, resolutionText } from "./zoom.js";
+import { cellRegion, coversView, detailRegion, pixelsFor, placement, resolutionText, stepBox } from "./zoom.js";
 
 const IMAGE_CACHE_BYTES = 48 * 2 ** 20; // per view: a dozen 1024² images
 const TOOLBAR_PX = 32; // width of Bokeh's vertical toolbar
@@ -137,6 +137,7 @@ export class Heatmap {
     this.detail = detail;
     this.drawImages();
     this.updateTicks();
+    this.refreshReadout(); // the hovered cell's value in the head now shown
   }
 
   scheduleImages() {
@@ -147,6 +148,7 @@ export class Heatmap {
       if (!this.destroyed && this.sections && this.ready) {
         this.drawImages();
         this.updateTicks();
+        this.showStep();
       }
     });
   }
@@ -360,8 +362,8 @@ export class Heatmap {
         this.onHover(null);
         return;
       }
-      const lines = cellLines(this.state.trace, this.shownAt(c), c, panel.source);
-      this.readout.replaceChildren(...lines.map((t) => h("div", { text: t })));
+      this.hovered = { c, source: panel.source };
+      const lines = this.refreshReadout();
       this.tooltip.replaceChildren(...lines.map((t) => h("div", { text: t })));
       const rr = this.root.getBoundingClientRect();
       this.tooltip.style.left = `${e.clientX - rr.left + 14}px`;
@@ -379,6 +381,17 @@ export class Heatmap {
       const c = cell(e);
       if (c) this.onPin(c.q);
     });
+  }
+
+  /** The readout's lines: which layer and head, then the last hovered cell's values in it. */
+  refreshReadout() {
+    if (!this.hovered || !this.sections) return [];
+    const { c, source } = this.hovered;
+    const head = this.get("head");
+    const lines = [`layer ${this.get("layer")}, ${head === MEAN ? "mean of heads" : `head ${head}`}`,
+      ...cellLines(this.state.trace, this.shownAt(c), c, source)];
+    this.readout.replaceChildren(...lines.map((t) => h("div", { text: t })));
+    return lines;
   }
 
   /** The sections that hold cell {q, k} most exactly: the full-resolution detail, else the matrices shown. */
@@ -402,16 +415,20 @@ export class Heatmap {
     }
   }
 
-  /** The generation step's query row `q` (none when q < 0). */
-  showStep(q) {
-    const right = this.state.trace.keyTokens.length;
+  /** The generation step's query row `q` (none when q < 0): an outline kept inside the frame. */
+  showStep(q = this.stepQ ?? -1) {
+    this.stepQ = q;
     for (const p of this.panels) {
-      setChanged(p.boxes.step_row, q >= 0 ? { visible: true, left: 0, right, top: q, bottom: q + 1 } : { visible: false });
+      const view = this.visible(p);
+      const width = p.view?.frame?.bbox?.width || 400;
+      const box = stepBox(q, view, (1.5 * (view.k1 - view.k0)) / width);
+      setChanged(p.boxes.step_row, box ? { visible: true, ...box } : { visible: false });
     }
   }
 
   theme(dark) {
     for (const p of this.panels) if (p.doc) themeDocument(p.doc, dark);
+    this.refreshReadout();
   }
 
   /** Drop the panels' Bokeh views (a rebuild, or the end). */

@@ -85,3 +85,13 @@ export function resolutionText(side, pooled, detail = null) {
       : "zoom in for full resolution";
   return `pooled: ${px} · ${more}`;
 }
+
+/**
+ * The generation step's box over query row `q`, kept inside the visible tokens `view`
+ * ({q0, q1, k0, k1}) and inset by `inset` tokens (about a pixel) so that its outline stays in
+ * the frame: {left, right, top, bottom}, or null when the row is out of view (or q < 0).
+ */
+export function stepBox(q, view, inset) {
+  if (q < 0 || q + 1 <= view.q0 || q >= view.q1) return null;
+  return { left: view.k0 + inset, right: view.k1 - inset, top: Math.max(q, view.q0 + inset), bottom: Math.min(q + 1, view.q1 - inset) };
+}

@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { DETAIL_MAX_TOKENS, cellRegion, coversView, detailRegion, pixelsFor, placement, resolutionText } from "../src/zoom.js";
+import { DETAIL_MAX_TOKENS, cellRegion, coversView, detailRegion, pixelsFor, placement, resolutionText, stepBox } from "../src/zoom.js";
 import { f16array } from "./helpers.js";
 
 // An 8192-token head pooled to 16 × 16 squares, and a region of it at full resolution.
@@ -46,4 +46,13 @@ test("the note says what a pixel is and how to get more detail", () => {
   assert.equal(resolutionText(32, true, "tooBig"), "pooled: 1 px = 32×32 tokens (max) · zoom in to ≤ 2048 tokens for full resolution");
   assert.equal(resolutionText(1, false), "full resolution");
   assert.equal(resolutionText(3, false), "1 px = 3×3 tokens (max); zoom in for full resolution");
+});
+
+test("the generation step's box stays inside the visible tokens, inset, and hides out of view", () => {
+  const view = { q0: 10, q1: 50, k0: 5, k1: 45 };
+  assert.deepEqual(stepBox(20, view, 0.1), { left: 5.1, right: 44.9, top: 20, bottom: 21 });
+  assert.deepEqual(stepBox(49, view, 0.1), { left: 5.1, right: 44.9, top: 49, bottom: 49.9 });
+  assert.equal(stepBox(60, view, 0.1), null);
+  assert.equal(stepBox(9, view, 0.1), null);
+  assert.equal(stepBox(-1, view, 0.1), null);
 });

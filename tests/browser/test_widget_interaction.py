@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from standalone import standalone_html
@@ -11,6 +13,7 @@ from attn_widget.widget import AttentionWidget
 
 pytestmark = pytest.mark.browser
 
+DOC = "(() => { const d = Object.values(Bokeh.index).find((v) => v.model.name === 'heatmap').model.document"
 RANGE_JS = """(name) => { const r = Object.values(Bokeh.index).find((v) => v.model.name === 'heatmap')
     .model.document.get_model_by_name(name); return [r.start, r.end]; }"""
 
@@ -56,3 +59,40 @@ def test_the_wheel_over_the_heatmap_scrolls_the_page_and_ctrl_wheel_zooms(show):
     page.keyboard.up("Control")
     span = f"(({RANGE_JS})('x_range')[1] - ({RANGE_JS})('x_range')[0])"
     page.wait_for_function(f"{span} < {before[1] - before[0]}")
+
+
+def test_the_readout_names_its_layer_and_head_and_follows_a_head_change(show):
+    t = trace()
+    page = show(AttentionWidget(t, layer=1, head=0))
+    box = page.locator(".aw-plot-host").first.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.8)
+    readout = page.locator(".aw-readout")
+    page.wait_for_function("document.querySelector('.aw-readout').innerText.includes('weight')")
+    first = readout.inner_text().splitlines()
+    assert first[0] == "layer 1, head 0", first
+    q, k = (int(x) for x in re.search(r"query (\d+) .* key (\d+)", first[1]).groups())
+    page.mouse.move(1, 1)  # away: the readout keeps the last cell
+    page.evaluate("window.model.set('head', 2)")
+    page.wait_for_function("document.querySelector('.aw-readout').innerText.startsWith('layer 1, head 2')")
+    now = readout.inner_text().splitlines()
+    assert now[1] == first[1]
+    assert now[2] == f"weight {t.head(1, 2)[q, k]:.4f}", now
+    page.evaluate("window.model.set('head', -1)")  # MEAN
+    page.wait_for_function("document.querySelector('.aw-readout').innerText"
+                           ".startsWith('layer 1, mean of heads')")
+
+
+def test_the_generation_step_is_an_outline_inside_the_frame(show):
+    page = show(AttentionWidget(trace()))  # 4 generated tokens: step 0 shown
+    box = DOC + """;
+        const b = d.get_model_by_name('step_row'); const x = d.get_model_by_name('x_range');
+        return [b.visible, b.fill_alpha, b.left, b.right, x.start, x.end]; })()"""
+    page.wait_for_function(box + "[0]")
+    visible, fill, left, right, start, end = page.evaluate(box)
+    assert fill == 0, "the step row is filled: it reads as attention"
+    assert start < left < right < end, (left, right, start, end)
+    page.evaluate(DOC + """;
+        d.get_model_by_name('x_range').setv({ start: 10, end: 30 }); })()""")
+    page.wait_for_function(box + "[3] < 30")
+    _, _, left, right, start, end = page.evaluate(box)
+    assert 10 < left < right < 30, (left, right)
