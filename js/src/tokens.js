@@ -20,8 +20,10 @@ export function quoted(text) {
 
 /**
  * Ticks for one heatmap axis over the visible cells [start, end): every token with its text
- * when `pixels / count` leaves room for a label, else evenly spaced positions.
- * Returns {ticks: number[], labels: Map(tick -> string)}; a tick sits at the cell centre.
+ * when `pixels / count` leaves room for a label, else every `step`-th token (a round step that
+ * leaves room) labelled with its position and text. A tick sits at the centre of the visible
+ * part of its cell, so that however deep the zoom, at least one tick stays in view.
+ * Returns {ticks: number[], labels: Map(tick -> string), tokens: every token labelled}.
  */
 export function axisTicks(start, end, texts, pixels, minPixelsPerLabel = 10) {
   const lo = Math.max(0, Math.floor(start));
@@ -30,17 +32,18 @@ export function axisTicks(start, end, texts, pixels, minPixelsPerLabel = 10) {
   const room = Math.max(1, Math.floor(pixels / minPixelsPerLabel));
   const ticks = [];
   const labels = new Map();
+  const at = (i) => (Math.max(i, start) + Math.min(i + 1, end)) / 2;
   if (count <= room) {
     for (let i = lo; i < hi; i++) {
-      ticks.push(i + 0.5);
-      labels.set(i + 0.5, shortLabel(texts[i]));
+      ticks.push(at(i));
+      labels.set(at(i), shortLabel(texts[i]));
     }
     return { ticks, labels, tokens: true };
   }
-  const step = niceStep(count / Math.max(1, Math.floor(room / 3)));
+  const step = niceStep(count / room);
   for (let i = Math.ceil(lo / step) * step; i < hi; i += step) {
-    ticks.push(i + 0.5);
-    labels.set(i + 0.5, String(i));
+    ticks.push(at(i));
+    labels.set(at(i), `${i} ${shortLabel(texts[i], 8)}`);
   }
   return { ticks, labels, tokens: false };
 }

@@ -22,12 +22,24 @@ test("every token gets its text as a label when labels fit", () => {
   assert.deepEqual([...labels.values()], ["The", " cat", "⏎"]);
 });
 
-test("when labels do not fit, evenly spaced positions are labelled instead", () => {
+test("when every label does not fit, every step-th token keeps its text, with its position", () => {
   const texts = Array.from({ length: 1024 }, (_, i) => `t${i}`);
   const { ticks, labels, tokens } = axisTicks(0, 1024, texts, 500);
   assert.equal(tokens, false);
-  assert.ok(ticks.length < 30);
-  assert.equal(labels.get(ticks[1]), String(ticks[1] - 0.5));
+  assert.ok(ticks.length <= 50 && ticks.length >= 20, `${ticks.length} ticks in 500 px`);
+  const i = ticks[1] - 0.5;
+  assert.equal(labels.get(ticks[1]), `${i} t${i}`);
+  // 190 tokens in 384 px: thinned, with text (not bare positions past ~50 tokens).
+  const few = axisTicks(0, 190, texts.slice(0, 190), 384);
+  assert.ok([...few.labels.values()].every((l) => /^\d+ t\d+$/.test(l)));
+});
+
+test("at deep zoom a tick stays in view, at the visible part of its cell", () => {
+  const texts = Array.from({ length: 100 }, (_, i) => `t${i}`);
+  const { ticks, labels } = axisTicks(10.6, 10.9, texts, 400);
+  assert.equal(ticks.length, 1);
+  assert.ok(ticks[0] > 10.6 && ticks[0] < 10.9);
+  assert.equal(labels.get(ticks[0]), "t10");
 });
 
 test("zooming in far enough brings token labels back", () => {

@@ -96,3 +96,17 @@ def test_the_generation_step_is_an_outline_inside_the_frame(show):
     page.wait_for_function(box + "[3] < 30")
     _, _, left, right, start, end = page.evaluate(box)
     assert 10 < left < right < 30, (left, right)
+
+
+def test_axes_keep_token_text_on_long_prompts_and_a_tick_at_deep_zoom(show):
+    page = show(AttentionWidget(trace(t=190, n_layers=1, n_heads=2)))
+    ticks = DOC + """; return ['x', 'y'].map((a) => [d.get_model_by_name(a + '_ticker').ticks,
+        [...d.get_model_by_name(a + '_axis').major_label_overrides.values()]]); })()"""
+    for tick_list, labels in page.evaluate(ticks):
+        assert 10 <= len(tick_list) < 190 and all(" w" in label for label in labels), labels[:5]
+    page.evaluate(DOC + """; d.get_model_by_name('x_range').setv({ start: 40.6, end: 40.9 });
+        d.get_model_by_name('y_range').setv({ start: 120.9, end: 120.6 }); })()""")
+    page.wait_for_function(DOC + "; return d.get_model_by_name('x_ticker').ticks.length === 1; })()")
+    (xt, xl), (yt, yl) = page.evaluate(ticks)
+    assert 40.6 < xt[0] < 40.9 and xl == [" w40"], (xt, xl)
+    assert 120.6 < yt[0] < 120.9 and yl == [" w120"], (yt, yl)
