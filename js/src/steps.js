@@ -65,7 +65,7 @@ export class Steps {
     this.bars = {
       plot: root.model, view: root, source: doc.get_model_by_name("bars_source"),
       ticker: doc.get_model_by_name("bars_x_ticker"), axis: doc.get_model_by_name("bars_x_axis"),
-      xRange: doc.get_model_by_name("bars_x_range"),
+      xRange: doc.get_model_by_name("bars_x_range"), yRange: doc.get_model_by_name("bars_y_range"),
       glyph: root.model.renderers.find((r) => r.data_source?.name === "bars_source")?.glyph,
     };
   }
@@ -101,6 +101,9 @@ export class Steps {
     }
     this.bars.source.data = { x: bars.x, top: bars.top, color: bars.color };
     this.bars.xRange.setv({ start: 0, end: bars.nKeys });
+    // The y-range follows the data (bars of at most 0.2 looked flat on a fixed 0–1).
+    const high = barsHigh(bars.top);
+    if (this.bars.yRange && this.bars.yRange.end !== high) this.bars.yRange.setv({ start: 0, end: high });
     const { ticks, labels } = axisTicks(0, bars.nKeys, trace.keyTokens, pixels);
     this.bars.ticker.ticks = ticks;
     this.bars.axis.major_label_overrides = labels;
@@ -115,6 +118,13 @@ export class Steps {
     this.barViews = [];
     this.bars = null;
   }
+}
+
+/** The top of the bar chart's y-range: 8% over the highest bar (NaN skipped), at most 1.02. */
+export function barsHigh(tops) {
+  let m = 0;
+  for (const v of tops) if (v > m) m = v;
+  return m > 0 ? Math.min(1.02, m * 1.08) : 1.02;
 }
 
 /** What step `t` is: its output token and the query row that produced it. */

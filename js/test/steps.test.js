@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { traceFacts } from "../src/facts.js";
-import { barData, stepText } from "../src/steps.js";
+import { barData, barsHigh, stepText } from "../src/steps.js";
 import { f16array, packTril, source } from "./helpers.js";
 
 // 4 tokens: prompt 0–1, generated 2–3; row q of the matrix is [q+1 equal weights].
@@ -48,4 +48,10 @@ test("more keys than the chart has pixels: one bar per bucket of keys, their max
   assert.deepEqual(bars.top, [0.5, 0.25, 0.125]);
   assert.deepEqual(bars.color, ["#4c78a8", "#4c78a8", "#e45756"]); // keys 0, 5 (prompt), 7 (generated)
   assert.ok(Math.abs(bars.width - 0.8 * 3) < 1e-9);
+});
+
+test("the bar chart's y-range follows the highest bar, never above 1.02", () => {
+  assert.ok(Math.abs(barsHigh([0.05, 0.2, NaN, 0.1]) - 0.216) < 1e-9);
+  assert.equal(barsHigh([0.99, 1]), 1.02);
+  assert.equal(barsHigh([]), 1.02);
 });

@@ -110,3 +110,16 @@ def test_axes_keep_token_text_on_long_prompts_and_a_tick_at_deep_zoom(show):
     (xt, xl), (yt, yl) = page.evaluate(ticks)
     assert 40.6 < xt[0] < 40.9 and xl == [" w40"], (xt, xl)
     assert 120.6 < yt[0] < 120.9 and yl == [" w120"], (yt, yl)
+
+
+def test_the_step_bar_chart_range_follows_its_bars(show):
+    t = trace()
+    page = show(AttentionWidget(t))  # step 0: query 55's row
+    page.wait_for_function("Object.values(Bokeh.index).some((v) => v.model.name === 'bars')")
+    bars = """(() => {
+        const d = Object.values(Bokeh.index).find((v) => v.model.name === 'bars').model.document;
+        const top = Math.max(...d.get_model_by_name('bars_source').data.top);
+        return [d.get_model_by_name('bars_y_range').end, top]; })()"""
+    page.wait_for_function(bars + "[1] > 0")
+    end, top = page.evaluate(bars)
+    assert top < end <= top * 1.1 + 1e-9, (end, top)
