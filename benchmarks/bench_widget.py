@@ -16,10 +16,17 @@
   kernel) and a 512-token zoom (its region at full resolution) from the input to the frame after
   the paint, while the all-heads grid is computed; and the kernel's own time to answer them.
 
+- ``--real`` (also part of the full run): what a user sees on a real model: SmolLM2 widgets of
+  192 tokens (the France prompt ×11 through the chat template, 8 new tokens) and 1024 tokens, the
+  full 270-thumbnail grid on screen; a head-slider input event → the heatmap's next paint → the
+  frame that shows it has been produced (requestAnimationFrame, then a task after it: style,
+  layout, paint and the compositor commit of that frame are done), and the longest task on the
+  main thread meanwhile (Long Tasks API).
+
 Run: ``python benchmarks/bench_widget.py`` (needs the built front end, Chromium, SmolLM2).
 ``--quick`` skips SmolLM2 and the 4096² case. ``--first-paint N`` runs only the SmolLM2 first
 paint, N times on fresh pages, and prints medians of its stages (performance marks ``aw:*``).
-``--long [--tokens T]`` runs only the long-trace section.
+``--long [--tokens T]`` runs only the long-trace section; ``--real`` only the real-model section.
 """
 
 from __future__ import annotations
@@ -152,10 +159,15 @@ def main() -> None:
     parser.add_argument("--setup-extra", default="", help="code appended to the setup cell "
                         "(experiments with --first-paint)")
     parser.add_argument("--long", action="store_true", help="only the long-trace section")
+    parser.add_argument("--real", action="store_true", help="only the real-model section "
+                        "(SmolLM2, 192 and 1024 tokens, full grid)")
     parser.add_argument("--tokens", type=int, default=8192, help="tokens of the --long trace")
     args = parser.parse_args()
     if args.long:
         long_bench(args.tokens)
+        return
+    if args.real:
+        real_bench(args.repeats)
         return
 
     cells = [SETUP,
@@ -220,6 +232,8 @@ def main() -> None:
             print(f"first paint, second widget of the same trace (BokehJS on the page): "
                   f"page clock {warm_page:.2f} s; Python clock {warm:.2f} s; "
                   f"{warm_bytes / 2**20:.2f} MiB received")
+    if not args.quick:
+        real_bench(args.repeats)
 
 
 MARKS = ("aw:initialize", "aw:render", "aw:build", "aw:decoded", "aw:bokeh-request",
@@ -331,6 +345,76 @@ def _first_paint_seconds(nb, cell, received, page_clock=False):
     if page_clock:
         return elapsed, bytes_in, nb.page.evaluate(PAGE_CLOCK_JS)
     return elapsed, bytes_in
+
+
+REAL_CELLS = [
+    "import attn_widget as aw\nif 'short' not in globals():  # a second page shares the kernel\n"
+    "    model, tok = aw.load_model('smollm2')\n"
+    "    france = 'The capital of France is Paris. What is the capital of France?'\n"
+    "    short = aw.capture(model, tok, ' '.join([france] * 11), max_new_tokens=8, chat=True)\n"
+    "    text = ' '.join([france] * 120)\n"
+    "    long = aw.capture(model, tok, tok.decode(tok(text).input_ids[:1024]))\n"
+    "print('TOKENS', len(short.tokens), len(long.tokens))",
+    "w = aw.AttentionWidget(short, layer=15, head=4)\nw",
+    "w.close()\nw = aw.AttentionWidget(long, layer=15, head=4)\nw",
+    "w.close()",
+]
+REAL_MEASURE_JS = """
+async ([n]) => {
+  // Input event → the heatmap's next paint (data-paints) → requestAnimationFrame → a task after
+  // it: the frame that shows the new head has been styled, laid out, painted and committed.
+  const root = [...document.querySelectorAll('.aw-root')].pop();
+  const slider = root.querySelector('.aw-head');
+  const longest = { ms: 0 };
+  const obs = new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) longest.ms = Math.max(longest.ms, e.duration);
+  });
+  obs.observe({ entryTypes: ['longtask'] });
+  const out = [];
+  for (let i = 0; i < n; i++) {
+    const v = i % 2 ? 0 : 1 + (i / 2) % 8;  // heads 1..8 against head 0
+    out.push(await new Promise((resolve) => {
+      const before = root.dataset.paints;
+      let t0 = null;
+      slider.addEventListener('input', (e) => { t0 = e.timeStamp; }, { once: true, capture: true });
+      const watch = new MutationObserver(() => {
+        if (root.dataset.paints === before) return;
+        watch.disconnect();
+        requestAnimationFrame(() => setTimeout(() => resolve(performance.now() - t0)));
+      });
+      watch.observe(root, { attributes: true, attributeFilter: ['data-paints'] });
+      slider.value = v;
+      slider.dispatchEvent(new Event('input', { bubbles: true }));
+    }));
+    await new Promise((r) => setTimeout(r, 150));
+  }
+  obs.disconnect();
+  return { times: out, longest: longest.ms, thumbs: root.querySelectorAll('.aw-grid-cell').length };
+}
+"""
+
+
+def real_bench(repeats: int) -> None:
+    """SmolLM2 widgets with the full grid on screen: input → frame shown, and the longest task."""
+    with lab_and_browser() as (lab, browser):
+        lab.write_notebook("real.ipynb", REAL_CELLS)
+        for width, height in ((1280, 800), (1440, 900)):
+            page = new_page(browser, width=width, height=height)
+            nb = NotebookPage(page, lab, "real.ipynb")
+            print(nb.run(0, timeout=900_000).strip().splitlines()[-1])
+            for cell, label in ((1, "192 tokens"), (2, "1024 tokens")):
+                nb.run(cell, timeout=300_000)
+                root = nb.widget(cell)
+                root.locator(".aw-grid-cell").first.wait_for(timeout=120_000)
+                root.locator(".aw-grid").scroll_into_view_if_needed()  # the grid on screen
+                page.wait_for_timeout(2000)
+                load = os.getloadavg()[0]
+                r = page.evaluate(REAL_MEASURE_JS, [repeats])
+                nb.run(cell + 1)  # closed: the next widget is alone on the page
+                print(f"SmolLM2 {label}, {r['thumbs']} thumbnails on screen, {width}×{height}, "
+                      f"load {load:.1f}: slider input → frame shown {median_ms(r['times'])}; "
+                      f"longest main-thread task meanwhile {r['longest']:.0f} ms")
+            page.context.close()
 
 
 LONG_SETUP = """
