@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from browser_support import NotebookPage, start_lab
 
 pytestmark = pytest.mark.browser
 
@@ -54,8 +55,20 @@ def rerun(nb, cell: int) -> dict:
     return nb.page.evaluate(PAGE_STATE)
 
 
-def test_a_cell_rerun_twenty_times_keeps_one_view_and_a_bounded_heap(open_notebook):
-    nb = open_notebook("memory.ipynb", [SETUP, PLAIN, CLOSING, COUNT])
+@pytest.fixture
+def own_lab(tmp_path):
+    """A JupyterLab of this test's own: the shared one would reopen this notebook's tab in the
+    next test's page (its workspace remembers it)."""
+    server = start_lab(tmp_path)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_cell_rerun_twenty_times_keeps_one_view_and_a_bounded_heap(own_lab, page_for):
+    own_lab.write_notebook("memory.ipynb", [SETUP, PLAIN, CLOSING, COUNT])
+    nb = NotebookPage(page_for(), own_lab, "memory.ipynb")
     assert "READY" in nb.run(0, timeout=120_000)
     cdp = nb.page.context.new_cdp_session(nb.page)
     cdp.send("HeapProfiler.enable")
