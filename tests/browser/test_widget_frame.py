@@ -63,7 +63,7 @@ def test_grid_thumbnails_are_tiles_of_one_image_not_a_canvas_per_cell(show):
 
 
 def test_each_grid_tile_shows_its_own_head(show):
-    page = show(AttentionWidget(trace()))
+    page = show(AttentionWidget(trace(t=24)))  # 24 × 24 thumbnails: one per 24-px tile pixel
     page.select_option(".aw-grid-metric", "")  # no badges over the tiles
     page.mouse.move(1, 1)
     for layer in range(3):
@@ -74,7 +74,7 @@ def test_each_grid_tile_shows_its_own_head(show):
             lum[lum > 700] = 0  # white: above the diagonal, the page shows through
             bottom = lum[-3:, :-1].mean(0)  # the last rows: every key column is below the diagonal
             columns.append(int(np.argmax(bottom)) / len(bottom))
-        # The brightest column moves right with the head (key h * 7 of 30).
+        # The brightest column moves right with the head (key h * 7 of 24).
         assert columns == sorted(columns) and columns[0] < 0.15 < columns[-1], (layer, columns)
 
 
