@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from . import encoding
+from .analysis.compare import check_same_model
 from .figures import bokeh_source, bokeh_version, figure_items, frame_pixels
 from .selection import format_ranges
 from .trace import AttentionTrace
@@ -246,6 +247,8 @@ class ViewData:
             if not isinstance(t, AttentionTrace):
                 name = "trace" if i == 0 else "compare"
                 raise TypeError(f"{name} must be an AttentionTrace; got {type(t).__name__}")
+        if compare is not None:
+            check_same_model(trace, compare)
         names = tuple(n for n in trace.blocks if all(n in t.blocks for t in traces))
         if not names:
             raise ValueError(f"the traces to compare share no attention block: A has {sorted(trace.blocks)}, "

@@ -251,6 +251,10 @@ class AttentionWidget(anywidget.AnyWidget):
     def set_state(self, sync_data: dict[str, Any]) -> None:
         """Apply values from the front end, clamping bad ones instead of failing."""
         fixed, notes = {}, []
+        private = sorted(n for n in sync_data if n.startswith("_"))
+        if private:  # the payload, figures and BokehJS go from the kernel to the front end only
+            notes.append(f"{', '.join(private)} can only be set by the kernel; ignored")
+            sync_data = {n: v for n, v in sync_data.items() if not n.startswith("_")}
         for name, value in sync_data.items():
             ok = self._clamped(name, value)
             fixed[name] = ok
@@ -258,7 +262,7 @@ class AttentionWidget(anywidget.AnyWidget):
                 notes.append(f"{name} {value!r} is out of range; showing {ok!r}")
         super().set_state(fixed)
         if notes:
-            self.send_state([n for n in fixed if fixed[n] != sync_data[n]])
+            self.send_state([n for n in fixed if fixed[n] != sync_data[n]] + private)
             self.send({"type": "notice", "message": "; ".join(notes)})
 
     def _clamped(self, name: str, value: Any) -> Any:

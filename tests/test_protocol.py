@@ -73,7 +73,9 @@ def test_bad_traces_and_blocks_are_named():
     with pytest.raises(KeyError, match=r"block must be one of \['self'\]; got 'cross'"):
         ViewData.of(_trace(), block="cross")
     with pytest.raises(ValueError, match="share no captured layer and head"):
-        ViewData.of(_trace(n_layers=1), _trace(n_layers=2).narrow(layers=[1]))
+        ViewData.of(_trace(n_layers=2).narrow(layers=[0]), _trace(n_layers=2).narrow(layers=[1]))
+    with pytest.raises(ValueError, match="cannot compare traces from different models"):
+        ViewData.of(_trace(n_layers=1), _trace(n_layers=2))
 
 
 def test_bokeh_and_unknown_requests_get_their_replies():
@@ -191,19 +193,22 @@ def test_a_grid_in_preparation_stops_when_the_program_ends():
     from pathlib import Path
 
     script = f"""
-import sys, time
+import sys, threading, time
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 from test_encoding import qk_trace
 from attn_widget import protocol
 from attn_widget.protocol import ViewData
+started = threading.Event()
 
 def slow(trace, layers=None, progress=None):
     print("layer", layers, flush=True)
+    started.set()
     time.sleep(0.3)
     return {{}}
 
 protocol.head_metrics = slow
 ViewData.of(qk_trace(t=40, n_layers=40, n_heads=1)).encode(0, 0, send_all_below=0)
+started.wait(60)  # the grid's thread runs at idle priority: on a busy machine it starts late
 time.sleep(0.5)
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)

@@ -224,8 +224,28 @@ def test_compare_shows_common_layers_and_heads():
 
 
 def test_compare_of_traces_with_nothing_in_common_is_refused():
+    a, b = random_trace(heads=[0]), random_trace(heads=[1])
+    a.model["n_heads"] = a.model["n_kv_heads"] = 2  # the same model, different heads captured
     with pytest.raises(ValueError, match="share no captured layer and head"):
-        compare_widget(random_trace(heads=[0]), random_trace(heads=[1]))
+        compare_widget(a, b)
+
+
+def test_compare_of_traces_of_two_models_is_refused_as_compare_attention_does(trace):
+    other = random_trace(n_layers=2)
+    with pytest.raises(ValueError, match="different models"):
+        compare_widget(trace, other)
+    w = AttentionWidget(trace)
+    with pytest.raises(ValueError, match="different models"):
+        w.set_trace(trace, compare=other)
+    assert w.trace is trace
+
+
+def test_the_front_end_cannot_set_what_only_the_kernel_sends(widget):
+    rec = Recorder(widget)
+    payload = widget._payload
+    widget.set_state({"_payload": b"junk", "layer": 1})
+    assert widget._payload == payload and widget.layer == 1
+    assert any("only be set by the kernel" in c.get("message", "") for c, _ in rec.sent)
 
 
 def test_widget_refuses_what_is_not_a_trace():

@@ -126,7 +126,7 @@ def compare_attention(trace_1: AttentionTrace, trace_2: AttentionTrace, *, layer
     -------
     AttentionComparison with (n_layers, n_heads) ``max_diff`` and ``mean_diff``.
     """
-    _check_same_model(trace_1, trace_2)
+    check_same_model(trace_1, trace_2)
     b1, b2 = trace_1.check_weighting(weighting, block), trace_2.check_weighting(weighting, block)
     if b1.name != b2.name:
         raise ValueError(f"the traces' default blocks differ ({b1.name!r} vs {b2.name!r}); pass block=")
@@ -234,7 +234,8 @@ def _captured_in_both(captured_1: tuple[int, ...], captured_2: tuple[int, ...], 
     return common
 
 
-def _check_same_model(t1: AttentionTrace, t2: AttentionTrace) -> None:
+def check_same_model(t1: AttentionTrace, t2: AttentionTrace) -> None:
+    """Refuse two traces of different models (name, layers, heads): they cannot be compared."""
     def ident(t):
         return (t.model_name, t.model.get("n_layers"), t.model.get("n_heads"))
 

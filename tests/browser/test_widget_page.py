@@ -140,7 +140,7 @@ def test_zooming_in_redraws_at_full_resolution(show):
     page = show(AttentionWidget(trace(t=1500, n_layers=1, n_heads=1, prompt_len=1500)))
     title = lambda: page.evaluate("""Object.values(Bokeh.index).find((v) => v.model.name === 'heatmap')
         .model.document.get_model_by_name('colour_bar').title""")  # noqa: E731
-    assert "1 px = max of 3×3" in title()
+    assert "1 px = max of 4×4" in title()
     page.evaluate("""(() => {
         const d = Object.values(Bokeh.index).find((v) => v.model.name === 'heatmap').model.document;
         d.get_model_by_name('x_range').setv({start: 100, end: 130});
@@ -257,12 +257,12 @@ def test_choosing_a_grid_badge_relabels_the_thumbnails_without_redrawing_them(sh
     t = trace()
     page = show(AttentionWidget(t))
     cell = page.locator('.aw-grid-cell[data-layer="2"][data-head="3"]')
-    cell.locator("canvas").evaluate("(c) => { c.__kept = true; }")
+    cell.locator(".aw-thumb").evaluate("(c) => { c.__kept = true; }")
     page.select_option(".aw-grid-metric", "sink_score")
     expected = analysis.head_scores(t).sink_score[2, 3]
     expect(cell.locator(".aw-badge")).to_have_text(f"{expected:.2f}")
     assert "sink_score" in cell.get_attribute("title")
-    assert cell.locator("canvas").evaluate("(c) => c.__kept === true")
+    assert cell.locator(".aw-thumb").evaluate("(c) => c.__kept === true")
     page.select_option(".aw-grid-metric", "")
     expect(cell.locator(".aw-badge")).to_be_hidden()
 
