@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import weakref
 from typing import Any
 
 import numpy as np
@@ -106,6 +107,42 @@ def value_projection(module: torch.nn.Module, head_dim: int) -> torch.nn.Module 
                  and w.shape[0] % head_dim == 0), None)
 
 
+BATCH = 64
+"""Key positions whose norms are computed in one product. A decode step brings one position per
+layer: it waits on the host (a small copy) until this many have come, because a product per step
+costs far more than its arithmetic on a busy CPU (measured on this project's 2-core machine under
+load: 0.6 ms instead of 7 µs for SmolLM2's 9 heads, the time to wake torch's second thread)."""
+
+_FACTORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # output layer → {facts: factors}
+_FACTORS_LOCK = threading.Lock()
+
+
+def head_slices(layer: torch.nn.Module, heads: tuple[int, ...], n_heads: int, d: int) -> torch.Tensor:
+    """``W_O^hᵀ`` (heads, d, hidden): the kept ``heads``' slices of an output projection taking
+    ``n_heads`` × ``d`` inputs, float32 on the host."""
+    w = loaded_matrix(layer).cpu()
+    if w.shape[1] != n_heads * d:
+        raise CaptureError(f"the output projection takes {w.shape[1]} inputs, not {n_heads} heads × {d}")
+    return w.reshape(w.shape[0], n_heads, d).permute(1, 2, 0)[list(heads)].contiguous()
+
+
+def head_factors(layer: torch.nn.Module, heads: tuple[int, ...], n_heads: int, d: int) -> torch.Tensor:
+    """``R_hᵀ`` (heads, d, d) for the kept ``heads`` of an output projection: the triangular
+    factor of each head's slice ``W_O^h`` (hidden × d), with ``‖W_O^h v‖ = ‖v R_hᵀ‖``. On the
+    host, float32; kept per layer while its weights stay the same version (a few KiB per head),
+    so later captures of the model reuse them."""
+    w = _matrix(layer)
+    facts = (heads, d, w._version, None if w.is_meta else w.data_ptr())
+    with _FACTORS_LOCK:
+        found = _FACTORS.setdefault(layer, {}).get(facts)
+    if found is None:
+        found = torch.linalg.qr(head_slices(layer, heads, n_heads, d).transpose(1, 2), mode="r").R
+        found = found.transpose(1, 2).contiguous()
+        with _FACTORS_LOCK:
+            _FACTORS[layer] = {facts: found}  # an older version of the weights is of no more use
+    return found
+
+
 class ValueRecorder:
     """Keeps ``‖f_h(x_j)‖`` (and, with ``gram``, the heads' Gram) per captured layer, head and key.
 
@@ -124,48 +161,69 @@ class ValueRecorder:
         self.gram = {k: torch.zeros((len(outs), lengths[k][1], len(head_pairs(len(heads[k]))[0])))
                      for k, outs in outputs.items()} if gram else {}
         self.done: dict[tuple[str, int], int] = {}
-        self._factors: dict[tuple[str, int, str], tuple[torch.Tensor, torch.Tensor | None]] = {}
-        self._pending: dict[tuple[str, int], torch.Tensor] = {}
+        self._factors: dict[tuple[str, int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._waiting: dict[tuple[str, int], list[tuple[int, torch.Tensor]]] = {}
+        self._n_waiting: dict[tuple[str, int], int] = {}
+        self._projected: dict[tuple[str, int], torch.Tensor] = {}
 
     def take(self, kind: str, li: int, start: int, values: torch.Tensor) -> None:
-        """Norms of ``values`` (1, n_kv_groups, n, head_dim), the values of key positions
-        ``start .. start + n`` of captured layer ``li``."""
-        n_groups, n, d = values.shape[1:]
-        group, rt, wt = self._factors_of(kind, li, n_groups, d, values.device)
-        v = values[0].index_select(0, group).float()  # (kept heads, n, d)
+        """The values (1, n_kv_groups, n, head_dim) of key positions ``start .. start + n`` of
+        captured layer ``li``: their norms now when there are :data:`BATCH` or more, else later
+        (a copy waits on the host)."""
+        n = values.shape[2]
         if start + n > self.norms[kind].shape[2]:
-            raise RuntimeError(f"{kind} attention layer {li} produced values past the "
+            raise CaptureError(f"{kind} attention layer {li} produced values past the "
                                f"{self.norms[kind].shape[2]} positions expected")
-        self.norms[kind][li, :, start:start + n] = torch.linalg.vector_norm(v @ rt, dim=-1).cpu()
-        if wt is not None:
+        self.done[(kind, li)] = max(self.done.get((kind, li), 0), start + n)
+        if n >= BATCH:
+            self._compute(kind, li, torch.arange(start, start + n), values[0])
+            return
+        waiting = self._waiting.setdefault((kind, li), [])
+        waiting.append((start, values[0].to("cpu", torch.float32, copy=True)))  # not a view of the cache
+        self._n_waiting[(kind, li)] = self._n_waiting.get((kind, li), 0) + n
+        if self._n_waiting[(kind, li)] >= BATCH:
+            self._flush(kind, li)
+
+    def _flush(self, kind: str, li: int) -> None:
+        waiting = self._waiting.pop((kind, li), [])
+        self._n_waiting[(kind, li)] = 0
+        if waiting:
+            positions = torch.cat([torch.arange(s, s + v.shape[1]) for s, v in waiting])
+            self._compute(kind, li, positions, torch.cat([v for _, v in waiting], dim=1))
+
+    def _compute(self, kind: str, li: int, positions: torch.Tensor, values: torch.Tensor) -> None:
+        """Norms (and Gram) of ``values`` (n_kv_groups, n, d) into key ``positions`` (n,)."""
+        n_groups, n, d = values.shape
+        group, rt = self._factors_of(kind, li, n_groups, d, values.device)
+        v = values.index_select(0, group).float()  # (kept heads, n, d)
+        self.norms[kind][li][:, positions] = torch.linalg.vector_norm(v @ rt, dim=-1).cpu()
+        if self.keep_gram:  # the slices themselves, not kept between calls (hidden × d per head)
+            wt = head_slices(self.outputs[kind][li], tuple(self.heads[kind]), self.n_heads[kind], d)
+            wt = wt.to(v.device)
             rows, cols = (torch.as_tensor(x, device=v.device) for x in head_pairs(v.shape[0]))
             for s in range(0, n, GRAM_CHUNK):
-                f = v[:, s:s + GRAM_CHUNK] @ wt  # (kept heads, chunk, hidden)
-                g = (f[rows] * f[cols]).sum(dim=-1)  # (pairs, chunk)
-                self.gram[kind][li, start + s:start + s + f.shape[1]] = g.t().cpu()
-        self.done[(kind, li)] = max(self.done.get((kind, li), 0), start + n)
+                f = (v[:, s:s + GRAM_CHUNK] @ wt).transpose(0, 1)  # (chunk, kept heads, hidden)
+                g = f @ f.transpose(1, 2)  # (chunk, kept heads, kept heads)
+                self.gram[kind][li][positions[s:s + GRAM_CHUNK]] = g[:, rows, cols].cpu()
 
     def _factors_of(self, kind: str, li: int, n_groups: int, d: int,
-                    device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """On ``device``: the key/value group each kept head reads, ``R_hᵀ`` (kept heads, d, d)
-        with ``‖W_O^h v‖ = ‖v R_hᵀ‖``, and ``W_O^hᵀ`` (kept heads, d, hidden) when the Gram is kept."""
+                    device) -> tuple[torch.Tensor, torch.Tensor]:
+        """On ``device``: the key/value group each kept head reads, and :func:`head_factors`."""
         key = (kind, li, str(device))
         if key not in self._factors:
-            w = loaded_matrix(self.outputs[kind][li])
             n_heads = self.n_heads[kind]
-            if w.shape[1] != n_heads * d or n_heads % n_groups:
-                raise RuntimeError(f"{kind} attention layer {li}: the output projection takes {w.shape[1]} "
-                                   f"inputs, not {n_heads} heads × {d}, over {n_groups} key/value groups")
-            slices = torch.stack([w[:, h * d:(h + 1) * d] for h in self.heads[kind]])  # (heads, hidden, d)
-            r = torch.linalg.qr(slices, mode="r").R
+            if n_heads % n_groups:
+                raise CaptureError(f"{kind} attention layer {li}: {n_heads} heads over {n_groups} "
+                                   "key/value groups")
+            rt = head_factors(self.outputs[kind][li], tuple(self.heads[kind]), n_heads, d)
             group = torch.tensor(self.heads[kind]) // (n_heads // n_groups)
-            self._factors[key] = (group.to(device), r.transpose(1, 2).contiguous().to(device),
-                                  slices.transpose(1, 2).contiguous().to(device) if self.keep_gram else None)
+            self._factors[key] = (group.to(device), rt.to(device))
         return self._factors[key]
 
     def result(self, kind: str, n_keys: int) -> ValueNorms:
         """What was kept for ``kind`` over its first ``n_keys`` key positions."""
         for li in range(self.norms[kind].shape[0]):
+            self._flush(kind, li)
             done = self.done.get((kind, li), 0)
             if done < n_keys:
                 raise CaptureError(f"{kind} attention layer {li} gave values for {done} of {n_keys} key "
@@ -196,14 +254,14 @@ class ValueRecorder:
     def _keep_values(self, kind: str, li: int):
         def hook(module, args, output) -> None:
             if threading.get_ident() == self.thread:
-                self._pending[(kind, li)] = output.detach()
+                self._projected[(kind, li)] = output.detach()
         return hook
 
     def _place_values(self, kind: str, li: int, index: int):
         def hook(module, args, output) -> None:
             if threading.get_ident() != self.thread:
                 return  # another thread's pass of the same model is not this capture's
-            values = self._pending.pop((kind, li), None)
+            values = self._projected.pop((kind, li), None)
             if values is None:
                 return  # cross-attention reuses the values it cached on the first step
             n_keys = output[index].shape[-1]

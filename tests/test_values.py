@@ -354,3 +354,19 @@ def test_a_pass_of_the_same_model_on_another_thread_leaves_the_norms_alone(famil
     assert interrupted
     for name, block in alone.blocks.items():
         np.testing.assert_array_equal(busy.block(name).norms.norms, block.norms.norms, err_msg=name)
+
+
+def test_norms_taken_in_batches_of_decode_steps_equal_norms_taken_one_step_at_a_time(word_tokenizer,
+                                                                                   monkeypatch):
+    from attn_widget import values
+
+    model = fast_model("llama")
+    options = {"max_new_tokens": 7, "min_new_tokens": 7, "values": "layer"}
+    waiting = aw.capture(model, word_tokenizer, PROMPT, **options)  # every step waits for the end
+    monkeypatch.setattr(values, "BATCH", 1)  # each step at once: the prompt, then every token
+    at_once = aw.capture(model, word_tokenizer, PROMPT, **options)
+    monkeypatch.setattr(values, "BATCH", 3)  # the prompt at once; steps three at a time, the rest at the end
+    in_threes = aw.capture(model, word_tokenizer, PROMPT, **options)
+    for trace in (at_once, in_threes):
+        np.testing.assert_allclose(trace.block().norms.norms, waiting.block().norms.norms, rtol=1e-5)
+        np.testing.assert_allclose(trace.block().norms.gram, waiting.block().norms.gram, rtol=1e-4, atol=1e-7)
