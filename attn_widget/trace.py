@@ -192,7 +192,8 @@ class AttentionBlock:
         """float32 (ceil(n_queries / side), ceil(n_keys / side)): each cell the max over a
         ``side`` × ``side`` square of head ``hi`` (None: the mean of heads) of layer ``li``
         (positions), so single strong weights survive. Computed ``ROW_CHUNK``-ish rows at a time
-        from queries and keys (never the whole matrix) and kept in the block's small cache."""
+        from queries and keys (never the whole matrix) and kept in the block's small cache, apart
+        for each ``weighting`` (``"norm"``: of ``α_ij ‖f_h(x_j)‖``)."""
         side = int(side)
         if side < 1:
             raise ValueError(f"side must be a positive number of tokens; got {side}")
@@ -226,7 +227,8 @@ class AttentionBlock:
                keys: tuple[int, int], weighting: str = "attention") -> np.ndarray:
         """float32 (q1 - q0, k1 - k0): full-resolution weights of rows ``q0:q1`` and columns
         ``k0:k1`` of head ``hi`` (None: the mean of heads) of layer ``li`` (positions); rows are
-        normalised over all keys, as in the model. Kept in the block's small cache."""
+        normalised over all keys, as in the model (``weighting="norm"``: ``α_ij ‖f_h(x_j)‖``, as
+        :meth:`rows`). Kept in the block's small cache."""
         (q0, q1), (k0, k1) = (int(x) for x in queries), (int(x) for x in keys)
         if not (0 <= q0 < q1 <= self.n_queries and 0 <= k0 < k1 <= self.n_keys):
             raise ValueError(f"region rows {q0}:{q1} and columns {k0}:{k1} must be non-empty and "
