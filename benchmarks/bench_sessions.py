@@ -94,60 +94,48 @@ CLOSING = ("if 'w' in globals():\n    w.close()\n"
 
 
 def in_lab(cycles: int, tokens: int, layers: int, heads: int) -> None:
-    import tempfile
-
-    from browser_support import CHROMIUM, CHROMIUM_ARGS, NotebookPage, new_page, start_lab
-    from playwright.sync_api import sync_playwright
+    from browser_support import NotebookPage, lab_and_browser, new_page
 
     setup = TRACE + f"trace = random_trace({tokens}, {layers}, {heads})\nprint('READY')"
     cells = [setup, CLOSING, "print('RSS', rss_mb(), rss_mb(trim=True))"]
-    with tempfile.TemporaryDirectory(prefix="attn-bench-") as tmp:
-        lab = start_lab(Path(tmp))
-        try:
-            with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-                try:
-                    lab.write_notebook("sessions.ipynb", cells)
-                    page = new_page(browser)
-                    nb = NotebookPage(page, lab, "sessions.ipynb")
-                    assert "READY" in nb.run(0, timeout=600_000)
-                    cdp = page.context.new_cdp_session(page)
+    with lab_and_browser() as (lab, browser):
+        lab.write_notebook("sessions.ipynb", cells)
+        page = new_page(browser)
+        nb = NotebookPage(page, lab, "sessions.ipynb")
+        assert "READY" in nb.run(0, timeout=600_000)
+        cdp = page.context.new_cdp_session(page)
 
-                    def heap() -> float:
-                        for _ in range(2):
-                            cdp.send("HeapProfiler.collectGarbage")
-                        return cdp.send("Runtime.getHeapUsage")["usedSize"] / MB
+        def heap() -> float:
+            for _ in range(2):
+                cdp.send("HeapProfiler.collectGarbage")
+            return cdp.send("Runtime.getHeapUsage")["usedSize"] / MB
 
-                    def kernel_rss() -> tuple[float, float]:
-                        plain, trimmed = re.search(r"RSS ([\d.]+) ([\d.]+)", nb.run(2)).groups()
-                        return float(plain), float(trimmed)
+        def kernel_rss() -> tuple[float, float]:
+            plain, trimmed = re.search(r"RSS ([\d.]+) ([\d.]+)", nb.run(2)).groups()
+            return float(plain), float(trimmed)
 
-                    def run_once() -> None:
-                        nb.run(1)
-                        page.wait_for_function(
-                            "() => Number(document.querySelectorAll('.jp-Notebook .jp-Cell')[1]"
-                            "?.querySelector('.aw-root')?.dataset.paints || 0) > 0", timeout=120_000)
-                        page.wait_for_timeout(500)  # the grid and bar chart after the first paint
+        def run_once() -> None:
+            nb.run(1)
+            page.wait_for_function(
+                "() => Number(document.querySelectorAll('.jp-Notebook .jp-Cell')[1]"
+                "?.querySelector('.aw-root')?.dataset.paints || 0) > 0", timeout=120_000)
+            page.wait_for_timeout(500)  # the grid and bar chart after the first paint
 
-                    t0 = time.perf_counter()
-                    run_once()
-                    heap0, rss0 = heap(), kernel_rss()
-                    for _ in range(cycles - 1):
-                        run_once()
-                    heap1, rss1 = heap(), kernel_rss()
-                    live = page.evaluate("() => globalThis.__attnWidgetLiveViews?.size ?? -1")
-                    print(f"JupyterLab: a cell closing its widget and showing a new one of a "
-                          f"{tokens}-token trace, run {cycles} times in {time.perf_counter() - t0:.0f} s")
-                    print(f"  kernel RSS after the first: {rss0[0]:.1f} MB   after the last: {rss1[0]:.1f} MB"
-                          f"   growth: {rss1[0] - rss0[0]:+.1f} MB (goal < 30 MB); after malloc_trim(0): "
-                          f"{rss0[1]:.1f} → {rss1[1]:.1f} MB, {rss1[1] - rss0[1]:+.1f} MB")
-                    print(f"  page JS heap after the first: {heap0:6.1f} MB   after the last: {heap1:6.1f} MB"
-                          f"   growth: {heap1 - heap0:+.1f} MB (goal < 50 MB); live views: {live}")
-                    page.context.close()
-                finally:
-                    browser.close()
-        finally:
-            lab.stop()
+        t0 = time.perf_counter()
+        run_once()
+        heap0, rss0 = heap(), kernel_rss()
+        for _ in range(cycles - 1):
+            run_once()
+        heap1, rss1 = heap(), kernel_rss()
+        live = page.evaluate("() => globalThis.__attnWidgetLiveViews?.size ?? -1")
+        print(f"JupyterLab: a cell closing its widget and showing a new one of a "
+              f"{tokens}-token trace, run {cycles} times in {time.perf_counter() - t0:.0f} s")
+        print(f"  kernel RSS after the first: {rss0[0]:.1f} MB   after the last: {rss1[0]:.1f} MB"
+              f"   growth: {rss1[0] - rss0[0]:+.1f} MB (goal < 30 MB); after malloc_trim(0): "
+              f"{rss0[1]:.1f} → {rss1[1]:.1f} MB, {rss1[1] - rss0[1]:+.1f} MB")
+        print(f"  page JS heap after the first: {heap0:6.1f} MB   after the last: {heap1:6.1f} MB"
+              f"   growth: {heap1 - heap0:+.1f} MB (goal < 50 MB); live views: {live}")
+        page.context.close()
 
 
 def main() -> None:

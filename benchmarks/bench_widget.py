@@ -32,18 +32,16 @@ paint, N times on fresh pages, and prints medians of its stages (performance mar
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "browser"))
 
-from browser_support import CHROMIUM, CHROMIUM_ARGS, NotebookPage, new_page, start_lab  # noqa: E402
+from browser_support import NotebookPage, lab_and_browser, new_page  # noqa: E402
 
 SETUP = """
 import numpy as np, attn_widget as aw
@@ -81,24 +79,6 @@ HOOK_JS = """
   };
 }
 """
-
-
-@contextlib.contextmanager
-def lab_and_browser():
-    """A private JupyterLab and a headless Chromium, both stopped on the way out."""
-    from playwright.sync_api import sync_playwright
-
-    with tempfile.TemporaryDirectory(prefix="attn-bench-") as tmp:
-        lab = start_lab(Path(tmp))
-        try:
-            with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-                try:
-                    yield lab, browser
-                finally:
-                    browser.close()
-        finally:
-            lab.stop()
 
 
 def median_ms(xs):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -170,3 +172,21 @@ def displayed(token: str) -> str:
     """A token as the widget's readouts show it: visible newline, tab and leading space."""
     shown = token.replace("\r\n", "⏎").replace("\n", "⏎").replace("\r", "⏎").replace("\t", "⇥")
     return "␣" + shown[1:] if shown.startswith(" ") else shown
+
+
+@contextlib.contextmanager
+def lab_and_browser():
+    """A private JupyterLab and a headless Chromium, both stopped on the way out (for benchmarks)."""
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory(prefix="attn-bench-") as tmp:
+        lab = start_lab(Path(tmp))
+        try:
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                try:
+                    yield lab, browser
+                finally:
+                    browser.close()
+        finally:
+            lab.stop()
