@@ -23,6 +23,8 @@ import subprocess
 import sys
 import time
 
+from procmem import reset_peak, rss_kib  # benchmarks/procmem.py, beside this script
+
 TEXT = ("Attention maps show which tokens a model looks at when it writes each new token. When the "
         "model fails, they help tell apart a fact it never looked at from one it saw and ignored. "
         "The capital of France is Paris, and the river that runs through it is the Seine. ")
@@ -31,14 +33,6 @@ TEXT = ("Attention maps show which tokens a model looks at when it writes each n
 def prompt_of(tokenizer, n: int) -> str:
     ids = tokenizer(TEXT * (n // 20 + 2))["input_ids"][:n]
     return tokenizer.decode(ids)
-
-
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(field)
 
 
 def child(mode: str, n_prompt: int, n_new: int) -> None:
@@ -57,12 +51,7 @@ def child(mode: str, n_prompt: int, n_new: int) -> None:
            "temperature": None, "top_p": None, "top_k": None, "pad_token_id": tok.eos_token_id}
     with torch.no_grad():  # warm up allocator and kernels on a short run
         model.generate(ids[:, :16], max_new_tokens=2, do_sample=False, pad_token_id=tok.eos_token_id)
-    import gc
-
-    gc.collect()
-    base = _rss_kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset the peak (VmHWM) to the current RSS
+    base = reset_peak()
     t0 = time.perf_counter()
     if mode == "capture":
         result = aw.capture(model, tok, prompt, **{k: v for k, v in gen.items() if k not in (
@@ -79,7 +68,7 @@ def child(mode: str, n_prompt: int, n_new: int) -> None:
     else:
         raise ValueError(mode)
     seconds = time.perf_counter() - t0
-    peak = _rss_kib("VmHWM")
+    peak = rss_kib("VmHWM")
     print(json.dumps({"mode": mode, "extra_mib": (peak - base) / 1024, "seconds": seconds,
                       "tokens": int(T), "prompt": int(ids.shape[1])}))
 

@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_capture import _rss_kib, prompt_of  # noqa: E402
+from bench_capture import prompt_of  # noqa: E402
+from procmem import reset_peak, rss_kib  # noqa: E402
 
 MODES = {"none": False, "norms": "norms", "layer": "layer"}
 
@@ -44,21 +45,16 @@ def _model():
 
 def child(mode: str, n_prompt: int, n_new: int) -> None:
     """One capture in this fresh process; prints its extra peak RSS and the trace's bytes as JSON."""
-    import gc
-
     import attn_widget as aw
 
     model, tok = _model()
     prompt = prompt_of(tok, n_prompt)
     aw.capture(model, tok, prompt_of(tok, 16), max_new_tokens=2, values=MODES[mode])  # warm-up, checks
-    gc.collect()
-    base = _rss_kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset the peak (VmHWM) to the current RSS
+    base = reset_peak()
     t0 = time.perf_counter()
     trace = aw.capture(model, tok, prompt, max_new_tokens=n_new, min_new_tokens=n_new, values=MODES[mode])
     seconds = time.perf_counter() - t0
-    peak = _rss_kib("VmHWM")
+    peak = rss_kib("VmHWM")
     print(json.dumps({"mode": mode, "extra_mib": (peak - base) / 1024, "seconds": seconds,
                       "trace_bytes": sum(b.nbytes for b in trace.blocks.values()), "tokens": len(trace),
                       "kept": trace.options["values"]}))
