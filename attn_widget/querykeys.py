@@ -133,16 +133,26 @@ class QueryKeys:
         out[:, lo:hi_key] = scores
         return out
 
-    def packed(self, li: int, hi: int) -> np.ndarray:
+    def packed(self, li: int, hi: int | None) -> np.ndarray:
         """float16 weights of one head in the stored layout: the packed lower triangle (causal)
-        or the dense matrix."""
+        or the dense matrix. ``hi=None``: float32, the mean over the heads (summed in float32 a
+        chunk of rows at a time, packed once)."""
         t = self.n_queries
+        heads = range(self.queries.shape[1]) if hi is None else (hi,)
+
+        def chunk(s: int, e: int) -> np.ndarray:
+            rows = self.rows(li, heads[0], s, e)
+            for h in heads[1:]:
+                rows += self.rows(li, h, s, e)
+            return rows / np.float32(len(heads)) if hi is None else rows
+
+        dtype = np.float32 if hi is None else np.float16
         if not self.causal:
-            return self.rows(li, hi).astype(np.float16)
-        out = np.empty(tril_offset(t), np.float16)
+            return chunk(0, t).astype(dtype)
+        out = np.empty(tril_offset(t), dtype)
         for s in range(0, t, ROW_CHUNK):
             e = min(s + ROW_CHUNK, t)
-            rows = self.rows(li, hi, s, e)
+            rows = chunk(s, e)
             at = tril_offset(s)
             for q in range(s, e):  # row q keeps keys 0..q; slices, since a boolean mask is ~10× slower
                 out[at:at + q + 1] = rows[q - s, :q + 1]

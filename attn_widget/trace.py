@@ -284,10 +284,7 @@ class AttentionBlock:
             return self.stored_layout(li, None, weighting)
         if self._data is not None:
             return self._data[li].astype(np.float32).mean(axis=0)
-        total = self.qk.packed(li, 0).astype(np.float32)
-        for hi in range(1, len(self.heads)):
-            total += self.qk.packed(li, hi)
-        return total / len(self.heads)
+        return self.qk.packed(li, None)
 
     def select(self, li: Sequence[int], hi: Sequence[int]) -> AttentionBlock:
         """This block for layer positions ``li`` and head positions ``hi``."""
