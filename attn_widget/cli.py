@@ -155,6 +155,18 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _value_norms_line(trace) -> str:
+    """Whether the trace keeps the norms that value-weighted views (weighting='norm') need."""
+    if trace.has_value_norms:
+        layer = all(b.norms.gram is not None for b in trace.blocks.values())
+        return ("value norms: yes (weighting='norm' views, Kobayashi et al. 2020; the widget's Weights "
+                "menu offers value-weighted" + (", and trace.layer_contribution works)" if layer else ")"))
+    why = trace.options.get("values_unavailable") or (
+        "captured with values=False, saved by an older version, or built from weights alone")
+    return (f"value norms: no ({why}); value-weighted views need aw.capture(..., values='norms') "
+            "(the default where the model allows it)")
+
+
 def _summary(trace) -> str:
     """What a user checks first: the run, where attention pools (sinks), the strongest heads."""
     from . import analysis
@@ -171,6 +183,7 @@ def _summary(trace) -> str:
              f"tokens: {counts}",
              f"captured: layers {format_ranges(b.layers)}, heads {format_ranges(b.heads)} ({b.name!r} block, "
              f"{'causal' if b.causal else 'bidirectional'}, stored as {b.form.replace('-', ' and ')})",
+             _value_norms_line(trace),
              f"text: {text[:100]!r}{'…' if len(text) > 100 else ''}"]
     if trace.n_generated:
         start = trace.spans["generated"][0]

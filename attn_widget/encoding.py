@@ -11,6 +11,10 @@ it. A payload is a small JSON header followed by 8-byte-aligned sections, each o
 - ``thumbs``: uint8 (n_layers, n_heads, S, S) max-pooled thumbnails for the all-heads grid;
 - ``metric/<name>``: float32 (n_layers, n_heads) badge values.
 
+Every key but ``thumbs`` and ``metric/…`` may end in ``/norm``: the same view value-weighted,
+``α_ij ‖f_h(x_j)‖`` (Kobayashi et al. 2020, ``weighting="norm"``), not in [0, 1]; ``grid/norm``
+answers ``thumbs/norm`` and ``metric/<name>/norm``.
+
 Pure numpy: no torch, no widgets.
 """
 
@@ -30,6 +34,7 @@ from .geometry import geometry
 from .selection import MEAN, format_ranges
 from .storage import jsonable
 from .trace import AttentionBlock, AttentionTrace
+from .valuenorms import WEIGHTINGS, check_weighting
 
 MAGIC = b"AWP1"
 PROTOCOL_VERSION = 1
@@ -41,6 +46,29 @@ NO_CELL = np.float16(-0.0)
 (above the diagonal): float16 -0.0, which max pooling never picks over a weight."""
 _PREFIX = struct.Struct("<4sI")
 _DTYPES = {"float16": np.float16, "float32": np.float32, "uint8": np.uint8}
+_F16_MAX = np.finfo(np.float16).max
+
+
+def suffix(weighting: str) -> str:
+    """What a key ends in for ``weighting``: ``""`` for the weights, ``"/norm"`` value-weighted."""
+    return "" if check_weighting(weighting) == "attention" else "/" + weighting
+
+
+def split_weighting(key: str) -> tuple[str, str]:
+    """``key`` without its weighting suffix, and the weighting (``"head/0/1/norm"`` →
+    ``("head/0/1", "norm")``)."""
+    base, _, last = key.rpartition("/")
+    return (base, last) if base and last in WEIGHTINGS[1:] else (key, "attention")
+
+
+def weightings(trace: AttentionTrace) -> tuple[str, ...]:
+    """The weightings the shown block of ``trace`` can be read with."""
+    return WEIGHTINGS if trace.block().norms is not None else WEIGHTINGS[:1]
+
+
+def _wire(values: np.ndarray) -> np.ndarray:
+    """float16 of values that may pass float16's range (value-weighted cells are not weights)."""
+    return np.minimum(values, _F16_MAX).astype(np.float16)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,18 +147,23 @@ def _pad8(n: int) -> int:
 
 
 # --------------------------------------------------------------------- sections of a trace
-def head_section(trace: AttentionTrace, layer: int, head: int, source: int = 0) -> Section:
-    """float16 attention of model layer ``layer``, head ``head`` (zero-copy for causal blocks)."""
+def head_section(trace: AttentionTrace, layer: int, head: int, source: int = 0,
+                 weighting: str = "attention") -> Section:
+    """float16 attention of model layer ``layer``, head ``head`` (zero-copy for causal blocks
+    of weights); ``weighting="norm"``: ``α_ij ‖f_h(x_j)‖``, key ``head/<L>/<H>/norm``."""
     b = trace.block()
-    data = b.packed(b.layer_pos(layer), b.head_pos(head))
-    return _matrix_section(f"head/{layer}/{head}", source, b, data)
+    end = suffix(weighting)
+    li, hi = b.layer_pos(layer), b.head_pos(head)
+    data = b.packed(li, hi) if not end else _wire(b.stored_layout(li, hi, weighting))
+    return _matrix_section(f"head/{layer}/{head}{end}", source, b, data)
 
 
-def mean_section(trace: AttentionTrace, layer: int, source: int = 0) -> Section:
-    """float16 mean over the captured heads of model layer ``layer`` (averaged in float32)."""
+def mean_section(trace: AttentionTrace, layer: int, source: int = 0, weighting: str = "attention") -> Section:
+    """float16 mean over the captured heads of model layer ``layer`` (averaged in float32);
+    ``weighting="norm"``: of ``α_ij ‖f_h(x_j)‖``, key ``mean/<L>/norm``."""
     b = trace.block()
-    mean = b.mean_of_heads(b.layer_pos(layer)).astype(np.float16)
-    return _matrix_section(f"mean/{layer}", source, b, mean)
+    mean = _wire(b.mean_of_heads(b.layer_pos(layer), weighting))
+    return _matrix_section(f"mean/{layer}{suffix(weighting)}", source, b, mean)
 
 
 def _head_position(b: AttentionBlock, head: int | str) -> int | None:
@@ -138,7 +171,8 @@ def _head_position(b: AttentionBlock, head: int | str) -> int | None:
     return None if head in (MEAN, "mean") else b.head_pos(int(head))
 
 
-def pool_section(trace: AttentionTrace, layer: int, head: int | str, side: int, source: int = 0) -> Section:
+def pool_section(trace: AttentionTrace, layer: int, head: int | str, side: int, source: int = 0,
+                 weighting: str = "attention") -> Section:
     """``pool/<layer>/<head>/<side>``: float16 (ceil(Q / side), ceil(K / side)), each cell the max
     over a side × side square of head ``head`` (``MEAN`` or ``"mean"``: the layer mean), computed
     by :meth:`AttentionBlock.pooled` without the whole matrix. Squares wholly above a causal
@@ -146,15 +180,16 @@ def pool_section(trace: AttentionTrace, layer: int, head: int | str, side: int, 
     b = trace.block()
     side = int(side)
     hi = _head_position(b, head)
-    values = b.pooled(b.layer_pos(layer), hi, side).astype(np.float16)
+    values = _wire(b.pooled(b.layer_pos(layer), hi, side, weighting))
     if b.causal:  # square (r, c) holds a key <= its last query exactly when c <= r
         values[np.triu_indices(values.shape[0], 1, values.shape[1])] = NO_CELL
     name = "mean" if hi is None else int(head)
-    return Section(f"pool/{layer}/{name}/{side}", source, "dense", values.shape, values, {"side": side})
+    return Section(f"pool/{layer}/{name}/{side}{suffix(weighting)}", source, "dense", values.shape, values,
+                   {"side": side})
 
 
 def region_section(trace: AttentionTrace, layer: int, head: int | str, queries: tuple[int, int],
-                   keys: tuple[int, int], source: int = 0) -> Section:
+                   keys: tuple[int, int], source: int = 0, weighting: str = "attention") -> Section:
     """``region/<layer>/<head>/<q0>/<q1>/<k0>/<k1>``: float16 (q1 - q0, k1 - k0) full-resolution
     weights of rows q0:q1 and keys k0:k1 (rows normalised over all keys, as in the model); cells
     above a causal diagonal hold :data:`NO_CELL`. At most :data:`REGION_MAX_CELLS` cells."""
@@ -164,11 +199,12 @@ def region_section(trace: AttentionTrace, layer: int, head: int | str, queries: 
         raise ValueError(f"a region holds at most {REGION_MAX_CELLS} cells; rows {q0}:{q1} × keys "
                          f"{k0}:{k1} is {(q1 - q0) * (k1 - k0)}: ask for a smaller one")
     hi = _head_position(b, head)
-    values = b.region(b.layer_pos(layer), hi, (q0, q1), (k0, k1)).astype(np.float16)
+    values = _wire(b.region(b.layer_pos(layer), hi, (q0, q1), (k0, k1), weighting))
     if b.causal:
         values[np.arange(k0, k1)[None, :] > np.arange(q0, q1)[:, None]] = NO_CELL
     name = "mean" if hi is None else int(head)
-    return Section(f"region/{layer}/{name}/{q0}/{q1}/{k0}/{k1}", source, "dense", values.shape, values,
+    return Section(f"region/{layer}/{name}/{q0}/{q1}/{k0}/{k1}{suffix(weighting)}", source, "dense",
+                   values.shape, values,
                    {"rows": [q0, q1], "cols": [k0, k1]})
 
 
@@ -179,7 +215,7 @@ def _matrix_section(key: str, source: int, b: AttentionBlock, data: np.ndarray) 
 
 
 def thumbnails(trace: AttentionTrace, size: int = THUMB_SIZE, layers: Sequence[int] | None = None,
-               heads: Sequence[int] | None = None) -> np.ndarray:
+               heads: Sequence[int] | None = None, weighting: str = "attention") -> np.ndarray:
     """uint8 (n_layers, n_heads, R, C) grid thumbnails, at most ``size`` × ``size``.
 
     Each thumbnail pixel is the max over a square of ``side = ceil(T / size)`` queries × keys (so
@@ -188,7 +224,8 @@ def thumbnails(trace: AttentionTrace, size: int = THUMB_SIZE, layers: Sequence[i
     ``layers``, ``heads``: only these layer and head positions (default: all), in that order.
 
     A block of weights is pooled from its stored float16 in one pass; a block of queries and
-    keys head by head with :meth:`AttentionBlock.pooled`, so its weights are never all held.
+    keys, or ``weighting="norm"`` (``α_ij ‖f_h(x_j)‖``), head by head with
+    :meth:`AttentionBlock.pooled`, so its weights are never all held.
     """
     b = trace.block()
     q, k = b.n_queries, b.n_keys
@@ -196,11 +233,11 @@ def thumbnails(trace: AttentionTrace, size: int = THUMB_SIZE, layers: Sequence[i
     r, c = math.ceil(q / side), math.ceil(k / side)
     li = list(range(len(b.layers))) if layers is None else [int(x) for x in layers]
     hi = list(range(len(b.heads))) if heads is None else [int(x) for x in heads]
-    if b.form == "queries-keys":
+    if b.form == "queries-keys" or check_weighting(weighting) != "attention":
         values = np.zeros((len(li), len(hi), r, c), np.float32)
         for i, layer in enumerate(li):
             for j, head in enumerate(hi):
-                values[i, j] = b.pooled(layer, head, side)
+                values[i, j] = b.pooled(layer, head, side, weighting)
     else:
         # Non-negative float16 values order like their bit patterns read as int16, so the max
         # pooling runs on integers; -0.0 reads as -32768 and never wins.
@@ -237,47 +274,55 @@ def _pool_tril(bits: np.ndarray, t: int, side: int, s: int) -> np.ndarray:
 
 def grid_sections(trace: AttentionTrace, metrics: Mapping[str, np.ndarray] | None = None,
                   source: int = 0, thumb_size: int = THUMB_SIZE, *,
-                  thumbs: np.ndarray | None = None) -> list[Section]:
+                  thumbs: np.ndarray | None = None, weighting: str = "attention") -> list[Section]:
     """The all-heads grid: ``thumbs`` (made here unless given) plus one ``metric/<name>`` per
-    (n_layers, n_heads) array."""
-    thumbs = thumbnails(trace, thumb_size) if thumbs is None else thumbs
-    out = [Section("thumbs", source, "dense", thumbs.shape, thumbs)]
+    (n_layers, n_heads) array; ``weighting="norm"``: ``thumbs/norm`` and ``metric/<name>/norm``
+    (the metrics are given: computed by the caller with that weighting)."""
+    end = suffix(weighting)
+    thumbs = thumbnails(trace, thumb_size, weighting=weighting) if thumbs is None else thumbs
+    out = [Section(f"thumbs{end}", source, "dense", thumbs.shape, thumbs)]
     shape = thumbs.shape[:2]
     for name, values in (metrics or {}).items():
         v = np.asarray(values, dtype=np.float32)
         if v.shape != shape:
             raise ValueError(f"metric {name!r} must have shape {shape} (captured layers × heads); "
                              f"got {v.shape}")
-        out.append(Section(f"metric/{name}", source, "dense", shape, v))
+        out.append(Section(f"metric/{name}{end}", source, "dense", shape, v))
     return out
 
 
 def key_sections(trace: AttentionTrace, key: str, source: int = 0,
                  metrics: Mapping[str, np.ndarray] | None = None) -> list[Section]:
-    """The sections answering a fetch of ``key``; :class:`FetchError` names what is allowed."""
-    parts = key.split("/") if isinstance(key, str) else []
+    """The sections answering a fetch of ``key`` (ending in ``/norm``: value-weighted);
+    :class:`FetchError` names what is allowed. ``metrics``: the grid's, of that weighting."""
+    base, weighting = split_weighting(key) if isinstance(key, str) else ("", "attention")
+    parts = base.split("/")
     b = trace.block()
     try:
+        if weighting != "attention":
+            trace.check_weighting(weighting)
         if len(parts) == 3 and parts[0] == "head":
-            return [head_section(trace, int(parts[1]), int(parts[2]), source)]
+            return [head_section(trace, int(parts[1]), int(parts[2]), source, weighting)]
         if len(parts) == 2 and parts[0] == "mean":
-            return [mean_section(trace, int(parts[1]), source)]
+            return [mean_section(trace, int(parts[1]), source, weighting)]
         if len(parts) == 4 and parts[0] == "pool":
             side = int(parts[3])
             if side < 1:
                 raise ValueError(f"side must be a positive number of tokens; got {side}")
-            return [pool_section(trace, int(parts[1]), _head_name(parts[2]), side, source)]
+            return [pool_section(trace, int(parts[1]), _head_name(parts[2]), side, source, weighting)]
         if len(parts) == 7 and parts[0] == "region":
             q0, q1, k0, k1 = (int(x) for x in parts[3:])
-            return [region_section(trace, int(parts[1]), _head_name(parts[2]), (q0, q1), (k0, k1), source)]
+            return [region_section(trace, int(parts[1]), _head_name(parts[2]), (q0, q1), (k0, k1), source,
+                                   weighting)]
         if parts == ["grid"]:
-            return grid_sections(trace, metrics, source)
+            return grid_sections(trace, metrics, source, weighting=weighting)
     except (IndexError, ValueError, TypeError) as e:
         raise FetchError(f"cannot send {key!r}: {e}") from None
     raise FetchError(f"cannot send {key!r}: key must be 'head/<layer>/<head>', 'mean/<layer>', "
                      "'pool/<layer>/<head or mean>/<side>', "
-                     "'region/<layer>/<head or mean>/<q0>/<q1>/<k0>/<k1>' or 'grid' with layers "
-                     f"{format_ranges(b.layers)} and heads {format_ranges(b.heads)}")
+                     "'region/<layer>/<head or mean>/<q0>/<q1>/<k0>/<k1>' or 'grid', each optionally "
+                     f"followed by '/norm' (value-weighted), with layers {format_ranges(b.layers)} and "
+                     f"heads {format_ranges(b.heads)}")
 
 
 def _head_name(text: str) -> int | str:
@@ -313,7 +358,7 @@ def trace_payload(traces: Sequence[AttentionTrace], *, layer: int, head: int,
                   metric_descriptions: Mapping[str, str] | None = None,
                   send_all_below: int = 8 * 2**20, bokeh_version: str = "",
                   trace_id: str | None = None, thumb_size: int = THUMB_SIZE,
-                  pool_side: int = 0) -> tuple[bytes, dict[str, Any]]:
+                  pool_side: int = 0, weighting: str = "attention") -> tuple[bytes, dict[str, Any]]:
     """The first payload of a widget: everything when small, else what the first paint needs.
 
     traces : one trace, or two for the compare view (A, B).
@@ -325,6 +370,9 @@ def trace_payload(traces: Sequence[AttentionTrace], *, layer: int, head: int,
         payload holds only the shown head of each trace pooled to side × side squares
         (``pool/<layer>/<head>/<side>``); the front end fetches every other view pooled alike,
         and full-resolution regions when zoomed in.
+    weighting : the weighting shown first: with ``"norm"`` the first paint's sections are
+        value-weighted (``…/norm`` keys; a complete payload holds them besides every weight).
+        ``complete`` covers the weights only: value-weighted keys not in the payload are fetched.
 
     Returns the bytes and the header (without its section table).
     """
@@ -343,20 +391,23 @@ def trace_payload(traces: Sequence[AttentionTrace], *, layer: int, head: int,
     sections: list[Section] = []
     for i, t in enumerate(traces):
         b = t.block()
+        first = check_weighting(weighting)
         if complete:
             for layer_i in b.layers:
                 sections.append(mean_section(t, layer_i, i))
                 sections.extend(head_section(t, layer_i, h, i) for h in b.heads)
             sections.extend(grid_sections(t, metrics[i], i, thumb_size))
-        elif pooled:
+            if first == "attention":
+                continue
+        if pooled:
             # The layer mean costs every head of the layer (seconds at 8k tokens): fetched after
             # the first paint instead.
             if head != MEAN:
-                sections.append(pool_section(t, layer, head, pool_side, i))
+                sections.append(pool_section(t, layer, head, pool_side, i, first))
         else:
-            sections.append(mean_section(t, layer, i))
+            sections.append(mean_section(t, layer, i, first))
             if head != MEAN:
-                sections.append(head_section(t, layer, head, i))
+                sections.append(head_section(t, layer, head, i, first))
     return encode_payload(header, sections), header
 
 

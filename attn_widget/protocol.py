@@ -268,8 +268,15 @@ class ViewData:
                              f"{format_ranges(shown[1].heads)}")
         return cls(traces, views, block, names, layers, heads, tuple(labels))
 
+    @property
+    def weightings(self) -> tuple[str, ...]:
+        """The weightings every view can be shown with: ``("attention",)``, and ``"norm"``
+        (value-weighted) when every trace's shown block keeps the norms of its values."""
+        return min((encoding.weightings(t) for t in self.views), key=len)
+
     def encode(self, layer: int, head: int, *, send_all_below: int,
-               pool_above: int | None = None, pool_side: int | None = None) -> ViewData:
+               pool_above: int | None = None, pool_side: int | None = None,
+               weighting: str = "attention") -> ViewData:
         """These views with a new trace id, the first payload for ``layer``/``head`` and the
         figure skeletons; the grid starts on :data:`GRID_WORKER` when the payload lacks it.
 
@@ -279,6 +286,7 @@ class ViewData:
         pool_side : the pooled resolution to use then (tokens a side of each square), when not
             the heatmap's own pixels (a snapshot picks a coarser one to fit its budget).
             None: whole heads, however long the trace.
+        weighting : the weighting of the first paint's sections (``"norm"``: value-weighted).
         """
         views = self.views
         complete = sum(encoding.all_bytes(t) for t in views) <= send_all_below
@@ -296,7 +304,7 @@ class ViewData:
         payload, _ = encoding.trace_payload(
             views, layer=layer, head=head, labels=self.labels, metrics=metrics,
             metric_descriptions=metric_descriptions(metrics), send_all_below=send_all_below,
-            bokeh_version=bokeh_version(), trace_id=trace_id, pool_side=side)
+            bokeh_version=bokeh_version(), trace_id=trace_id, pool_side=side, weighting=weighting)
         # Long traces: the grid (thumbnails + analysis metrics, ~0.7 s at 1024 tokens × 270
         # heads, minutes at 8k tokens) is prepared on a worker thread, so the kernel stays free
         # for the first paint and the next cell; the browser asks for it after its first paint.
@@ -325,13 +333,14 @@ class ViewData:
 
     def costly(self, request: Mapping[str, Any]) -> bool:
         """True when answering ``request`` computes weights (a pooled image, a region, a head or
-        mean of queries and keys): worth answering off the kernel's thread. Errors are cheap."""
+        mean of queries and keys, anything value-weighted): worth answering off the kernel's thread.
+        Errors are cheap."""
         key, source = request.get("key"), request.get("source", 0)
         if not isinstance(key, str) or request.get("trace_id") != self.trace_id \
                 or not isinstance(source, int) or not 0 <= source < len(self.views):
             return False
         kind = key.split("/", 1)[0]
-        return kind in ("pool", "region") or (
+        return kind in ("pool", "region") or encoding.split_weighting(key)[1] != "attention" or (
             kind in ("head", "mean") and self.views[source].block().form == "queries-keys")
 
     def follow_grid(self, request: Mapping[str, Any], send: Callable[[Reply], None]) -> Future[None]:
@@ -367,10 +376,19 @@ class ViewData:
             return {**base, "type": "error", "message": f"{key} was not sent: the trace shown was "
                     "replaced (re-run?); the new one is on its way"}, []
         trace = self.views[source]
+        grid_weighting = encoding.split_weighting(key)[1] if isinstance(key, str) and \
+            encoding.split_weighting(key)[0] == "grid" else None
+        if grid_weighting not in (None, "attention"):
+            try:
+                trace.check_weighting(grid_weighting)
+            except ValueError as e:
+                return {**base, "type": "error", "message": f"cannot send {key!r}: {e}"}, []
         try:
             if key == "grid":
                 buf = (self.grid[source].result() if self.grid
                        else grid_payload(trace, source=source, trace_id=self.trace_id))
+            elif grid_weighting is not None:  # grid/norm: made when asked (on a worker thread)
+                buf = grid_payload(trace, source=source, trace_id=self.trace_id, weighting=grid_weighting)
             else:
                 buf = encoding.fetch_payload(trace, key, source=source, trace_id=self.trace_id)
         except encoding.FetchError as e:
@@ -379,7 +397,7 @@ class ViewData:
             return {**base, "type": "error", "message": f"{key} was not sent: the trace shown was "
                     "replaced (re-run?) or the widget closed"}, []
         except Exception as e:  # the grid's analysis failed on its thread: say so, keep working
-            if key != "grid":
+            if grid_weighting is None:
                 raise
             return {**base, "type": "error", "message": f"the all-heads grid could not be "
                     f"prepared: {type(e).__name__}: {e}"}, []
@@ -399,8 +417,10 @@ def unknown_reply(request: Mapping[str, Any]) -> Reply:
 
 def grid_payload(trace: AttentionTrace, *, source: int, trace_id: str,
                  on_part: Callable[[bytes], None] | None = None,
-                 stop: Callable[[], bool] | None = None) -> bytes:
-    """The ``data`` reply buffer for a ``grid`` fetch: thumbnails and analysis badges.
+                 stop: Callable[[], bool] | None = None, weighting: str = "attention") -> bytes:
+    """The ``data`` reply buffer for a ``grid`` fetch: thumbnails and analysis badges
+    (``weighting="norm"``: of ``α_ij ‖f_h(x_j)‖``, for ``grid/norm``: ``thumbs/norm``,
+    ``metric/<name>/norm``).
 
     Made step by step: the thumbnails of every head, then the badges of every layer (each
     layer's :func:`head_metrics`), each step after :data:`FOREGROUND` fetches are answered.
@@ -416,11 +436,12 @@ def grid_payload(trace: AttentionTrace, *, source: int, trace_id: str,
     last = time.monotonic()
 
     def payload(progress: dict[str, int] | None) -> bytes:
-        header = {"protocol": encoding.PROTOCOL_VERSION, "trace_id": trace_id, "key": "grid",
-                  "metrics": metric_descriptions([metrics])}
+        header = {"protocol": encoding.PROTOCOL_VERSION, "trace_id": trace_id,
+                  "key": "grid" + encoding.suffix(weighting), "metrics": metric_descriptions([metrics])}
         if progress is not None:
             header["progress"] = progress
-        return encoding.encode_payload(header, encoding.grid_sections(trace, metrics, source, thumbs=thumbs))
+        return encoding.encode_payload(header, encoding.grid_sections(trace, metrics, source, thumbs=thumbs,
+                                                                      weighting=weighting))
 
     def next_step() -> None:
         FOREGROUND.wait()
@@ -435,18 +456,20 @@ def grid_payload(trace: AttentionTrace, *, source: int, trace_id: str,
 
     # Stored weights pool a layer at a time in one pass; queries and keys a head at a time
     # (~0.4 s each at 8k tokens), yielding to what a view waits for between heads.
-    step = len(b.heads) if b.form == "weights" else 1
+    step = len(b.heads) if b.form == "weights" and weighting == "attention" else 1
+    weighted = {} if weighting == "attention" else {"weighting": weighting}  # as the weights' grid was asked
     for li in range(n_layers):
         for h0 in range(0, len(b.heads), step):
             next_step()
-            some = encoding.thumbnails(trace, layers=[li], heads=range(h0, min(h0 + step, len(b.heads))))
+            some = encoding.thumbnails(trace, layers=[li], heads=range(h0, min(h0 + step, len(b.heads))),
+                                       **weighted)
             if thumbs is None:
                 thumbs = np.zeros((n_layers, len(b.heads)) + some.shape[2:], np.uint8)
             thumbs[li, h0:h0 + step] = some[0]
             part(li * len(b.heads) + min(h0 + step, len(b.heads)), 0)
     for li, model_layer in enumerate(b.layers):
         next_step()
-        for name, values in head_metrics(trace, layers=[model_layer], progress=False).items():
+        for name, values in head_metrics(trace, layers=[model_layer], progress=False, **weighted).items():
             metrics.setdefault(name, np.full((n_layers, len(b.heads)), np.nan, np.float32))[li] = values[0]
         if li + 1 < n_layers:
             part(n_layers * len(b.heads), li + 1)
@@ -454,12 +477,14 @@ def grid_payload(trace: AttentionTrace, *, source: int, trace_id: str,
 
 
 def head_metrics(trace: AttentionTrace, layers: Sequence[int] | None = None,
-                 progress: bool | None = None) -> dict[str, np.ndarray]:
+                 progress: bool | None = None, weighting: str = "attention") -> dict[str, np.ndarray]:
     """Per-head badge values ``{name: (n_layers, n_heads)}`` from :func:`analysis.head_scores`
-    (``layers``: only these model layers; ``progress``: its progress bar, as it has it)."""
+    (``layers``: only these model layers; ``progress``: its progress bar, as it has it;
+    ``weighting``: as head_scores takes it)."""
     from . import analysis
 
-    scores = analysis.head_scores(trace, layers=None if layers is None else list(layers), progress=progress)
+    scores = analysis.head_scores(trace, layers=None if layers is None else list(layers), progress=progress,
+                                  weighting=weighting)
     return {name: np.asarray(getattr(scores, name), dtype=np.float32) for name in scores.METRICS}
 
 

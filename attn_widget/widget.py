@@ -24,6 +24,7 @@ from .figures import bokeh_once
 from .protocol import FETCH_WORKER, FOREGROUND, POOL_ABOVE, PREFETCH_WORKER, ViewData
 from .selection import MEAN, check_count, format_ranges, is_int
 from .trace import AttentionTrace
+from .valuenorms import WEIGHTINGS
 
 SCALES = ("linear", "log", "row")
 THEMES = ("auto", "light", "dark")
@@ -45,7 +46,12 @@ class AttentionWidget(anywidget.AnyWidget):
     layer, head : int, optional
         Model layer and head shown first (``head=MEAN`` or ``"mean"``: mean of heads).
     scale : {"linear", "log", "row"}
-        Colour scale: linear 0…1, log 1e-4…1, or each query row divided by its max.
+        Colour scale: linear 0…1, log 1e-4…1, or each query row divided by its max
+        (value-weighted: 0…the view's max, log max·1e-4…max).
+    weighting : {"attention", "norm"}
+        ``"norm"``: show value-weighted attention, ``α_ij ‖f_h(x_j)‖`` (Kobayashi et al. 2020,
+        "Attention is Not Only a Weight"), in every view; needs traces captured with value norms
+        (``capture(..., values="norms")``, ``trace.has_value_norms``).
     theme : {"auto", "light", "dark"}
     send_all_below : int
         Bytes under which every head is sent at once; above it, heads are fetched on demand.
@@ -67,7 +73,7 @@ class AttentionWidget(anywidget.AnyWidget):
 
     Attributes
     ----------
-    layer, head, scale, selected_token, step, theme : synced with the view both ways;
+    layer, head, scale, weighting, selected_token, step, theme : synced with the view both ways;
         observe them with ``widget.observe(callback, names="layer")``.
     """
 
@@ -78,6 +84,9 @@ class AttentionWidget(anywidget.AnyWidget):
     layer = traitlets.Int(0).tag(sync=True)
     head = traitlets.Int(0).tag(sync=True)
     scale = traitlets.Enum(SCALES, "linear").tag(sync=True)
+    weighting = traitlets.Unicode("attention").tag(sync=True)
+    # The weightings the traces shown can be read with (the front end's weights menu).
+    _weightings = traitlets.List(traitlets.Unicode(), ["attention"]).tag(sync=True)
     selected_token = traitlets.Int(-1).tag(sync=True)
     step = traitlets.Int(-1).tag(sync=True)
     theme = traitlets.Enum(THEMES, "auto").tag(sync=True)
@@ -94,7 +103,7 @@ class AttentionWidget(anywidget.AnyWidget):
 
     def __init__(self, trace: AttentionTrace, *, compare: AttentionTrace | None = None,
                  layer: int | None = None, head: int | str | None = None, scale: str = "linear",
-                 theme: str = "auto", labels: Sequence[str] = ("A", "B"),
+                 weighting: str = "attention", theme: str = "auto", labels: Sequence[str] = ("A", "B"),
                  send_all_below: int = 8 * 2**20, pool_above: int | None = POOL_ABOVE,
                  pool_side: int | None = None, run: Callable[[str], AttentionTrace] | None = None,
                  prompt: str = "",
@@ -109,9 +118,12 @@ class AttentionWidget(anywidget.AnyWidget):
         self._later: list[Future[Any]] = []  # replies being prepared on worker threads
         self._data = self._views_of(trace, compare, block, self._labels)
         layer, head = self._first_view(layer, head)
+        self._check_weighting(weighting, self._data)
         self._data = self._data.encode(layer, head, send_all_below=self._send_all_below,
-                                       pool_above=self._pool_above, pool_side=self._pool_side)
-        super().__init__(layer=layer, head=head, scale=scale, theme=theme,
+                                       pool_above=self._pool_above, pool_side=self._pool_side,
+                                       weighting=weighting)
+        super().__init__(layer=layer, head=head, scale=scale, theme=theme, weighting=weighting,
+                         _weightings=list(self._data.weightings),
                          step=0 if self.trace.n_generated else -1, prompt=prompt,
                          block=self._data.block, _blocks=list(self._data.blocks),
                          _live=run is not None, _payload=self._data.payload, _figures=self._data.figures,
@@ -156,14 +168,18 @@ class AttentionWidget(anywidget.AnyWidget):
         data = self._views_of(trace, compare, block, self._labels)
         keep_head = self.head if self.head == MEAN or self.head in data.heads else None
         layer, head = self._first_view(self.layer if self.layer in data.layers else None, keep_head, data)
+        weighting = self.weighting if self.weighting in data.weightings else "attention"
         # One assignment: a fetch answered meanwhile sees the old views or the new, never half.
         old, self._data = self._data, data.encode(layer, head, send_all_below=self._send_all_below,
-                                                  pool_above=self._pool_above, pool_side=self._pool_side)
+                                                  pool_above=self._pool_above, pool_side=self._pool_side,
+                                                  weighting=weighting)
         data = self._data
         old.cancel()  # its grid is for traces no longer shown
         with self.hold_sync(), self.hold_trait_notifications():
             self.set_trait("layer", layer)
             self.set_trait("head", head)
+            self._weightings = list(data.weightings)
+            self.set_trait("weighting", weighting)
             self.selected_token = -1
             if new_run:
                 self.step = 0 if self.trace.n_generated else -1
@@ -222,6 +238,25 @@ class AttentionWidget(anywidget.AnyWidget):
         self._check("head", proposal.value, (*self._data.heads, MEAN))
         return proposal.value
 
+    @staticmethod
+    def _check_weighting(value: Any, data: ViewData) -> None:
+        if value not in WEIGHTINGS:
+            raise traitlets.TraitError("weighting must be 'attention' (the attention weights) or 'norm' "
+                                       "(value-weighted: each weight times the norm of what the attended "
+                                       f"token's value contributes); got {value!r}")
+        if value not in data.weightings:
+            which = [label for label, t in zip(data.labels, data.views) if t.block().norms is None]
+            whose = "this trace holds" if len(data.views) == 1 else f"trace {' and '.join(which)} holds"
+            raise traitlets.TraitError(
+                f"weighting='norm' needs the norms of the values, and {whose} none (captured with "
+                "values=False, read from an older file, or built from weights alone); capture with "
+                "aw.capture(..., values='norms') (or values='layer'), or keep weighting='attention'")
+
+    @traitlets.validate("weighting")
+    def _valid_weighting(self, proposal):
+        self._check_weighting(proposal.value, self._data)
+        return proposal.value
+
     @traitlets.validate("block")
     def _valid_block(self, proposal):
         if proposal.value not in self._data.blocks:
@@ -258,7 +293,10 @@ class AttentionWidget(anywidget.AnyWidget):
         for name, value in sync_data.items():
             ok = self._clamped(name, value)
             fixed[name] = ok
-            if ok != value:
+            if ok != value and name == "weighting" and value in WEIGHTINGS:
+                notes.append(f"weighting {value!r} needs value norms, which the trace shown does not "
+                             f"hold (capture with values='norms'); showing {ok!r}")
+            elif ok != value:
                 notes.append(f"{name} {value!r} is out of range; showing {ok!r}")
         super().set_state(fixed)
         if notes:
@@ -284,6 +322,8 @@ class AttentionWidget(anywidget.AnyWidget):
             return value if value in SCALES else self.scale
         if name == "theme":
             return value if value in THEMES else self.theme
+        if name == "weighting":
+            return value if value in self._data.weightings else self.weighting
         if name == "block":
             return value if value in self._data.blocks else self.block
         return value
@@ -306,7 +346,9 @@ class AttentionWidget(anywidget.AnyWidget):
                 # grid; those start nothing new until it is answered.
                 # The jobs hold a weak sender, not the widget: a closed widget is freed even
                 # while they wait, and their answers then go nowhere.
-                if content.get("prefetch"):
+                # A value-weighted grid is analysis over every head (minutes at 8k tokens): in the
+                # background, as prefetches are, never ahead of what a view waits for.
+                if content.get("prefetch") or str(content.get("key")).startswith("grid"):
                     job = PREFETCH_WORKER.submit(_answer_in_background, self._sender(), data, content)
                 else:
                     FOREGROUND.begin()

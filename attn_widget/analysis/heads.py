@@ -160,6 +160,8 @@ class InductionScores:
     n, offset : the copy length and where the first copy starts.
     layers, heads : model indices of the rows and columns.
     trace : the probe's trace, when built by :func:`induction_probe`.
+    weighting : ``"attention"``, or ``"norm"``: the scores read from the rows ``α_ij
+        ‖f_h(x_j)‖`` renormalised (Kobayashi et al. 2020).
     """
 
     induction: np.ndarray
@@ -169,6 +171,7 @@ class InductionScores:
     layers: tuple[int, ...]
     heads: tuple[int, ...]
     trace: AttentionTrace | None = dataclasses.field(default=None, repr=False)
+    weighting: str = "attention"
 
     def top(self, role: str = "induction", k: int = 5) -> list[tuple[int, int, float]]:
         """The ``k`` heads with the highest score for ``role`` (``induction`` or ``duplicate``)."""
@@ -176,9 +179,10 @@ class InductionScores:
 
     def summary(self) -> str:
         return "\n".join(
-            f"{role} (n={self.n}): max {getattr(self, role).max():.3f}; top "
-            + ", ".join(f"L{layer}H{head} {v:.3f}" for layer, head, v in self.top(role, 5))
-            for role in ("induction", "duplicate"))
+            [f"weighting: {describe_weighting(self.weighting)}"] + [
+                f"{role} (n={self.n}): max {getattr(self, role).max():.3f}; top "
+                + ", ".join(f"L{layer}H{head} {v:.3f}" for layer, head, v in self.top(role, 5))
+                for role in ("induction", "duplicate")])
 
 
 def attention_entropy(trace: AttentionTrace, *, layers: Indices = None, heads: Indices = None,
@@ -268,7 +272,7 @@ def find_attention_sinks(trace: AttentionTrace, *, n_std: float = 2.0, epsilon: 
 
 def induction_scores(trace: AttentionTrace, n: int, *, offset: int = 0, layers: Indices = None,
                      heads: Indices = None, block: str | None = None,
-                     progress: bool | None = None) -> InductionScores:
+                     progress: bool | None = None, weighting: str = "attention") -> InductionScores:
     """Induction and duplicate-token scores on a trace of ``n`` tokens repeated twice.
 
     Parameters
@@ -276,12 +280,15 @@ def induction_scores(trace: AttentionTrace, n: int, *, offset: int = 0, layers: 
     n : length of one copy; the copies are ``offset .. offset+n-1`` and ``offset+n .. offset+2n-1``
         and must hold the same token ids.
     offset : tokens before the first copy (a BOS token, say).
+    weighting : ``"attention"``, or ``"norm"``: the scores of the rows ``α_ij ‖f_h(x_j)‖``
+        renormalised (how much of what the head moved came from that token), as the other
+        analysis functions take it.
 
     Returns
     -------
     InductionScores with (n_layers, n_heads) ``induction`` and ``duplicate``.
     """
-    b = trace.block(block)
+    b = trace.check_weighting(weighting, block)
     if b.queries != b.keys:
         raise ValueError(f"induction scores need self-attention; block {b.name!r} maps {b.queries} to "
                          f"{b.keys}")
@@ -297,14 +304,15 @@ def induction_scores(trace: AttentionTrace, n: int, *, offset: int = 0, layers: 
                          f"one sequence repeated twice (they first differ at copy index {bad}); check n "
                          "and offset")
     li, hi, lsel, hsel = select_layers_heads(trace, b, layers, heads)
-    key = ("induction", b.name, n, int(offset), lsel, hsel)
+    key = ("induction", b.name, n, int(offset), lsel, hsel, weighting)
     if key not in trace.computed:
         i = np.arange(offset + n, offset + 2 * n)
         # both scores read the same query rows: one read, keys i - n + 1 and i - n
-        both = gather(b, li, hi, i[None, :], np.stack([i - n + 1, i - n]), progress=progress).mean(axis=-1)
+        both = gather(b, li, hi, i[None, :], np.stack([i - n + 1, i - n]), progress=progress,
+                      weighting=weighting).mean(axis=-1)
         trace.computed[key] = both[..., 0], both[..., 1]
     ind, dup = trace.computed[key]
-    return InductionScores(ind.copy(), dup.copy(), n, int(offset), lsel, hsel)
+    return InductionScores(ind.copy(), dup.copy(), n, int(offset), lsel, hsel, weighting=weighting)
 
 
 def induction_probe(model, tokenizer, n: int = 50, seed: int = 0, *, layers: Indices = None,

@@ -56,6 +56,10 @@ class Snapshot:
         pool_side tokens (the max of each square); ``heads`` are then the pooled heads.
     step_rows : for a long trace, the (layer, head) pairs (head -1: the layer mean) whose
         generated tokens' rows are in the file at full resolution.
+    weightings : the weightings the file's views can be shown with: ``("attention", "norm")``
+        when the value-weighted views (``α_ij ‖f_h(x_j)‖``: grid and layer means) are in it too.
+    weighted_heads : the heads whose value-weighted view is in the file in full (the first of
+        ``heads``, as many as fit after every head's weights).
     """
 
     path: Path
@@ -69,6 +73,8 @@ class Snapshot:
     mean_bits: int = 10
     pool_side: int = 0
     step_rows: tuple[tuple[int, int], ...] = ()
+    weightings: tuple[str, ...] = ("attention",)
+    weighted_heads: tuple[tuple[int, int], ...] = ()
 
     @property
     def bytes_per_cell(self) -> float:
@@ -93,6 +99,9 @@ class Snapshot:
         if self.left_out:
             line += (f"\nleft out {len(self.left_out)} heads to stay under {self.budget_mb:g} MB: "
                      f"{format_head_list(self.left_out)}")
+        if "norm" in self.weightings:
+            line += (f"\nvalue-weighted views: every layer mean, the grid and {len(self.weighted_heads)} of "
+                     f"the {len(self.heads)} heads")
         if self.mean_bits < 10:
             line += (f"\nlayer means rounded to {self.mean_bits} mantissa bits to fit (relative error "
                      f"≤ {2.0 ** -(self.mean_bits + 1):.2%}); heads are exact float16")
@@ -110,7 +119,7 @@ def save_snapshot(source, path: str | os.PathLike | None = None, *, layers: Sequ
     Parameters
     ----------
     source : AttentionTrace or AttentionWidget
-        A widget's view (layer, head, scale, step, pinned token) and compare trace are kept.
+        A widget's view (layer, head, scale, weighting, step, pinned token) and compare trace are kept.
     path : file to write, atomically. ``None`` returns the page as a string instead (pure
         ASCII, base64 blobs: about a third larger, fit for an iframe ``srcdoc``).
     layers : model layers to include (default: every captured layer).
@@ -122,7 +131,11 @@ def save_snapshot(source, path: str | os.PathLike | None = None, *, layers: Sequ
         not fit. Importance is your order for ``(layer, head)`` pairs, otherwise the head's
         role and sink scores: ``max(previous-token, self, 1 − normalised entropy) × (1 − sink)``,
         so focused heads with a clear role come first and heads that only look at the sink
-        come last. The page lists every head it left out; a fetch of one says so.
+        come last. The page lists every head it left out; a fetch of one says so. A trace with
+        value norms also carries value-weighted views (``weighting="norm"``) in what the weights
+        leave of the budget: their grid and layer means, then the included heads in the same
+        order; the page says which are missing, or that they all are. (Long, pooled snapshots
+        carry the weights only, and say so.)
     title : page title (default: the model name and the start of the text).
 
     Returns
@@ -140,12 +153,12 @@ def save_snapshot(source, path: str | os.PathLike | None = None, *, layers: Sequ
     widget, candidates = _snapshot_widget(source, layers, heads, budget_mb)
     try:
         try:
-            data, included, left_out, mean_bits, content = _attention_page(
+            data, included, left_out, mean_bits, content, kinds, weighted = _attention_page(
                 widget, candidates, budget_mb, title, portable=path is None)
         except _ExactTooBig:  # the exact layer means do not fit: every head and mean pooled instead
             widget.close()
             widget, candidates = _snapshot_widget(source, layers, heads, budget_mb, pool=True)
-            data, included, left_out, mean_bits, content = _attention_page(
+            data, included, left_out, mean_bits, content, kinds, weighted = _attention_page(
                 widget, candidates, budget_mb, title, portable=path is None)
     finally:
         widget.close()
@@ -155,7 +168,8 @@ def save_snapshot(source, path: str | os.PathLike | None = None, *, layers: Sequ
     b = widget.trace.block()
     return Snapshot(path, len(data), tuple(included), tuple(left_out), len(b.layers),
                     b.n_queries * b.n_keys, len(widget.traces), float(budget_mb), mean_bits,
-                    content.pool_side if content else 0, content.step_rows if content else ())
+                    content.pool_side if content else 0, content.step_rows if content else (), kinds,
+                    tuple(weighted))
 
 
 def static(source, *, height: int = 1000, budget_mb: float = 10.0, **kwargs) -> StaticSnapshot:
@@ -231,7 +245,7 @@ def _snapshot_widget(source, layers: Sequence[int] | None, heads: HeadChoice, bu
         traces, view, labels = (source,), {}, ("A", "B")
     elif isinstance(source, AttentionWidget):
         traces = tuple(t.narrow(block=source.block) for t in source.traces)  # the block it shows
-        view = {name: getattr(source, name) for name in ("layer", "head", "scale", "theme")}
+        view = {name: getattr(source, name) for name in ("layer", "head", "scale", "theme", "weighting")}
         labels = source.view_data.labels
     else:
         raise TypeError(f"source must be an AttentionTrace or AttentionWidget; got {type(source).__name__}")
@@ -262,6 +276,7 @@ def _snapshot_widget(source, layers: Sequence[int] | None, heads: HeadChoice, bu
                              layer=layer, head=head, scale=view.get("scale", "linear"),
                              theme=view.get("theme", "auto"), send_all_below=0, push_bokeh=False,
                              **dict(zip(("pool_above", "pool_side"), _pooling(traces, budget_mb, pool))))
+    widget.snapshot_weighting = view.get("weighting", "attention")  # the page's, if it fits
     if isinstance(source, AttentionWidget):
         with contextlib.suppress(traitlets.TraitError):  # both hold when the block has the steps
             widget.step, widget.selected_token = source.step, source.selected_token
@@ -295,9 +310,12 @@ def head_priority(scores) -> np.ndarray:
 
 def _attention_page(widget, candidates: list[tuple[int, int]], budget_mb: float, title: str | None,
                     *, portable: bool) -> tuple[bytes, list[tuple[int, int]], list[tuple[int, int]], int,
-                                                long.LongContent | None]:
+                                                long.LongContent | None, tuple[str, ...],
+                                                list[tuple[int, int]]]:
     """The page's bytes, the heads it holds, the heads it left out, the mantissa bits kept
-    in the layer means (10: exact float16) and, for a long trace, what it holds pooled."""
+    in the layer means (10: exact float16), for a long trace what it holds pooled, the
+    weightings it can show, and the heads whose value-weighted views it holds (those come after
+    every head's weights, when the budget has room)."""
     from ..figures import bokeh_source
 
     data = widget.view_data
@@ -332,7 +350,14 @@ def _attention_page(widget, candidates: list[tuple[int, int]], budget_mb: float,
             raise RuntimeError(f"the widget could not answer {key!r}: {content.get('message')}")
         if mean_bits < 10:
             buffers = [_round_mantissa(buf, mean_bits) for buf in buffers]
-        return page.add_reply(request, content, buffers, itemsize=1 if key == "grid" else 2)
+        return page.add_reply(request, content, buffers, itemsize=1 if key.startswith("grid") else 2)
+
+    def show_weightings(kinds: tuple[str, ...]) -> tuple[str, ...]:
+        """The page offers ``kinds``, and opens on the widget's weighting if it is one of them."""
+        page.state["_weightings"] = list(kinds)
+        wanted = getattr(widget, "snapshot_weighting", "attention")
+        page.state["weighting"] = wanted if wanted in kinds else "attention"
+        return kinds
 
     for source in range(n_sources):
         if (source, "grid") not in in_payload:
@@ -344,6 +369,8 @@ def _attention_page(widget, candidates: list[tuple[int, int]], budget_mb: float,
     side = int(header.get("pool_side") or 0)
     if base > budget:
         raise (ValueError if side else _ExactTooBig)(_too_small(base, b, budget_mb, "with no layer mean"))
+    norm_lost = ("pooled" if side else None) if "norm" in data.weightings else "none"
+    kinds = show_weightings(("attention",))
     if side:  # a long trace: pooled images and step rows (see .long)
         page.unanswered["fetch"]["message"] = long.unanswered_message(side, budget_mb)
         units = long.fill(trace, side=side, n_sources=n_sources, candidates=candidates,
@@ -354,10 +381,10 @@ def _attention_page(widget, candidates: list[tuple[int, int]], budget_mb: float,
         while True:
             content = long.content_of(units, side, candidates)
             page.header_html = _header_html(page.title, content.left_out, candidates, budget_mb, 10,
-                                            long.header_lines(content, trace, budget_mb))
+                                            long.header_lines(content, trace, budget_mb), norm_lost=norm_lost)
             out = page.render()
             if len(out) <= budget or len(units) <= 1:
-                return out, list(content.heads), list(content.left_out), 10, content
+                return out, list(content.heads), list(content.left_out), 10, content, kinds, []
             for s, key in reversed(units.pop().added):  # the running estimate was short
                 page.drop_last_reply(fetch(s, key))
     # Layer means are always included. When at full float16 precision they would leave less
@@ -371,28 +398,63 @@ def _attention_page(widget, candidates: list[tuple[int, int]], budget_mb: float,
             page.drop_last_reply(fetch(s, key))
     if size > budget:
         raise _ExactTooBig(_too_small(size, b, budget_mb, f"with the means rounded to {mean_bits} bits"))
-    included: list[tuple[int, int]] = []
-    for layer, head in candidates:
-        key = f"head/{layer}/{head}"
-        missing = [s for s in range(n_sources) if (s, key) not in in_payload]
-        cost = sum(add(s, key) for s in missing)
-        if size + cost > budget:
-            for s in reversed(missing):
+    def head_keys(layer: int, head: int, end: str = "") -> list[tuple[int, str]]:
+        key = f"head/{layer}/{head}{end}"
+        return [(s, key) for s in range(n_sources) if (s, key) not in in_payload]
+
+    def fill(pairs, end: str, size: int) -> tuple[list[tuple[int, int]], int]:
+        """Heads of ``pairs`` (of weighting suffix ``end``) added in order while they fit."""
+        added: list[tuple[int, int]] = []
+        for layer, head in pairs:
+            missing = head_keys(layer, head, end)
+            cost = sum(add(s, key) for s, key in missing)
+            if size + cost > budget:
+                for s, key in reversed(missing):
+                    page.drop_last_reply(fetch(s, key))
+                break
+            size += cost
+            added.append((layer, head))
+        return added, size
+
+    included, size = fill(candidates, "", size)
+    weighted: list[tuple[int, int]] = []
+    extra: list[tuple[int, str]] = []
+    if norm_lost is None:
+        # The value-weighted views come after the weights, within what is left: their grid and
+        # layer means (rounded as the weights' are), then the included heads in the same order.
+        extra = [(s, "grid/norm") for s in range(n_sources)] + [(s, f"{key}/norm") for s, key in means]
+        cost = sum(add(s, key, 10 if key.startswith("grid") else mean_bits) for s, key in extra)
+        if size + cost <= budget:
+            kinds = show_weightings(data.weightings)
+            weighted, size = fill(included, "/norm", size + cost)
+        else:
+            norm_lost = "budget"
+            for s, key in reversed(extra):
                 page.drop_last_reply(fetch(s, key))
-            break
-        size += cost
-        included.append((layer, head))
+            extra = []
     while True:
         left_out = candidates[len(included):]
-        page.header_html = _header_html(page.title, left_out, candidates, budget_mb, mean_bits)
-        data = page.render()
-        last = f"head/{included[-1][0]}/{included[-1][1]}" if included else None
-        missing = [s for s in range(n_sources) if last and (s, last) not in in_payload]
-        if len(data) <= budget or not missing:
-            return data, included, left_out, mean_bits, None
-        included.pop()  # the running estimate was short: give back the last head
-        for s in reversed(missing):
-            page.drop_last_reply(fetch(s, last))
+        page.header_html = _header_html(page.title, left_out, candidates, budget_mb, mean_bits,
+                                        norm_lost=norm_lost, weighted=(weighted, included)
+                                        if len(kinds) > 1 else None)
+        out = page.render()
+        if len(out) <= budget:
+            return out, included, left_out, mean_bits, None, kinds, weighted
+        # The running estimate was short: give back what was added last (replies can only be
+        # taken back in that order): a value-weighted head, else the value-weighted grid and
+        # means, else a head.
+        if weighted:
+            missing = head_keys(*weighted.pop(), "/norm")
+        elif extra:
+            missing, extra, norm_lost = extra, [], "budget"
+            kinds = show_weightings(("attention",))
+        else:
+            missing = head_keys(*included[-1]) if included else []
+            if not missing:
+                return out, included, left_out, mean_bits, None, kinds, weighted
+            included.pop()
+        for s, key in reversed(missing):
+            page.drop_last_reply(fetch(s, key))
 
 
 def _too_small(size: int, b, budget_mb: float, how: str) -> str:
@@ -416,10 +478,14 @@ def _round_mantissa(payload: bytes, bits: int) -> bytes:
 
 
 def _header_html(title: str, left_out: Sequence[tuple[int, int]], candidates: Sequence[tuple[int, int]],
-                 budget_mb: float, mean_bits: int, long_lines: Sequence[str] | None = None) -> str:
+                 budget_mb: float, mean_bits: int, long_lines: Sequence[str] | None = None,
+                 norm_lost: str | None = None, weighted: tuple[Sequence, Sequence] | None = None) -> str:
     """The page's own heading (the widget shows the run's details): its title, that it is an
     offline snapshot, and plainly which heads were left out (for a long trace, ``long_lines``:
-    the resolution of each view and what needs the live widget)."""
+    the resolution of each view and what needs the live widget) and, when the trace has value
+    norms and the page does not carry them, that the value-weighted views are missing
+    (``norm_lost``: ``"budget"`` or ``"pooled"``; ``"none"``: the trace has none), or which
+    heads lack theirs (``weighted``: the heads with a value-weighted view, and those included)."""
     from .. import __version__
 
     lines = [f"<h1>{ascii_html(title)}</h1>",
@@ -434,6 +500,19 @@ def _header_html(title: str, left_out: Sequence[tuple[int, int]], candidates: Se
             f"out</b> to keep this file under {budget_mb:g} MB; {kept} heads are here in full, and "
             "the layer means and all-heads grid still cover every head. Left out: "
             f"{ascii_html(format_head_list(left_out))}.</p>")
+    if norm_lost in ("budget", "pooled"):
+        why = (f"they did not fit beside the attention weights' layer means and grid under {budget_mb:g} MB"
+               if norm_lost == "budget"
+               else "a long trace's pooled snapshot carries the attention weights only")
+        lines.append('<p class="aw-snap-left-out aw-snap-no-norm"><b>Value-weighted views are not in this '
+                     f"file</b> ({why}): the Weights menu offers the attention weights only; the live widget "
+                     "or a larger budget_mb shows them.</p>")
+    elif weighted is not None and len(weighted[0]) < len(weighted[1]):
+        have, heads = weighted
+        lines.append('<p class="aw-snap-left-out aw-snap-no-norm"><b>Value-weighted views of '
+                     f"{len(heads) - len(have)} of the {len(heads)} heads here were left out</b> to stay "
+                     f"under {budget_mb:g} MB (their layer means and grid are here): "
+                     f"{ascii_html(format_head_list(list(heads[len(have):])))}.</p>")
     if mean_bits < 10:
         lines.append(f'<p class="aw-snap-left-out">To fit, the layer means keep {mean_bits} of the '
                      f"10 float16 mantissa bits (relative error at most {2.0 ** -(mean_bits + 1):.2%}); "

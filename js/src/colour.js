@@ -233,3 +233,27 @@ function cell(s, q, k) {
   const bits = s.data[q * s.shape[1] + k];
   return bits === 0x8000 ? NaN : F16[bits];
 }
+
+/**
+ * The largest value of a float16 section (NaN, -0 and negative patterns skipped), kept on the
+ * section: value-weighted views (α·‖f(x)‖) are not in [0, 1], so their colour range is 0…this.
+ */
+export function sectionMax(section) {
+  if (section.max !== undefined) return section.max;
+  const bits = new Int16Array(section.data.buffer, section.data.byteOffset, section.data.length);
+  let m = -1;
+  for (let i = 0; i < bits.length; i++) if (bits[i] > m && bits[i] < 0x7c01) m = bits[i];
+  section.max = m < 0 ? 0 : F16[m];
+  return section.max;
+}
+
+/**
+ * The colour range of a view: scaleMapping's for the attention weights; value-weighted
+ * (`weighting` "norm"), linear 0…`max` and log `max`·1e-4…`max` (the view's max: its cells are
+ * α·‖f(x)‖, not in [0, 1]); the row scale divides each row by its max either way.
+ */
+export function viewMapping(scale, weighting, max) {
+  if (weighting !== "norm" || scale === "row") return scaleMapping(scale);
+  const high = max > 0 ? max : 1;
+  return scale === "log" ? { kind: "log", low: high * LOG_LOW, high } : { kind: "linear", low: 0, high };
+}

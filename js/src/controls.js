@@ -8,6 +8,14 @@ import { MEAN } from "./store.js";
 const CAVEAT =
   "Attention is a debugging signal, not an explanation: it shows where the model looked, not why.";
 const MEAN_CAVEAT = "Averaging over heads hides per-head behaviour: check single heads before concluding.";
+// Shown instead of CAVEAT while the view is value-weighted.
+export const NORM_CAVEAT =
+  "Value-weighted (Kobayashi et al. 2020, “Attention is Not Only a Weight”): each weight × the norm of " +
+  "what its token's value adds; still not an explanation.";
+const WEIGHTING_NAMES = { attention: "attention", norm: "value-weighted" };
+const NO_NORMS =
+  "Value-weighted attention needs the norms of the values, which these traces do not hold: capture with " +
+  "aw.capture(..., values='norms') (or a snapshot left them out to fit its budget).";
 const BLOCK_NAMES = {
   encoder: "encoder self-attention",
   decoder: "decoder self-attention",
@@ -43,6 +51,8 @@ export class Controls {
     this.headInput.addEventListener("input", () => this.set("head", heads[+this.headInput.value]));
     this.meanBox.addEventListener("change", () => this.set("head", this.meanBox.checked ? MEAN : heads[+this.headInput.value]));
     this.scaleSelect.addEventListener("change", () => this.set("scale", this.scaleSelect.value));
+    this.weightSelect = weightingMenu(this.get("_weightings") ?? ["attention"]);
+    this.weightSelect.addEventListener("change", () => this.set("weighting", this.weightSelect.value));
     this.noticeBox = h("div", { class: "aw-notice", role: "alert" });
     return {
       title: h("div", { class: "aw-title", text: title }),
@@ -51,8 +61,12 @@ export class Controls {
         h("label", {}, h("span", { text: "Head" }), this.headInput, this.headOut),
         h("label", {}, this.meanBox, h("span", { text: "mean of heads" })),
         h("label", {}, h("span", { text: "Colour" }), this.scaleSelect),
+        h("label", { title: this.weightSelect.title }, h("span", { text: "Weights" }), this.weightSelect),
         this.blockMenu()),
-      caveat: h("div", { class: "aw-caveat" }, h("span", { text: CAVEAT }), h("strong", { class: "aw-mean-caveat", text: ` ${MEAN_CAVEAT}` })),
+      // The value-weighted sentence only where it can be chosen (it may make the box taller).
+      caveat: h("div", { class: "aw-caveat" }, h("span", { text: CAVEAT }),
+        this.weightSelect.disabled ? null : h("span", { class: "aw-norm-caveat", text: NORM_CAVEAT }),
+        h("strong", { class: "aw-mean-caveat", text: ` ${MEAN_CAVEAT}` })),
       notice: this.noticeBox,
       prompt: this.promptArea(),
     };
@@ -95,8 +109,8 @@ export class Controls {
       h("div", { class: "aw-row" }, h("span", { class: "aw-note", text: "Prompt" }), this.promptBox, this.runButton, this.runStatus));
   }
 
-  /** The sliders, outputs, toggle and menu showing `layer`, `head` and `scale`. */
-  show(layer, head, scale) {
+  /** The sliders, outputs, toggle and menus showing `layer`, `head`, `scale` and `weighting`. */
+  show(layer, head, scale, weighting = "attention") {
     const { layers, heads } = this.state.trace;
     this.layerInput.value = Math.max(0, layers.indexOf(layer));
     this.layerOut.textContent = `${layer}`;
@@ -105,6 +119,7 @@ export class Controls {
     this.meanBox.checked = head === MEAN;
     this.headInput.disabled = head === MEAN;
     this.scaleSelect.value = scale;
+    this.weightSelect.value = weighting;
   }
 
   showPrompt(text) {
@@ -144,6 +159,34 @@ export class Controls {
   dispose() {
     clearTimeout(this.noticeTimer);
   }
+}
+
+/**
+ * The "Weights" menu: attention | value-weighted; `weightings` are those the traces can show
+ * (the `_weightings` trait). Without "norm" the value-weighted choice is disabled, and the
+ * menu's title says why and how to capture what it needs.
+ */
+export function weightingMenu(weightings) {
+  const menu = h("select", { class: "aw-weighting", "aria-label": "weights" });
+  const choice = weightingChoice(weightings);
+  for (const o of choice.options) {
+    const option = h("option", { value: o.value, text: o.label });
+    option.disabled = o.disabled;
+    menu.append(option);
+  }
+  menu.disabled = choice.disabled;
+  menu.title = choice.title;
+  return menu;
+}
+
+/** What the "Weights" menu offers for `weightings`: {options: [{value, label, disabled}], disabled, title}. */
+export function weightingChoice(weightings) {
+  const norm = weightings.includes("norm");
+  return {
+    options: Object.entries(WEIGHTING_NAMES).map(([value, label]) => ({ value, label, disabled: !weightings.includes(value) })),
+    disabled: !norm,
+    title: norm ? `attention: the weights α (0…1). ${NORM_CAVEAT}` : NO_NORMS,
+  };
 }
 
 /** Whether the dark theme applies: the `theme` trait, or for "auto" JupyterLab's, or the system's. */

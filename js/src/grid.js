@@ -3,17 +3,18 @@
 // kernel computes it (thumbnails, then badges, layer by layer).
 
 import { h } from "./dom.js";
-import { MEAN } from "./store.js";
+import { MEAN, thumbsKey, weightingSuffix } from "./store.js";
 
 export class Grid {
   /**
    * state: the view's shared state (reads `trace`, `lut`). section(source, key): a section in the
    * browser, or undefined. metricNames(): the metrics present. pick(layer, head): a click.
    * progress(): while the grid fills in, {thumbs, metrics}: captured heads (layer-major) with
-   * their thumbnail, layers with their badges; null once complete.
+   * their thumbnail, layers with their badges; null once complete. weighting(): the `weighting`
+   * trait (value-weighted thumbnails and badges come from `thumbs/norm`, `metric/<name>/norm`).
    */
-  constructor({ state, section, metricNames, pick, progress = () => null }) {
-    Object.assign(this, { state, section, metricNames, pick, progress });
+  constructor({ state, section, metricNames, pick, progress = () => null, weighting = () => "attention" }) {
+    Object.assign(this, { state, section, metricNames, pick, progress, weighting });
     this.metric = null;
     this.cells = null;
   }
@@ -27,23 +28,31 @@ export class Grid {
     });
     this.grid = h("div", { class: "aw-grid" });
     this.status = h("span", { class: "aw-note aw-grid-status", role: "status" });
+    this.title = h("span", { text: "All heads (click to select)" });
     this.cells = null;
+    this.menuNames = undefined;
     return h("div", { class: "aw-grid-box" },
-      h("div", { class: "aw-section-title" }, h("span", { text: "All heads (click to select)" }), this.status, this.menu),
+      h("div", { class: "aw-section-title" }, this.title, this.status, this.menu),
       this.grid);
   }
 
   /** The thumbnails (or "loading…" until the `thumbs` section is here) and the badge menu. */
   draw(layer, head) {
     if (!this.grid) return;
-    const thumbs = this.section(0, "thumbs");
+    const weighting = this.weighting();
+    this.title.textContent = weighting === "norm" ? "All heads, value-weighted" : "All heads (click to select)";
+    const thumbs = this.section(0, thumbsKey(weighting));
+    this.shownWeighting = weighting;
     if (!thumbs) {
+      this.cells = null;
       this.grid.replaceChildren(h("div", { class: "aw-muted", text: "loading thumbnails…" }));
       return;
     }
     const { header, sources } = this.state.trace;
     const have = this.metricNames();
-    if (this.menu.options.length !== have.length + 1) {
+    const names = have.join("|");
+    if (this.menuNames !== names) {
+      this.menuNames = names;
       this.menu.replaceChildren(h("option", { value: "", text: have.length ? "no badge" : "no metrics available" }),
         ...have.map((n) => h("option", { value: n, text: n.replace(/_/g, " "), title: header.metrics?.[n] ?? n })));
       this.metric = have.includes(this.metric) ? this.metric : have[0] ?? "";
@@ -86,7 +95,7 @@ export class Grid {
   /** Badge texts and tooltips for the chosen metric (the thumbnails stay). */
   updateBadges() {
     if (!this.cells) return;
-    const metric = this.metric ? this.section(0, `metric/${this.metric}`) : null;
+    const metric = this.metric ? this.section(0, `metric/${this.metric}${weightingSuffix(this.shownWeighting)}`) : null;
     const nH = this.state.trace.sources[0].heads.length;
     for (const { cell, badge, index, layer, head } of this.cells.values()) {
       const computing = this.pending && Math.floor(index / nH) >= this.pending.layers;

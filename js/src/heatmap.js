@@ -4,12 +4,15 @@
 // tooltip; the hover, pin and step boxes. PROTOCOL.md, "Bokeh skeletons".
 
 import { embedFigure, setChanged, themeDocument } from "./bokeh.js";
-import { LOG_LOW, bitsLUT, colorize, paletteLUT, poolDiff, scaleMapping } from "./colour.js";
+import { bitsLUT, colorize, paletteLUT, poolDiff, scaleMapping, sectionMax, viewMapping } from "./colour.js";
 import { h } from "./dom.js";
 import { poolColourFast, poolRelativeFast, wasmEngine } from "./fastpool.js";
-import { coverage, covers, matrixShape, valueAt } from "./payload.js";
+import { cellLines, colourBarTitle } from "./legend.js";
+import { coverage, covers, matrixShape } from "./payload.js";
 import { ImageCache, MEAN } from "./store.js";
-import { axisTicks, quoted } from "./tokens.js";
+import { axisTicks } from "./tokens.js";
+
+export { cellLines, colourBarTitle } from "./legend.js";
 import { cellRegion, coversView, detailRegion, pixelsFor, placement, resolutionText, stepBox } from "./zoom.js";
 
 const IMAGE_CACHE_BYTES = 48 * 2 ** 20; // per view: a dozen 1024² images
@@ -176,11 +179,9 @@ export class Heatmap {
       // Bokeh re-lays out on every property write, so write only what changed.
       const mapping = top.entry.mapping;
       const mapper = mapping.kind === "log" ? p.log : p.linear;
-      if (mapping.kind === "linear" && (p.linear.low !== mapping.low || p.linear.high !== mapping.high)) {
-        p.linear.setv({ low: mapping.low, high: mapping.high });
-      }
+      if (mapper.low !== mapping.low || mapper.high !== mapping.high) mapper.setv({ low: mapping.low, high: mapping.high });
       if (p.colourBar.color_mapper !== mapper) p.colourBar.color_mapper = mapper;
-      const title = colourBarTitle(p.kind, scale, top.entry);
+      const title = colourBarTitle(p.kind, scale, top.entry, this.get("weighting"));
       if (p.colourBar.title !== title) p.colourBar.title = title;
       const pooled = !alone && coverage(this.used(p, this.sections)[0]).side > 1;
       const note = resolutionText(top.entry.side, pooled, pooled ? this.detail?.state ?? null : null);
@@ -255,6 +256,10 @@ export class Heatmap {
     if (!cells) return null;
     const pixels = pixelsFor(used[0], cells, view, maxPixels);
     const diffMax = under?.entry.mapping.kind === "linear" && p.kind === "diff" ? under.entry.mapping.high : 0;
+    // Value-weighted, a region drawn over its pooled head keeps the head's colour range.
+    const weighting = this.get("weighting");
+    const range = (s) => (p.kind !== "diff" && under && weighting === "norm" ? under.entry.mapping
+      : viewMapping(scale, weighting, sectionMax(s)));
     const cacheKey = `${p.kind}|${p.source}|${key}|${scale}|${cells.q0},${cells.q1},${cells.k0},${cells.k1}|${pixels}|${diffMax}`;
     // Benchmarks set __awColdImages to time pooling and colouring on every move.
     const entry = globalThis.__awColdImages ? null : this.images.get(cacheKey, used);
@@ -269,7 +274,7 @@ export class Heatmap {
       pooled = poolRelativeFast(secs[p.source], cells, pixels);
       mapping = scaleMapping(scale);
     } else {
-      mapping = scaleMapping(scale);
+      mapping = range(secs[p.source]);
       pooled = poolColourFast(secs[p.source], cells, pixels, this.coloursFor(mapping));
       rgba = pooled.rgba;
     }
@@ -287,6 +292,7 @@ export class Heatmap {
   coloursFor(mapping) {
     const key = `${mapping.kind}|${mapping.low}|${mapping.high}`;
     let table = this.colourTables.get(key);
+    if (!table && this.colourTables.size >= 16) this.colourTables.clear(); // value-weighted: one per view max
     if (!table) this.colourTables.set(key, (table = bitsLUT(mapping, this.state.lut)));
     return table;
   }
@@ -302,10 +308,12 @@ export class Heatmap {
     if (!idle || !this.ready || globalThis.__awColdImages) return;
     const generation = this.generation;
     const scale = this.get("scale");
+    const weighting = this.get("weighting");
     const n = this.state.trace.sources.length;
     const todo = [...keys];
     const step = (deadline) => {
-      if (this.destroyed || this.generation !== generation || this.get("scale") !== scale) return;
+      if (this.destroyed || this.generation !== generation || this.get("scale") !== scale
+        || this.get("weighting") !== weighting) return;
       while (todo.length && deadline.timeRemaining() > 12) {
         const key = todo.shift();
         const secs = Array.from({ length: n }, (_, i) => this.section(i, key));
@@ -389,7 +397,7 @@ export class Heatmap {
     const { c, source } = this.hovered;
     const head = this.get("head");
     const lines = [`layer ${this.get("layer")}, ${head === MEAN ? "mean of heads" : `head ${head}`}`,
-      ...cellLines(this.state.trace, this.shownAt(c), c, source)];
+      ...cellLines(this.state.trace, this.shownAt(c), c, source, this.get("weighting"))];
     this.readout.replaceChildren(...lines.map((t) => h("div", { text: t })));
     return lines;
   }
@@ -467,34 +475,4 @@ export function visibleRegion(xRange, yRange, nq, nk) {
     k0: clamp(Math.floor(Math.min(...xs)), nk), k1: clamp(Math.ceil(Math.max(...xs)), nk),
     q0: clamp(Math.floor(Math.min(...ys)), nq), q1: clamp(Math.ceil(Math.max(...ys)), nq),
   };
-}
-
-/** The colour bar's title for a panel's image. */
-export function colourBarTitle(kind, scale, image) {
-  const name = kind === "diff" ? `|A − B| (max ${image.max.toFixed(3)})`
-    : { linear: "weight", log: `weight (log, < ${LOG_LOW} at bottom)`, row: "weight ÷ row max" }[scale];
-  return image.side > 1 ? `${name} · 1 px = max of ${image.side}×${image.side}` : name;
-}
-
-/**
- * Readout lines of a hovered cell {q, k}: its tokens, then its weight (A, B and |Δ| compared);
- * from a pooled image, the max of the square holding the cell, and what that square is.
- */
-export function cellLines(facts, sections, c, source) {
-  const lines = [`query ${c.q} ${quoted(facts.tokens[c.q])} → key ${c.k} ${quoted(facts.keyTokens[c.k])}`];
-  const fmt = (v) => (Number.isNaN(v) ? "—" : v < 1e-3 && v > 0 ? v.toExponential(2) : v.toFixed(4));
-  const side = coverage(sections[Math.max(0, source)]).side;
-  const what = side > 1 ? `max of ${side}×${side} tokens` : "weight";
-  if (facts.compare) {
-    const [a, b] = [0, 1].map((i) => valueAt(sections[i], c.q, c.k));
-    lines.push(`${side > 1 ? `${what}: ` : ""}${facts.sources[0].label} ${fmt(a)} · ${facts.sources[1].label} ${fmt(b)} · |Δ| ${fmt(Math.abs(a - b))}`);
-  } else {
-    lines.push(`${what} ${fmt(valueAt(sections[source], c.q, c.k))}`);
-  }
-  if (side > 1) {
-    const q0 = Math.floor(c.q / side) * side;
-    const k0 = Math.floor(c.k / side) * side;
-    lines.push(`(pooled: queries ${q0}–${q0 + side - 1} × keys ${k0}–${k0 + side - 1}; zoom in for each weight)`);
-  }
-  return lines;
 }

@@ -12,7 +12,7 @@ import { Grid } from "./grid.js";
 import { Heatmap } from "./heatmap.js";
 import { asBytes, decodeHeader, decodePayload } from "./payload.js";
 import { Steps } from "./steps.js";
-import { MEAN, headName, matrixKey, neighbourKeys, regionKey } from "./store.js";
+import { MEAN, gridKey, headName, matrixKey, neighbourKeys, regionKey, thumbsKey, weightingSuffix } from "./store.js";
 import { Strip } from "./strip.js";
 import { Sync, bokehSource } from "./sync.js";
 
@@ -93,7 +93,7 @@ class AttentionView {
     // Arrow keys on the sliders belong to the widget, not to JupyterLab's notebook shortcuts.
     this.root = h("div", { class: "aw-root", "data-lm-suppress-shortcuts": "true" });
     const sync = (this.sync = new Sync(model, {
-      onData: (source, key) => (key === "grid" ? this.drawGrid() : this.draw()),
+      onData: (source, key) => (key.startsWith("grid") ? this.drawGrid() : this.draw()),
       onNotice: (message) => this.controls.notice(message),
       onRun: (msg) => this.controls.runState(msg),
     }));
@@ -114,8 +114,11 @@ class AttentionView {
       onSpan: (a, b) => this.heatmap.zoomTo(a, b, a, b), select: (q) => set("selected_token", q),
     });
     this.steps = new Steps({ state, get, set });
+    this.weightingShown = undefined;
+    const weighting = () => get("weighting");
     this.grid = new Grid({
-      state, section, metricNames: () => sync.metricNames(0), progress: () => sync.gridProgress(0),
+      state, section, weighting, metricNames: () => sync.metricNames(0, weighting()),
+      progress: () => (weighting() === "norm" ? null : sync.gridProgress(0)),
       pick: (layer, head) => {
         set("layer", layer);
         set("head", head);
@@ -129,7 +132,7 @@ class AttentionView {
     this.el.classList.add("aw-host");
     this.el.replaceChildren(h("style", { text: css }), this.root);
     sync.connect();
-    for (const name of ["layer", "head", "scale"]) sync.follow(name, () => this.onViewChange());
+    for (const name of ["layer", "head", "scale", "weighting"]) sync.follow(name, () => this.onViewChange());
     sync.follow("selected_token", () => this.updateHighlights());
     sync.follow("step", () => this.updateStep());
     sync.listen("change:theme", () => this.applyTheme());
@@ -265,10 +268,16 @@ class AttentionView {
     if (!this.heatmap.ready) return;
     const layer = this.sync.get("layer");
     const head = this.sync.get("head");
-    this.controls.show(layer, head, this.sync.get("scale"));
+    const weighting = this.sync.get("weighting");
+    this.controls.show(layer, head, this.sync.get("scale"), weighting);
     this.root.classList.toggle("aw-is-mean", head === MEAN);
+    this.root.classList.toggle("aw-is-norm", weighting === "norm");
     this.root.classList.toggle("aw-compare", this.state.trace.compare);
     this.draw();
+    if (this.weightingShown !== weighting) {
+      this.weightingShown = weighting;
+      this.drawGrid(); // thumbnails and badges of the weighting shown
+    }
     this.grid.mark(layer, head);
   }
 
@@ -281,10 +290,11 @@ class AttentionView {
     const { sync, state } = this;
     const layer = sync.get("layer");
     const head = sync.get("head");
-    const key = matrixKey(layer, head, state.trace.poolSide);
+    const weighting = sync.get("weighting");
+    const key = matrixKey(layer, head, state.trace.poolSide, weighting);
     const secs = state.trace.sources.map((_, i) => sync.want(i, key));
-    const detail = this.detail(layer, head);
-    const what = `layer ${layer}, ${head === MEAN ? "mean of heads" : `head ${head}`}`;
+    const detail = this.detail(layer, head, weighting);
+    const what = `layer ${layer}, ${head === MEAN ? "mean of heads" : `head ${head}`}${weighting === "norm" ? " · value-weighted" : ""}`;
     if (!secs.every(Boolean)) {
       this.root.classList.add("aw-loading");
       this.heatmap.label(`${what} · loading…`);
@@ -297,7 +307,7 @@ class AttentionView {
     this.heatmap.draw(key, secs, detail);
     this.updateHighlights();
     this.updateStep();
-    this.prefetch(layer, head);
+    this.prefetch(layer, head, weighting);
   }
 
   /**
@@ -305,15 +315,17 @@ class AttentionView {
    * full-resolution region in view (`state` "shown", or "loading" while it is fetched, with the
    * last region of this head drawn meanwhile), {state: "tooBig"}, or null (not needed).
    */
-  detail(layer, head) {
+  detail(layer, head, weighting) {
     const { poolSide, sources } = this.state.trace;
     const region = this.heatmap.detailWanted(poolSide);
     if (!region) return null;
     if (region.tooBig) return { state: "tooBig" };
     const prefix = `region/${layer}/${headName(head)}/`;
-    const last = this.lastDetail?.key.startsWith(prefix) ? this.lastDetail : null;
+    const end = weightingSuffix(weighting);
+    const same = (k) => k.startsWith(prefix) && (end ? k.endsWith(end) : !k.endsWith("/norm"));
+    const last = this.lastDetail && same(this.lastDetail.key) ? this.lastDetail : null;
     if (last && this.heatmap.viewCovered(last.sections)) return last; // a pan inside the region shown
-    const key = regionKey(layer, head, region);
+    const key = regionKey(layer, head, region, weighting);
     const secs = sources.map((_, i) => this.sync.want(i, key, "detail"));
     if (!secs.every(Boolean)) return { key: last?.key ?? key, sections: last?.sections, state: "loading" };
     this.lastDetail = { key, sections: secs, state: "shown" };
@@ -321,16 +333,16 @@ class AttentionView {
   }
 
   /** Neighbours of the shown key: asked for while idle, coloured while idle; the grid if missing. */
-  prefetch(layer, head) {
+  prefetch(layer, head, weighting) {
     const { sync, state } = this;
-    const keys = neighbourKeys(layer, head, state.trace.layers, state.trace.heads, state.trace.poolSide);
+    const keys = neighbourKeys(layer, head, state.trace.layers, state.trace.heads, state.trace.poolSide, weighting);
     const n = state.trace.sources.length;
     const go = () => {
       if (!this.destroyed) for (let i = 0; i < n; i++) sync.prefetch(i, keys);
     };
     (globalThis.requestIdleCallback ?? setTimeout)(go);
     this.heatmap.prerender(keys);
-    if (!sync.section(0, "thumbs")) for (let i = 0; i < n; i++) sync.want(i, "grid", "grid");
+    if (!sync.section(0, thumbsKey(weighting))) for (let i = 0; i < n; i++) sync.want(i, gridKey(weighting), "grid");
   }
 
   /** Row/column boxes in the heatmap and strip shading, from the hovered or pinned token. */
@@ -361,7 +373,7 @@ class AttentionView {
     if (!poolSide || q < 0) return null;
     const head = this.sync.get("head");
     const nk = cross ? sources[0].n_keys : q + 1;
-    const key = regionKey(this.sync.get("layer"), head, { q0: q, q1: q + 1, k0: 0, k1: nk });
+    const key = regionKey(this.sync.get("layer"), head, { q0: q, q1: q + 1, k0: 0, k1: nk }, this.sync.get("weighting"));
     const secs = sources.map((_, i) => this.sync.want(i, key, "row"));
     return secs.every(Boolean) ? secs : null;
   }

@@ -89,8 +89,10 @@ export class Steps {
     const frame = this.bars.view.frame?.bbox;
     const pixels = frame ? frame.width : 600;
     const bars = from ? barData(trace, from, this.get("step"), dark, pixels) : null;
-    this.barNote.textContent = !from && trace.poolSide > 0 ? "loading the row…"
-      : bars?.bucket > 1 ? `1 bar = max of ${bars.bucket} keys (zoom the heatmap for each)` : "";
+    const norm = this.get("weighting") === "norm";
+    this.barNote.textContent = [norm ? "bars: value-weighted α·‖f(x)‖" : "",
+      !from && trace.poolSide > 0 ? "loading the row…"
+        : bars?.bucket > 1 ? `1 bar = max of ${bars.bucket} keys (zoom the heatmap for each)` : ""].filter(Boolean).join(" · ");
     if (!bars) {
       this.bars.source.data = { x: [], top: [], color: [] };
       return;
@@ -102,7 +104,7 @@ export class Steps {
     this.bars.source.data = { x: bars.x, top: bars.top, color: bars.color };
     this.bars.xRange.setv({ start: 0, end: bars.nKeys });
     // The y-range follows the data (bars of at most 0.2 looked flat on a fixed 0–1).
-    const high = barsHigh(bars.top);
+    const high = barsHigh(bars.top, norm ? Infinity : 1.02);
     if (this.bars.yRange && this.bars.yRange.end !== high) this.bars.yRange.setv({ start: 0, end: high });
     const { ticks, labels } = axisTicks(0, bars.nKeys, trace.keyTokens, pixels);
     this.bars.ticker.ticks = ticks;
@@ -120,11 +122,14 @@ export class Steps {
   }
 }
 
-/** The top of the bar chart's y-range: 8% over the highest bar (NaN skipped), at most 1.02. */
-export function barsHigh(tops) {
+/**
+ * The top of the bar chart's y-range: 8% over the highest bar (NaN skipped), at most `cap`
+ * (1.02 for weights; value-weighted bars, α·‖f(x)‖, have no cap).
+ */
+export function barsHigh(tops, cap = 1.02) {
   let m = 0;
   for (const v of tops) if (v > m) m = v;
-  return m > 0 ? Math.min(1.02, m * 1.08) : 1.02;
+  return m > 0 ? Math.min(cap, m * 1.08) : Math.min(cap, 1.02);
 }
 
 /** What step `t` is: its output token and the query row that produced it. */

@@ -10,21 +10,33 @@ export const MAX_PREFETCH = 2;
 /** The `head` trait's value for the mean of the captured heads of a layer. */
 export const MEAN = -1;
 
+/** What the keys of a weighting end in: "" for the attention weights, "/norm" value-weighted. */
+export const weightingSuffix = (weighting) => (weighting === "norm" ? "/norm" : "");
+
+/** Whether a key is value-weighted (PROTOCOL.md: a complete payload covers the weights only). */
+export const isWeighted = (key) => key.endsWith("/norm");
+
+/** The grid's key (`grid`, `grid/norm`), and its thumbnails' section key (`thumbs`, `thumbs/norm`). */
+export const gridKey = (weighting) => `grid${weightingSuffix(weighting)}`;
+export const thumbsKey = (weighting) => `thumbs${weightingSuffix(weighting)}`;
+
 /**
  * The key of the matrix shown for a layer and head (head MEAN = mean of heads): the whole head
  * (`head/L/H`, `mean/L`), or with `poolSide` > 0 (a long trace) its pooled image
- * (`pool/L/H/side`, `pool/L/mean/side`).
+ * (`pool/L/H/side`, `pool/L/mean/side`); value-weighted (`weighting` "norm"), with `/norm` after.
  */
-export function matrixKey(layer, head, poolSide = 0) {
-  if (poolSide > 0) return `pool/${layer}/${headName(head)}/${poolSide}`;
-  return head === MEAN ? `mean/${layer}` : `head/${layer}/${head}`;
+export function matrixKey(layer, head, poolSide = 0, weighting = "attention") {
+  const end = weightingSuffix(weighting);
+  if (poolSide > 0) return `pool/${layer}/${headName(head)}/${poolSide}${end}`;
+  return (head === MEAN ? `mean/${layer}` : `head/${layer}/${head}`) + end;
 }
 
 /** A head as `pool/` and `region/` keys name it: its index, or `mean`. */
 export const headName = (head) => (head === MEAN ? "mean" : `${head}`);
 
 /** The key of a full-resolution region: query rows q0…q1-1 and keys k0…k1-1 of a layer and head. */
-export const regionKey = (layer, head, { q0, q1, k0, k1 }) => `region/${layer}/${headName(head)}/${q0}/${q1}/${k0}/${k1}`;
+export const regionKey = (layer, head, { q0, q1, k0, k1 }, weighting = "attention") =>
+  `region/${layer}/${headName(head)}/${q0}/${q1}/${k0}/${k1}${weightingSuffix(weighting)}`;
 
 /**
  * Keys worth prefetching around the one shown: heads ±1 in the same layer, the same head in
@@ -32,22 +44,26 @@ export const regionKey = (layer, head, { q0, q1, k0, k1 }) => `region/${layer}/$
  * where each costs the kernel a pass over the head): the layer's own mean first, then heads ±1
  * and the same head in layers ±1.
  */
-export function neighbourKeys(layer, head, layers, heads, poolSide = 0) {
+export function neighbourKeys(layer, head, layers, heads, poolSide = 0, weighting = "attention") {
   const li = layers.indexOf(layer);
   const hi = heads.indexOf(head);
   const keys = [];
-  if (poolSide > 0 && head !== MEAN) keys.push(matrixKey(layer, MEAN, poolSide));
+  const key = (l, x, side = poolSide) => matrixKey(l, x, side, weighting);
+  if (poolSide > 0 && head !== MEAN) keys.push(key(layer, MEAN));
   if (head !== MEAN) {
-    for (const d of [1, -1]) if (heads[hi + d] !== undefined) keys.push(matrixKey(layer, heads[hi + d], poolSide));
+    for (const d of [1, -1]) if (heads[hi + d] !== undefined) keys.push(key(layer, heads[hi + d]));
   }
   for (const d of [1, -1]) {
     const l = layers[li + d];
     if (l === undefined) continue;
-    keys.push(matrixKey(l, head, poolSide));
-    if (head !== MEAN && !poolSide) keys.push(matrixKey(l, MEAN));
+    keys.push(key(l, head));
+    if (head !== MEAN && !poolSide) keys.push(key(l, MEAN, 0));
   }
   return keys;
 }
+
+/** Whether a payload whose header is `header` holds every key like `key` (never fetch it). */
+export const completeFor = (header, key) => !!header?.complete && !isWeighted(key);
 
 export class SectionStore {
   /**
@@ -102,7 +118,7 @@ export class SectionStore {
    */
   want(source, key, slot = "view") {
     const s = this.get(source, key);
-    if (s || !this.header || this.header.complete) return s;
+    if (s || !this.header || completeFor(this.header, key)) return s;
     const id = sectionId(source, key);
     if (this.inFlight.has(id)) return undefined;
     const busy = [...this.pending.values()].some((p) => p.source === source && p.slot === slot && !p.prefetch);
@@ -113,8 +129,9 @@ export class SectionStore {
 
   /** Ask for keys in the background, at most MAX_PREFETCH requests in flight. */
   prefetch(source, keys) {
-    if (!this.header || this.header.complete) return;
+    if (!this.header) return;
     for (const key of keys) {
+      if (completeFor(this.header, key)) continue;
       const inFlight = [...this.pending.values()].filter((p) => p.prefetch).length;
       if (inFlight >= MAX_PREFETCH) return;
       const id = sectionId(source, key);
@@ -153,12 +170,12 @@ export class SectionStore {
     } else {
       const { header, sections } = decodePayload(buffers[0]);
       if (header.metrics) this.header.metrics = { ...this.header.metrics, ...header.metrics };
-      if (req.key === "grid") {
+      if (req.key === "grid") { // (a value-weighted grid comes whole: no parts)
         if (header.progress) this.progress.set(req.source, header.progress);
         else this.progress.delete(req.source);
       }
       for (const [id, s] of sections) {
-        if (s.key === "thumbs" || s.key.startsWith("metric/")) this.base.set(id, s);
+        if (s.key.startsWith("thumbs") || s.key.startsWith("metric/")) this.base.set(id, s);
         else this._cache(id, s);
       }
       this.onData(req.source, req.key);

@@ -158,10 +158,13 @@ export class Sync {
     return this.store.progress.get(source) ?? null;
   }
 
-  /** Names of the `metric/*` sections of a source in the browser (the grid's badges). */
-  metricNames(source) {
+  /** Names of the `metric/*` sections of a source in the browser (the grid's badges), of a
+   * weighting (`metric/<name>` or, value-weighted, `metric/<name>/norm`). */
+  metricNames(source, weighting = "attention") {
+    const norm = weighting === "norm";
     return [...this.store.base.values()]
-      .filter((s) => s.source === source && s.key.startsWith("metric/")).map((s) => s.key.slice(7));
+      .filter((s) => s.source === source && s.key.startsWith("metric/") && s.key.endsWith("/norm") === norm)
+      .map((s) => s.key.slice(7, norm ? -5 : undefined));
   }
 
   /**
