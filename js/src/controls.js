@@ -9,9 +9,9 @@ const CAVEAT =
   "Attention is a debugging signal, not an explanation: it shows where the model looked, not why.";
 const MEAN_CAVEAT = "Averaging over heads hides per-head behaviour: check single heads before concluding.";
 // Shown instead of CAVEAT while the view is value-weighted.
+// One line at the widths CAVEAT fits (they share the box, whose height must not change).
 export const NORM_CAVEAT =
-  "Value-weighted (Kobayashi et al. 2020, “Attention is Not Only a Weight”): each weight × the norm of " +
-  "what its token's value adds; still not an explanation.";
+  "Value-weighted: each weight × the norm of its token's value (Kobayashi et al. 2020, “Attention is Not Only a Weight”).";
 const WEIGHTING_NAMES = { attention: "attention", norm: "value-weighted" };
 const NO_NORMS =
   "Value-weighted attention needs the norms of the values, which these traces do not hold: capture with " +
@@ -22,7 +22,14 @@ const BLOCK_NAMES = {
   cross: "cross-attention (decoder → encoder)",
   self: "self-attention",
 };
-const SCALE_NAMES = { linear: "linear 0…1", log: "log 1e-4…1", row: "row-relative (÷ row max)" };
+// Short labels (the controls fit one row in JupyterLab at 1280 px with the file browser open);
+// each option's title says it in full.
+const SCALE_NAMES = { linear: "linear", log: "log", row: "÷ row max" };
+const SCALE_TITLES = {
+  linear: "linear: 0…1 (value-weighted: 0…the view's max)",
+  log: "log: 1e-4…1 (value-weighted: max·1e-4…max)",
+  row: "row-relative: each query row divided by its own max",
+};
 const NOTICE_MS = 8000;
 
 export class Controls {
@@ -46,7 +53,7 @@ export class Controls {
     this.headOut = h("output", { class: "aw-value" });
     this.meanBox = h("input", { type: "checkbox", class: "aw-mean" });
     this.scaleSelect = h("select", { class: "aw-scale", "aria-label": "colour scale" });
-    for (const [value, label] of Object.entries(SCALE_NAMES)) this.scaleSelect.append(h("option", { value, text: label }));
+    for (const [value, label] of Object.entries(SCALE_NAMES)) this.scaleSelect.append(h("option", { value, text: label, title: SCALE_TITLES[value] }));
     this.layerInput.addEventListener("input", () => this.set("layer", layers[+this.layerInput.value]));
     this.headInput.addEventListener("input", () => this.set("head", heads[+this.headInput.value]));
     this.meanBox.addEventListener("change", () => this.set("head", this.meanBox.checked ? MEAN : heads[+this.headInput.value]));
@@ -59,7 +66,7 @@ export class Controls {
       bar: h("div", { class: "aw-controls" },
         h("label", {}, h("span", { text: "Layer" }), this.layerInput, this.layerOut),
         h("label", {}, h("span", { text: "Head" }), this.headInput, this.headOut),
-        h("label", {}, this.meanBox, h("span", { text: "mean of heads" })),
+        h("label", { title: "mean of the layer's captured heads" }, this.meanBox, h("span", { text: "mean" })),
         h("label", {}, h("span", { text: "Colour" }), this.scaleSelect),
         h("label", { title: this.weightSelect.title }, h("span", { text: "Weights" }), this.weightSelect),
         this.blockMenu()),
@@ -185,7 +192,7 @@ export function weightingChoice(weightings) {
   return {
     options: Object.entries(WEIGHTING_NAMES).map(([value, label]) => ({ value, label, disabled: !weightings.includes(value) })),
     disabled: !norm,
-    title: norm ? `attention: the weights α (0…1). ${NORM_CAVEAT}` : NO_NORMS,
+    title: norm ? `attention: the weights α (0…1). ${NORM_CAVEAT} Still a debugging signal, not an explanation.` : NO_NORMS,
   };
 }
 

@@ -20,8 +20,8 @@ export function colourBarTitle(kind, scale, image, weighting = "attention") {
   if (kind === "diff") name = `|A − B| (max ${image.max.toFixed(3)})`;
   else if (weighting === "norm") {
     const high = short(image.mapping?.high ?? 1);
-    name = { linear: `${NORM_NAME}, 0…${high} (view max)`, log: `${NORM_NAME} (log, view max ${high})`,
-      row: `${NORM_NAME} ÷ row max` }[scale];
+    name = { linear: `α·‖f(x)‖ (value-weighted), 0…max ${high}`, log: `α·‖f(x)‖ (value-weighted, log), max ${high}`,
+      row: "α·‖f(x)‖ (value-weighted) ÷ row max" }[scale];
   } else name = { linear: "weight", log: `weight (log, < ${LOG_LOW} at bottom)`, row: "weight ÷ row max" }[scale];
   return image.side > 1 ? `${name} · 1 px = max of ${image.side}×${image.side}` : name;
 }

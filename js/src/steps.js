@@ -66,6 +66,7 @@ export class Steps {
       plot: root.model, view: root, source: doc.get_model_by_name("bars_source"),
       ticker: doc.get_model_by_name("bars_x_ticker"), axis: doc.get_model_by_name("bars_x_axis"),
       xRange: doc.get_model_by_name("bars_x_range"), yRange: doc.get_model_by_name("bars_y_range"),
+      yAxis: doc.get_model_by_name("bars_y_axis"),
       glyph: root.model.renderers.find((r) => r.data_source?.name === "bars_source")?.glyph,
     };
   }
@@ -105,6 +106,12 @@ export class Steps {
     this.bars.xRange.setv({ start: 0, end: bars.nKeys });
     // The y-range follows the data (bars of at most 0.2 looked flat on a fixed 0–1).
     const high = barsHigh(bars.top, norm ? Infinity : 1.02);
+    const yAxis = this.bars.yAxis;
+    if (yAxis && yAxis.axis_label !== (norm ? "α·‖f(x)‖" : "weight")) {
+      yAxis.axis_label = norm ? "α·‖f(x)‖" : "weight";
+      // Small value-weighted bars read as 0.004, not 4.000e−3.
+      if (yAxis.formatter && "power_limit_low" in yAxis.formatter) yAxis.formatter.power_limit_low = -6;
+    }
     if (this.bars.yRange && this.bars.yRange.end !== high) this.bars.yRange.setv({ start: 0, end: high });
     const { ticks, labels } = axisTicks(0, bars.nKeys, trace.keyTokens, pixels);
     this.bars.ticker.ticks = ticks;

@@ -84,8 +84,8 @@ test("value-weighted colour ranges run to the view's max; the weights' stay 0…
 
 test("the colour bar and the readout say a value is value-weighted", () => {
   const image = { side: 1, mapping: { kind: "linear", low: 0, high: 12.5 } };
-  assert.equal(colourBarTitle("single", "linear", image, "norm"), "value-weighted α·‖f(x)‖, 0…12.50 (view max)");
-  assert.match(colourBarTitle("single", "log", { ...image, side: 4 }, "norm"), /^value-weighted α·‖f\(x\)‖ \(log, view max 12\.50\) · 1 px = max of 4×4$/);
+  assert.equal(colourBarTitle("single", "linear", image, "norm"), "α·‖f(x)‖ (value-weighted), 0…max 12.50");
+  assert.equal(colourBarTitle("single", "log", { ...image, side: 4 }, "norm"), "α·‖f(x)‖ (value-weighted, log), max 12.50 · 1 px = max of 4×4");
   assert.equal(colourBarTitle("single", "linear", image), "weight");
   const m = { key: "head/0/0/norm", dtype: "float16", layout: "tril", shape: [2], data: f16array(packTril([3, 0, 0.25, 1.5], 2)) };
   const f = traceFacts({ mode: "single", sources: [source({ n: 2, prompt: 2 })] });
