@@ -78,8 +78,10 @@ class Snapshot:
 
     @property
     def bytes_per_cell(self) -> float:
-        """File bytes ÷ (heads included × cells per head), everything counted."""
-        return self.nbytes / max(1, self.n_sources * len(self.heads) * self.cells_per_head)
+        """File bytes ÷ (full views included × cells per head), everything counted: a head's
+        value-weighted view counts as one more view."""
+        views = len(self.heads) + len(self.weighted_heads)
+        return self.nbytes / max(1, self.n_sources * views * self.cells_per_head)
 
     def __fspath__(self) -> str:
         return str(self.path)
