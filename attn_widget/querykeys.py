@@ -28,6 +28,7 @@ ROW_CHUNK = 512
 _blas_lock = threading.Lock()
 _blas_users = 0
 _blas_limits = None
+_blas_controller = None  # made once: making one scans every loaded library (~10 ms)
 
 
 @contextlib.contextmanager
@@ -39,12 +40,14 @@ def one_blas_thread() -> Iterator[None]:
     (the threads spin waiting for each other on products this small). The limit is
     process-wide and reference-counted: the first user sets it, the last one out restores it.
     """
-    global _blas_users, _blas_limits
+    global _blas_users, _blas_limits, _blas_controller
     with _blas_lock:
         if _blas_users == 0:
-            from threadpoolctl import threadpool_limits
+            if _blas_controller is None:
+                from threadpoolctl import ThreadpoolController
 
-            _blas_limits = threadpool_limits(limits=1, user_api="blas")
+                _blas_controller = ThreadpoolController()
+            _blas_limits = _blas_controller.limit(limits=1, user_api="blas")
         _blas_users += 1
     try:
         yield
