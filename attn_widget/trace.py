@@ -12,16 +12,16 @@ layout lives in :mod:`attn_widget.geometry`, tokens in :mod:`attn_widget.tokens`
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .blockcache import ArrayCache
 from .geometry import n_from_packed, pack_causal, packed_rows, tril_offset, unpack_causal
 from .querykeys import ROW_CHUNK, QueryKeys, one_blas_thread
 from .selection import Indices, check_index, format_ranges, model_indices, position_in
@@ -61,8 +61,7 @@ class AttentionBlock:
         self.queries, self.keys = queries, keys
         self._data, self.qk = data, qk
         self.norms = norms
-        self._cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
-        self._cache_lock = threading.Lock()
+        self._cache = ArrayCache(CACHE_BYTES)
 
     @property
     def form(self) -> str:
@@ -212,16 +211,50 @@ class AttentionBlock:
 
     def _pool_into(self, out: np.ndarray, li: int, hi: int | None, side: int, step: int,
                    weighting: str) -> None:
-        nq, nk, c = self.n_queries, self.n_keys, out.shape[1]
-        for s in range(0, nq, step):
-            e = min(s + step, nq)
-            rows = self.head_rows(li, hi, s, e, weighting)
-            seen = min(e, nk) if self.causal else nk  # later columns are 0 in a causal chunk
-            cols = np.zeros((e - s, c), np.float32)
-            cols[:, :math.ceil(seen / side)] = np.maximum.reduceat(
-                rows[:, :seen], np.arange(0, seen, side), axis=1)
-            out[s // side:s // side + math.ceil((e - s) / side)] = np.maximum.reduceat(
-                cols, np.arange(0, e - s, side), axis=0)
+        for s in range(0, self.n_queries, step):
+            e = min(s + step, self.n_queries)
+            self._pool_rows(out, self.head_rows(li, hi, s, e, weighting), s, e, side)
+
+    def _pool_rows(self, out: np.ndarray, rows: np.ndarray, s: int, e: int, side: int) -> None:
+        """Max-pool query rows ``s:e`` (``s`` a multiple of ``side``) into ``out``'s squares."""
+        nk, c = self.n_keys, out.shape[1]
+        seen = min(e, nk) if self.causal else nk  # later columns are 0 in a causal chunk
+        cols = np.zeros((e - s, c), np.float32)
+        cols[:, :math.ceil(seen / side)] = np.maximum.reduceat(
+            rows[:, :seen], np.arange(0, seen, side), axis=1)
+        out[s // side:s // side + math.ceil((e - s) / side)] = np.maximum.reduceat(
+            cols, np.arange(0, e - s, side), axis=0)
+
+    def pooled_layer(self, li: int, side: int, weighting: str = "attention") -> list[np.ndarray]:
+        """:meth:`pooled` of every head of layer position ``li`` and then of their mean (``hi``
+        None), from one pass over each head's rows (asked one by one, the mean recomputes every
+        head). Each goes into the cache as :meth:`pooled` keeps it, so later calls are free."""
+        side = int(side)
+        heads = list(range(len(self.heads)))
+        keys = [("pooled", int(li), h, side, weighting) for h in heads + [None]]
+        hits = [self._cache_get(k) for k in keys]
+        if all(h is not None for h in hits):
+            return hits
+        self.key_factors(li, 0, weighting)  # refused before any work
+        shape = (math.ceil(self.n_queries / side), math.ceil(self.n_keys / side))
+        outs = [np.empty(shape, np.float32) for _ in keys]
+        step = side * max(1, ROW_CHUNK // side)
+        with one_blas_thread():
+            for s in range(0, self.n_queries, step):
+                e = min(s + step, self.n_queries)
+                total = None
+                for h in heads:  # the mean sums the rows in head_rows' order: the same numbers
+                    rows = self.rows(li, h, s, e, weighting)
+                    self._pool_rows(outs[h], rows, s, e, side)
+                    total = rows if total is None else np.add(total, rows, out=total)
+                total /= len(heads)
+                self._pool_rows(outs[-1], total, s, e, side)
+        return [self._cache_put(k, out) for k, out in zip(keys, outs)]
+
+    def cache_holding(self, nbytes: int) -> contextlib.AbstractContextManager[None]:
+        """Let the block's cache hold at least ``nbytes`` meanwhile (a snapshot's pooled images,
+        made once and read back as it is written), then shrink it back."""
+        return self._cache.holding(nbytes)
 
     def region(self, li: int, hi: int | None, queries: tuple[int, int],
                keys: tuple[int, int], weighting: str = "attention") -> np.ndarray:
@@ -259,24 +292,12 @@ class AttentionBlock:
         return out
 
     def _cache_get(self, key: tuple) -> np.ndarray | None:
-        with self._cache_lock:
-            hit = self._cache.get(key)
-            if hit is not None:
-                self._cache.move_to_end(key)
-            return hit
+        return self._cache.get(key)
 
     def _cache_put(self, key: tuple, value: np.ndarray) -> np.ndarray:
         """Keep ``value`` (read-only) unless it is over a quarter of :data:`CACHE_BYTES`; drop the
-        least recently used entries past the budget."""
-        value.setflags(write=False)
-        if value.nbytes > CACHE_BYTES // 4:
-            return value
-        with self._cache_lock:
-            self._cache[key] = value
-            total = sum(v.nbytes for v in self._cache.values())
-            while total > CACHE_BYTES:
-                total -= self._cache.popitem(last=False)[1].nbytes
-        return value
+        least recently used entries past the budget (:meth:`cache_holding` raises it a while)."""
+        return self._cache.put(key, value)
 
     def mean_of_heads(self, li: int, weighting: str = "attention") -> np.ndarray:
         """float32 mean over the captured heads of layer position ``li``, in the stored layout."""

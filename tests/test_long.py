@@ -69,6 +69,30 @@ def test_rows_asked_in_any_pieces_equal_the_whole_head():
     np.testing.assert_allclose(whole, pieces, rtol=1e-5, atol=1e-8)
 
 
+@pytest.mark.parametrize("causal", [True, False])
+def test_a_layer_pooled_in_one_pass_equals_each_head_and_the_mean_pooled_alone(causal):
+    side = 7
+    one = _qk_block(ROW_CHUNK + 40, causal=causal, window=0)
+    alone = [one.pooled(1, h, side) for h in range(4)] + [one.pooled(1, None, side)]
+    layer = _qk_block(ROW_CHUNK + 40, causal=causal).pooled_layer(1, side)
+    assert len(layer) == 5
+    for a, b in zip(alone, layer):
+        np.testing.assert_array_equal(a, b)
+    whole = one.rows(1, slice(None), 0, one.n_queries).mean(axis=0)
+    np.testing.assert_allclose(layer[-1], _max_pool(whole, side), rtol=1e-5, atol=1e-7)
+
+
+def test_pooled_layer_fills_the_cache_that_pooled_reads_and_holding_keeps_more(monkeypatch):
+    monkeypatch.setattr(trace_module, "CACHE_BYTES", 100_000)
+    b = _qk_block(300)
+    with b.cache_holding(2_000_000):
+        made = b.pooled_layer(0, 3) + b.pooled_layer(1, 3)  # ten 100 × 100 float32: 400 kB
+        assert all(b.pooled(li, h, 3) is made[li * 5 + (4 if h is None else h)]
+                   for li in (0, 1) for h in (0, 1, 2, 3, None))
+    assert b.pooled(0, 0, 3) is not made[0]  # back under 100 kB: the oldest went
+    assert b.pooled(1, None, 3) is made[-1]
+
+
 def test_the_block_cache_stays_under_its_budget(monkeypatch):
     monkeypatch.setattr(trace_module, "CACHE_BYTES", 200_000)
     b = _qk_block(300)
