@@ -26,7 +26,7 @@ from .selection import MEAN, check_count, format_ranges, is_int
 from .trace import AttentionTrace
 from .valuenorms import WEIGHTINGS
 
-SCALES = ("linear", "log", "row")
+SCALES = ("auto", "linear", "log", "row")
 THEMES = ("auto", "light", "dark")
 _ESM = Path(__file__).parent / "static" / "widget.js"
 if not _ESM.is_file():
@@ -45,9 +45,11 @@ class AttentionWidget(anywidget.AnyWidget):
         A second trace of the same model: the view shows A, B and |A − B|.
     layer, head : int, optional
         Model layer and head shown first (``head=MEAN`` or ``"mean"``: mean of heads).
-    scale : {"linear", "log", "row"}
+    scale : {"auto", "linear", "log", "row"}
         Colour scale: linear 0…1, log 1e-4…1, or each query row divided by its max
-        (value-weighted: 0…the view's max, log max·1e-4…max).
+        (value-weighted: 0…the view's max, log max·1e-4…max). ``"auto"`` (the default): log from
+        256 tokens on (a long prompt's weights spread thin, and a linear scale shows one faint
+        diagonal), linear below; the menu says which ("auto: log").
     weighting : {"attention", "norm"}
         ``"norm"``: show value-weighted attention, ``α_ij ‖f_h(x_j)‖`` (Kobayashi et al. 2020,
         "Attention is Not Only a Weight"), in every view; needs traces captured with value norms
@@ -83,7 +85,7 @@ class AttentionWidget(anywidget.AnyWidget):
     _esm = _ESM.read_text(encoding="utf-8")
     layer = traitlets.Int(0).tag(sync=True)
     head = traitlets.Int(0).tag(sync=True)
-    scale = traitlets.Enum(SCALES, "linear").tag(sync=True)
+    scale = traitlets.Enum(SCALES, "auto").tag(sync=True)
     weighting = traitlets.Unicode("attention").tag(sync=True)
     # The weightings the traces shown can be read with (the front end's weights menu).
     _weightings = traitlets.List(traitlets.Unicode(), ["attention"]).tag(sync=True)
@@ -102,7 +104,7 @@ class AttentionWidget(anywidget.AnyWidget):
     _bokeh_js = traitlets.Bytes(b"").tag(sync=True)
 
     def __init__(self, trace: AttentionTrace, *, compare: AttentionTrace | None = None,
-                 layer: int | None = None, head: int | str | None = None, scale: str = "linear",
+                 layer: int | None = None, head: int | str | None = None, scale: str = "auto",
                  weighting: str = "attention", theme: str = "auto", labels: Sequence[str] = ("A", "B"),
                  send_all_below: int = 8 * 2**20, pool_above: int | None = POOL_ABOVE,
                  pool_side: int | None = None, run: Callable[[str], AttentionTrace] | None = None,

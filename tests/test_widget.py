@@ -53,7 +53,7 @@ def widget(trace):
 
 
 def test_defaults_show_the_first_layer_and_head_and_the_first_generated_token(widget):
-    assert (widget.layer, widget.head, widget.scale) == (0, 0, "linear")
+    assert (widget.layer, widget.head, widget.scale) == (0, 0, "auto")
     assert (widget.step, widget.selected_token) == (0, -1)
 
 
@@ -106,7 +106,7 @@ def test_front_end_values_out_of_range_are_clamped_and_reported(widget):
 def test_front_end_garbage_keeps_the_current_value(widget):
     Recorder(widget)
     widget.set_state({"layer": "seven", "scale": "<b>bold</b>"})
-    assert (widget.layer, widget.scale) == (0, "linear")
+    assert (widget.layer, widget.scale) == (0, "auto")
 
 
 def test_python_observers_see_front_end_moves(widget):

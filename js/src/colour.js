@@ -15,6 +15,17 @@ export function paletteLUT(palette) {
   return lut;
 }
 
+/** From this many keys on, the `auto` scale is log: a long prompt's weights spread thin, and on a
+ * linear scale a head reads as one faint diagonal on a dark square. */
+export const AUTO_LOG_TOKENS = 256;
+
+/** The scale drawn for the `scale` trait: `auto` (the default) is log from AUTO_LOG_TOKENS keys on,
+ * linear below; a scale the user chose is kept as it is. */
+export function resolveScale(scale, nKeys) {
+  if (scale !== "auto") return scale;
+  return nKeys >= AUTO_LOG_TOKENS ? "log" : "linear";
+}
+
 /** The colour range a scale uses: `{kind, low, high}` for Bokeh's mapper and for colorize. */
 export function scaleMapping(scale, diffMax = 1) {
   if (scale === "log") return { kind: "log", low: LOG_LOW, high: 1 };

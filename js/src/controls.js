@@ -2,6 +2,7 @@
 // scale and attention-block menus, the caveat banner, the notice line, the prompt box of a live
 // kernel; and which theme applies.
 
+import { AUTO_LOG_TOKENS } from "./colour.js";
 import { h, keyboardSlider } from "./dom.js";
 import { MEAN } from "./store.js";
 
@@ -24,8 +25,9 @@ const BLOCK_NAMES = {
 };
 // Short labels (the controls fit one row in JupyterLab at 1280 px with the file browser open);
 // each option's title says it in full.
-const SCALE_NAMES = { linear: "linear", log: "log", row: "÷ row max" };
+const SCALE_NAMES = { auto: "auto", linear: "linear", log: "log", row: "÷ row max" };
 const SCALE_TITLES = {
+  auto: `auto (the default): log from ${AUTO_LOG_TOKENS} tokens on, where a long prompt's weights spread thin and a linear scale shows one faint diagonal; linear below`,
   linear: "linear: 0…1 (value-weighted: 0…the view's max)",
   log: "log: 1e-4…1 (value-weighted: max·1e-4…max)",
   row: "row-relative: each query row divided by its own max",
@@ -116,8 +118,11 @@ export class Controls {
       h("div", { class: "aw-row" }, h("span", { class: "aw-note", text: "Prompt" }), this.promptBox, this.runButton, this.runStatus));
   }
 
-  /** The sliders, outputs, toggle and menus showing `layer`, `head`, `scale` and `weighting`. */
-  show(layer, head, scale, weighting = "attention") {
+  /**
+   * The sliders, outputs, toggle and menus showing `layer`, `head`, `scale` and `weighting`;
+   * `drawn`: the scale `auto` stands for (whichever is chosen), which its option names ("auto: log").
+   */
+  show(layer, head, scale, weighting = "attention", drawn = "linear") {
     const { layers, heads } = this.state.trace;
     this.layerInput.value = Math.max(0, layers.indexOf(layer));
     this.layerOut.textContent = `${layer}`;
@@ -126,6 +131,9 @@ export class Controls {
     this.meanBox.checked = head === MEAN;
     this.headInput.disabled = head === MEAN;
     this.scaleSelect.value = scale;
+    const auto = this.scaleSelect.querySelector('option[value="auto"]');
+    if (auto) auto.textContent = scaleLabel("auto", drawn);
+    this.scaleSelect.title = scale === "auto" ? `colour scale: auto, now ${drawn} (${SCALE_TITLES.auto})` : `colour scale: ${SCALE_TITLES[scale] ?? scale}`;
     this.weightSelect.value = weighting;
   }
 
@@ -166,6 +174,11 @@ export class Controls {
   dispose() {
     clearTimeout(this.noticeTimer);
   }
+}
+
+/** The colour-scale menu's label of `scale`: the `auto` option names the scale it draws ("auto: log"). */
+export function scaleLabel(scale, drawn) {
+  return scale === "auto" ? `auto: ${SCALE_NAMES[drawn] ?? drawn}` : SCALE_NAMES[scale] ?? scale;
 }
 
 /**

@@ -4,6 +4,7 @@
 
 import css from "./style.css";
 import { loadBokeh } from "./bokeh.js";
+import { resolveScale } from "./colour.js";
 import { Controls, isDark, watchTheme } from "./controls.js";
 import { h, markTime } from "./dom.js";
 import { traceFacts, traceTitle } from "./facts.js";
@@ -13,6 +14,7 @@ import { Heatmap } from "./heatmap.js";
 import { asBytes, decodeHeader, decodePayload } from "./payload.js";
 import { Steps } from "./steps.js";
 import { MEAN, gridKey, headName, matrixKey, neighbourKeys, regionKey, thumbsKey, weightingSuffix } from "./store.js";
+import { MissingNote } from "./missing.js";
 import { Strip } from "./strip.js";
 import { Sync, bokehSource } from "./sync.js";
 
@@ -95,9 +97,17 @@ class AttentionView {
     const sync = (this.sync = new Sync(model, {
       onData: (source, key) => (key.startsWith("grid") ? this.drawGrid() : this.draw()),
       onNotice: (message) => this.controls.notice(message),
+      onFailed: (source, key, message) => {
+        // A matrix (head, mean, pooled) says so in place when it is the one shown (draw); a
+        // region, a step's row or the grid in the notice line.
+        if (!/^(head|mean|pool)\//.test(key)) this.controls.notice(message);
+        if (key.startsWith("grid")) this.drawGrid();
+        else this.draw();
+      },
       onRun: (msg) => this.controls.runState(msg),
     }));
-    const get = (name) => sync.get(name);
+    // The parts read the scale drawn: `auto` (the default) resolved by the trace's length.
+    const get = (name) => (name === "scale" ? resolveScale(sync.get("scale"), state.trace?.keyTokens.length ?? 0) : sync.get(name));
     const set = (name, value) => sync.set(name, value);
     const section = (source, key) => sync.section(source, key);
     const onHover = (hover) => {
@@ -114,6 +124,7 @@ class AttentionView {
       onSpan: (a, b) => this.heatmap.zoomTo(a, b, a, b), select: (q) => set("selected_token", q),
     });
     this.steps = new Steps({ state, get, set });
+    this.missing = new MissingNote(() => set("head", MEAN));
     this.weightingShown = undefined;
     const weighting = () => get("weighting");
     this.grid = new Grid({
@@ -253,6 +264,7 @@ class AttentionView {
     const top = this.controls.build(traceTitle(this.state.trace));
     const readout = h("div", { class: "aw-readout", role: "status", text: "Hover the heatmap or a token." });
     const { plots, tooltip } = this.heatmap.build(readout);
+    plots.append(this.missing.el);
     const parts = [
       top.title, top.bar, top.caveat, top.notice,
       h("div", { class: "aw-main" }, plots, h("div", { class: "aw-side" }, readout, this.grid.build())),
@@ -269,7 +281,7 @@ class AttentionView {
     const layer = this.sync.get("layer");
     const head = this.sync.get("head");
     const weighting = this.sync.get("weighting");
-    this.controls.show(layer, head, this.sync.get("scale"), weighting);
+    this.controls.show(layer, head, this.sync.get("scale"), weighting, resolveScale("auto", this.state.trace.keyTokens.length));
     this.root.classList.toggle("aw-is-mean", head === MEAN);
     this.root.classList.toggle("aw-is-norm", weighting === "norm");
     this.root.classList.toggle("aw-compare", this.state.trace.compare);
@@ -295,6 +307,14 @@ class AttentionView {
     const secs = state.trace.sources.map((_, i) => sync.want(i, key));
     const detail = this.detail(layer, head, weighting);
     const what = `layer ${layer}, ${head === MEAN ? "mean of heads" : `head ${head}`}${weighting === "norm" ? " · value-weighted" : ""}`;
+    const failed = secs.every(Boolean) ? undefined : secs.map((_, i) => sync.failure(i, key)).find(Boolean);
+    this.missing.show(failed ? { layer, head, message: failed } : null);
+    this.root.dataset.missing = failed ? key : "";
+    if (failed) {
+      this.root.classList.remove("aw-loading");
+      this.heatmap.label(`${what} · not in this file`);
+      return;
+    }
     if (!secs.every(Boolean)) {
       this.root.classList.add("aw-loading");
       this.heatmap.label(`${what} · loading…`);

@@ -91,6 +91,7 @@ export class SectionStore {
     this.inFlight = new Set(); // section ids requested and not answered
     this.queued = new Map(); // "source|slot" -> key wanted while another of the slot was in flight
     this.progress = new Map(); // source -> the `progress` of a grid still filling in
+    this.failed = new Map(); // section id -> the host's message: a key it could not send (not asked again)
   }
 
   get traceId() {
@@ -109,6 +110,11 @@ export class SectionStore {
     return s;
   }
 
+  /** The host's message when it could not send `key` (a snapshot left it out), or undefined. */
+  failure(source, key) {
+    return this.failed.get(sectionId(source, key));
+  }
+
   /**
    * The section now, or undefined after asking the host for it (onData fires on arrival).
    * `slot` names what the key is for (`view`: the matrix shown; `detail`: a zoomed region;
@@ -120,7 +126,7 @@ export class SectionStore {
     const s = this.get(source, key);
     if (s || !this.header || completeFor(this.header, key)) return s;
     const id = sectionId(source, key);
-    if (this.inFlight.has(id)) return undefined;
+    if (this.inFlight.has(id) || this.failed.has(id)) return undefined;
     const busy = [...this.pending.values()].some((p) => p.source === source && p.slot === slot && !p.prefetch);
     if (busy) this.queued.set(`${source}|${slot}`, key);
     else this._request(source, key, false, slot);
@@ -166,7 +172,10 @@ export class SectionStore {
     }
     if (msg.trace_id !== undefined && msg.trace_id !== this.traceId) return true; // stale
     if (msg.type === "error") {
-      if (!req.prefetch) this.onError(msg.message);
+      if (!req.prefetch) {
+        this.failed.set(sectionId(req.source, req.key), String(msg.message ?? "the host could not send it"));
+        this.onError(msg.message, req.source, req.key);
+      }
     } else {
       const { header, sections } = decodePayload(buffers[0]);
       if (header.metrics) this.header.metrics = { ...this.header.metrics, ...header.metrics };

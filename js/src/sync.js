@@ -13,10 +13,11 @@ let viewCounter = 0;
 export class Sync {
   /**
    * model: the anywidget model. onData(source, key): a fetched key arrived. onNotice(message):
-   * show it (a `notice`, a failed fetch, an `error` with no id). onRun(msg): progress of a `run`
-   * this view asked for.
+   * show it (a `notice`, an `error` with no id). onFailed(source, key, message): a fetch the view
+   * waited for could not be answered (the store does not ask again). onRun(msg): progress of a
+   * `run` this view asked for.
    */
-  constructor(model, { onData = () => {}, onNotice = () => {}, onRun = () => {} } = {}) {
+  constructor(model, { onData = () => {}, onNotice = () => {}, onFailed = (s, k, m) => onNotice(m), onRun = () => {} } = {}) {
     this.model = model;
     this.viewId = `v${++viewCounter}-${Math.random().toString(36).slice(2, 8)}`;
     this.requestCount = 0;
@@ -28,7 +29,7 @@ export class Sync {
       send: (msg) => this.send(msg),
       newId: () => this.newId(),
       onData,
-      onError: onNotice,
+      onError: (message, source, key) => (key === undefined ? onNotice(message) : onFailed(source, key, message)),
     });
   }
 
@@ -147,6 +148,11 @@ export class Sync {
    */
   want(source, key, slot) {
     return this.store.want(source, key, slot);
+  }
+
+  /** The host's message when it could not send `key`, or undefined. */
+  failure(source, key) {
+    return this.store.failure(source, key);
   }
 
   prefetch(source, keys) {

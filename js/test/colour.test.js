@@ -233,3 +233,12 @@ test("WebAssembly row-relative pooling equals the JavaScript one", async () => {
     assert.deepEqual(poolRelativeFast(sec, region, maxPixels).values, poolSection(sec, region, maxPixels, true).values);
   }
 });
+
+test("the auto scale is log from AUTO_LOG_TOKENS keys on, linear below; a chosen scale is kept", async () => {
+  const { AUTO_LOG_TOKENS, resolveScale } = await import("../src/colour.js");
+  assert.equal(resolveScale("auto", 40), "linear");
+  assert.equal(resolveScale("auto", AUTO_LOG_TOKENS - 1), "linear");
+  assert.equal(resolveScale("auto", AUTO_LOG_TOKENS), "log");
+  assert.equal(resolveScale("auto", 1024), "log");
+  for (const s of ["linear", "log", "row"]) assert.equal(resolveScale(s, 1024), s);
+});

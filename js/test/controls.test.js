@@ -16,3 +16,10 @@ test("auto follows JupyterLab's theme when there is one, else the system's", () 
   assert.equal(darkTheme("auto", undefined, systemDark), true);
   assert.equal(darkTheme("auto", undefined, systemLight), false);
 });
+
+test("the colour-scale menu's auto option names the scale it draws", async () => {
+  const { scaleLabel } = await import("../src/controls.js");
+  assert.equal(scaleLabel("auto", "log"), "auto: log");
+  assert.equal(scaleLabel("auto", "linear"), "auto: linear");
+  assert.equal(scaleLabel("row", "row"), "÷ row max");
+});
