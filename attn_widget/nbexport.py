@@ -124,7 +124,7 @@ def page_from_state(entry: Mapping[str, Any], title: str | None = None) -> str:
     head (traces up to the widget's ``send_all_below``, 8 MiB of weights) is complete; otherwise
     heads it never showed answer that they need ``--execute``."""
     from .encoding import decode_payload
-    from .figures import bokeh_source
+    from .figures import bokeh_source, figure_items
     from .snapshot.page import Page, ascii_html
 
     state = state_with_buffers(entry)
@@ -146,6 +146,11 @@ def page_from_state(entry: Mapping[str, Any], title: str | None = None) -> str:
     page.esm = page.add_text(widget_source())  # the installed front end reads this payload
     state = {k: v for k, v in state.items() if k not in ("_esm", "_css", "_bokeh_js", "_anywidget_id")}
     state["_live"] = False  # no kernel to run a prompt
+    # Bokeh's serialised skeletons must keep their key order (a model is defined before it is
+    # referred to), and notebooks are saved with sorted keys: they are built afresh for the view.
+    state["_figures"] = figure_items(max(s["n_queries"] for s in header["sources"]),
+                                     compact=len(header["sources"]) > 1,
+                                     n_keys=max(s["n_keys"] for s in header["sources"]))
     if state.get("block"):
         state["_blocks"] = [state["block"]]  # switching blocks re-encodes in a kernel
     page.add_state(state, itemsize=lambda name: 2 if name == "_payload" else 1)

@@ -170,3 +170,38 @@ def test_export_notebook_writes_the_html_beside_the_notebook(tmp_path):
     html = out.read_text("utf-8")
     assert "srcdoc=" in html and CDN_MANAGER not in html
     w.close()
+
+
+@pytest.mark.browser
+def test_exported_copies_draw_the_widget_offline_in_chromium(tmp_path):
+    """Both paths (saved state, notebook written with sorted keys; executed kernel) paint the
+    heatmap in the exported page with no network and no script error in the snapshot."""
+    from browser.browser_support import CHROMIUM, CHROMIUM_ARGS, new_page
+    from playwright.sync_api import sync_playwright
+
+    from attn_widget.nbconvert_exporter import export_notebook
+
+    w = AttentionWidget(small_trace(), layer=1, head=0, push_bokeh=False)
+    nbformat.write(notebook_showing(w, with_state=True), tmp_path / "saved.ipynb")
+    run = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(textwrap.dedent(c).strip())
+                                          for c in NOTEBOOK_CELLS])
+    run.metadata["kernelspec"] = {"name": "python3", "language": "python", "display_name": "Python 3"}
+    nbformat.write(run, tmp_path / "run.ipynb")
+    pages = {"saved": (export_notebook(tmp_path / "saved.ipynb"), "layer 1, head 0"),
+             "run": (export_notebook(tmp_path / "run.ipynb", execute=True), "layer 1, head 2")}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        for path, shown in pages.values():
+            page = new_page(browser, 1300, 1400)
+            problems: list[str] = []
+            page.on("pageerror", lambda e, problems=problems: problems.append(str(e)))
+            page.on("console", lambda m, problems=problems: problems.append(m.text)
+                    if m.type == "error" and "attn_widget" in m.text else None)
+            page.goto(path.as_uri())
+            frame = page.frame_locator("iframe[title='attention snapshot']")
+            frame.get_by_text(shown, exact=True).wait_for(timeout=30000)
+            frame.locator(".bk-Canvas, canvas").first.wait_for(timeout=30000)
+            assert problems == [], problems
+            page.close()
+        browser.close()
+    w.close()
