@@ -133,7 +133,11 @@ def colour_scale(scale: str, peak: float, weighting: str, n_keys: int) -> Colour
 
 
 def _num(x: float) -> str:
-    return f"{x:g}" if x >= 1e-3 or x == 0 else f"{x:.0e}".replace("e-0", "e-")
+    """A range end or tick: 3 significant digits, ``1e-4`` style below 0.001."""
+    if x >= 1e-3 or x == 0:
+        return f"{x:.3g}"
+    mantissa, exponent = f"{x:.1e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
 def token_label(text: str, limit: int = 12) -> str:

@@ -243,3 +243,26 @@ def test_a_widget_saves_what_it_shows(tmp_path):
     with pytest.raises(ValueError, match="give a path ending in .png"):
         save_widget_png(w, tmp_path / "w.svg")
     w.close()
+
+
+def test_value_weighted_figures_span_zero_to_their_max(tmp_path):
+    from attn_widget.geometry import pack_causal
+    from attn_widget.valuenorms import ValueNorms
+
+    rng = np.random.default_rng(5)
+    t = len(TOKENS)
+    a = np.tril(rng.random((1, 2, t, t)) ** 3)
+    a /= a.sum(-1, keepdims=True)
+    norms = (rng.random((1, 2, t)) * 4).astype(np.float32)
+    block = AttentionBlock("self", True, (0,), (0, 1), pack_causal(a), norms=ValueNorms(norms))
+    model = {"name": "tiny-norms", "architecture": "decoder", "n_layers": 1, "n_heads": 2, "n_kv_heads": 2}
+    trace = AttentionTrace(TokenTable(list(range(t)), TOKENS, TOKENS), {"self": block},
+                           {"prompt": (0, 5), "generated": (5, t)}, model)
+    fig = save_figure(trace, tmp_path / "norm.png", layer=0, head=1, weighting="norm", pixel_scale=1)
+    weighted = trace.head(0, 1, weighting="norm")
+    peak = weighted.max()
+    assert peak > 1 and f"linear scale 0–{peak:.3g}" in fig.title and "value-weighted" in fig.title
+    got = pixels(fig.path)[cell_centres(fig, t, t)]
+    below = np.tril(np.ones((t, t), bool))
+    want = viridis()[np.clip(np.floor(weighted / peak * 256), 0, 255).astype(int)]
+    assert (got[below] == want[below]).all(axis=-1).mean() > 0.95  # float16 storage of the product
