@@ -59,7 +59,10 @@ export function themeDocument(doc, dark) {
   const c = THEME[dark ? "dark" : "light"];
   for (const m of doc.all_models) {
     const t = m.type;
-    if (t === "Plot" || t === "Figure") m.setv({ background_fill_color: c.bg, border_fill_color: c.bg, outline_line_color: c.line });
+    // The border line in the background colour: without it the canvas's first row and column
+    // (half-covered by each paint's border fill) kept the light theme's first paint, a light
+    // 1-px line along the top and left of every plot in the dark theme.
+    if (t === "Plot" || t === "Figure") m.setv({ background_fill_color: c.bg, border_fill_color: c.bg, border_line_color: c.bg, outline_line_color: c.line });
     else if (t === "LinearAxis") m.setv({ axis_label_text_color: c.fg, major_label_text_color: c.fg, axis_line_color: c.muted, major_tick_line_color: c.muted, minor_tick_line_color: null });
     else if (t === "ColorBar") m.setv({ background_fill_color: c.bg, major_label_text_color: c.fg, title_text_color: c.fg, major_tick_line_color: c.bg });
   }

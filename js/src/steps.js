@@ -4,6 +4,7 @@
 import { embedFigure, themeDocument } from "./bokeh.js";
 import { h, keyboardSlider } from "./dom.js";
 import { row } from "./payload.js";
+import { NORM_NAME } from "./legend.js";
 import { axisTicks, quoted } from "./tokens.js";
 
 const COLOURS = { prompt: "#4c78a8", generated: "#e45756", promptDark: "#79a6dc", generatedDark: "#ff8a80" };
@@ -40,6 +41,9 @@ export class Steps {
     this.label = h("span", { class: "aw-step-label" });
     this.barNote = h("span", { class: "aw-note aw-bar-note" });
     this.host = h("div", { class: "aw-bars-host" });
+    this.tip = h("div", { class: "aw-tooltip aw-bar-tip", role: "tooltip" });
+    this.host.addEventListener("mousemove", (e) => this.hover(e));
+    this.host.addEventListener("mouseleave", () => this.tip.classList.remove("aw-visible"));
     box.append(
       h("div", { class: "aw-section-title" },
         h("span", { text: `Generation: the chosen output token's attention over ${cross ? "the encoder's tokens" : "earlier tokens"}` +
@@ -49,8 +53,30 @@ export class Steps {
         this.input,
         h("button", { type: "button", class: "aw-next", text: "▶", "aria-label": "next step", onclick: move(1) }),
         this.label, this.barNote),
-      this.host);
+      this.host, this.tip);
     return box;
+  }
+
+  /** The bar under the mouse: its token, its value (and weighting), in a tooltip. */
+  hover(e) {
+    const view = this.bars?.view;
+    const frame = view?.frame;
+    const lines = frame && this.shown ? (() => {
+      const r = (view.canvas_view?.el ?? this.host).getBoundingClientRect();
+      const sx = e.clientX - r.left;
+      const bb = frame.bbox;
+      if (sx < bb.left || sx > bb.right || e.clientY - r.top < bb.top || e.clientY - r.top > bb.bottom) return null;
+      return barLines(this.state.trace, this.shown, frame.x_scale.invert(sx), this.get("weighting"));
+    })() : null;
+    if (!lines) {
+      this.tip.classList.remove("aw-visible");
+      return;
+    }
+    this.tip.replaceChildren(...lines.map((t) => h("div", { text: t })));
+    const box = this.tip.parentElement.getBoundingClientRect();
+    this.tip.style.left = `${Math.min(e.clientX - box.left + 14, box.width - 280)}px`;
+    this.tip.style.top = `${Math.max(0, e.clientY - box.top - 70)}px`;
+    this.tip.classList.add("aw-visible");
   }
 
   /** The bar chart (`_figures.bars`), embedded after the heatmap's first paint. */
@@ -94,6 +120,7 @@ export class Steps {
     this.barNote.textContent = [norm ? "bars: value-weighted α·‖f(x)‖" : "",
       !from && trace.poolSide > 0 ? "loading the row…"
         : bars?.bucket > 1 ? `1 bar = max of ${bars.bucket} keys (zoom the heatmap for each)` : ""].filter(Boolean).join(" · ");
+    this.shown = bars;
     if (!bars) {
       this.bars.source.data = { x: [], top: [], color: [] };
       return;
@@ -109,9 +136,9 @@ export class Steps {
     const yAxis = this.bars.yAxis;
     if (yAxis && yAxis.axis_label !== (norm ? "α·‖f(x)‖" : "weight")) {
       yAxis.axis_label = norm ? "α·‖f(x)‖" : "weight";
-      // Small value-weighted bars read as 0.004, not 4.000e−3.
-      if (yAxis.formatter && "power_limit_low" in yAxis.formatter) yAxis.formatter.power_limit_low = -6;
     }
+    // Small bars (a long prompt's, or value-weighted) read as 0.004, not 4.000e−3.
+    if (yAxis?.formatter && "power_limit_low" in yAxis.formatter && yAxis.formatter.power_limit_low !== -6) yAxis.formatter.power_limit_low = -6;
     if (this.bars.yRange && this.bars.yRange.end !== high) this.bars.yRange.setv({ start: 0, end: high });
     const { ticks, labels } = axisTicks(0, bars.nKeys, trace.keyTokens, pixels);
     this.bars.ticker.ticks = ticks;
@@ -166,6 +193,8 @@ export function barData(facts, sections, t, dark, maxBars = Infinity) {
   const x = [];
   const top = [];
   const color = [];
+  const keys = []; // the key each bar shows (the max of its bucket)
+  const src = []; // the source each bar belongs to
   for (const i of shown) {
     if (q >= facts.sources[i].tokens.text.length) continue;
     const weights = row(sections[i], q, nKeys);
@@ -177,9 +206,35 @@ export function barData(facts, sections, t, dark, maxBars = Infinity) {
       if (at < 0) continue; // keys this trace does not have
       x.push(k0 + offset);
       top.push(weights[at]);
+      keys.push(at);
+      src.push(i);
       const gen = !facts.cross && at >= facts.generated[0];
       color.push((gen ? (dark ? COLOURS.generatedDark : COLOURS.generated) : (dark ? COLOURS.promptDark : COLOURS.prompt)) + alpha);
     }
   }
-  return { x, top, color, width, nKeys, bucket };
+  return { x, top, color, width, nKeys, bucket, keys, src, q, t };
+}
+
+/**
+ * The tooltip's lines for the bars at data x `x` ({…} from barData): the key's token and where
+ * it is, then its value named for its weighting (A's and B's in compare view); a bar that holds
+ * several keys says which. Null off the bars.
+ */
+export function barLines(facts, bars, x, weighting = "attention") {
+  if (!bars || !(x >= 0) || x >= bars.nKeys) return null;
+  const k0 = Math.floor(Math.floor(x) / bars.bucket) * bars.bucket;
+  const at = bars.x.map((_, j) => j).filter((j) => bars.keys[j] >= k0 && bars.keys[j] < k0 + bars.bucket);
+  if (!at.length) return null;
+  const norm = weighting === "norm";
+  const fmt = (v) => (v > 0 && v < 1e-3 ? v.toExponential(2) : v.toFixed(4));
+  const first = bars.keys[at[0]];
+  const where = !facts.cross && first >= facts.generated[0] ? "generated" : facts.cross ? "encoder" : "prompt";
+  const lines = [`key ${first} ${quoted(facts.keyTokens[first])} (${where})`];
+  const what = norm ? NORM_NAME : "attention weight";
+  if (facts.compare) {
+    lines.push(`${what}: ${at.map((j) => `${facts.sources[bars.src[j]].label} ${fmt(bars.top[j])}`).join(" · ")}`);
+  } else lines.push(`${what} ${fmt(bars.top[at[0]])}`);
+  if (bars.bucket > 1) lines.push(`(the max of keys ${k0}–${Math.min(bars.nKeys, k0 + bars.bucket) - 1})`);
+  lines.push(`from query ${bars.q} ${quoted(facts.tokens[bars.q])}, step ${bars.t}`);
+  return lines;
 }

@@ -55,3 +55,23 @@ test("the bar chart's y-range follows the highest bar, never above 1.02", () => 
   assert.equal(barsHigh([0.99, 1]), 1.02);
   assert.equal(barsHigh([]), 1.02);
 });
+
+test("hovering a bar names its token, its value and the weighting", async () => {
+  const { barLines } = await import("../src/steps.js");
+  const bars = barData(facts, [matrix], 1, false); // query 2 over keys 0–2
+  assert.deepEqual(barLines(facts, bars, 2.3), ['key 2 "␣t2" (generated)', "attention weight 0.5000", 'from query 2 "␣t2", step 1']);
+  assert.equal(barLines(facts, bars, 0.9)[0], 'key 0 "␣t0" (prompt)');
+  assert.match(barLines(facts, bars, 1.5, "norm")[1], /^value-weighted α·‖f\(x\)‖ 0\.2500$/);
+  assert.equal(barLines(facts, bars, 3.2), null, "past the last key");
+  assert.equal(barLines(facts, bars, -0.5), null);
+  const both = traceFacts({ mode: "compare", sources: [source({ n: 4, prompt: 2 }), source({ label: "B", n: 4, prompt: 2 })] });
+  assert.equal(barLines(both, barData(both, [matrix, matrix], 0, false), 1.5)[1], "attention weight: A 0.5000 · B 0.5000");
+});
+
+test("a bar holding several keys says which its max came from", async () => {
+  const { barLines } = await import("../src/steps.js");
+  const long = traceFacts({ mode: "single", sources: [source({ n: 10, prompt: 6 })] });
+  const rowSection = { key: "region/0/0/8/9/0/9", dtype: "float16", layout: "dense", shape: [1, 9], rows: [8, 9], cols: [0, 9], data: f16array([0.5, 0, 0, 0, 0.125, 0.25, 0, 0.125, 0]) };
+  const bars = barData(long, [rowSection], 3, false, 4); // bucket 3
+  assert.deepEqual(barLines(long, bars, 4.2), ['key 5 "␣t5" (prompt)', "attention weight 0.2500", "(the max of keys 3–5)", 'from query 8 "␣t8", step 3']);
+});

@@ -172,3 +172,81 @@ def test_an_explicit_scale_stays_and_a_short_prompt_stays_linear(browser, files)
         assert page.locator(".aw-scale option[value=auto]").inner_text() == "auto: linear"
     finally:
         page.context.close()
+
+
+# --------------------------------------------------------------------------- 3: the step bars
+BARS_AXIS = """() => { const v = Object.keys(window.Bokeh).find(k => /^\\d/.test(k));
+  const axis = window.Bokeh[v].documents.flatMap(d => [...d.all_models]).find(m => m.name === 'bars_x_axis');
+  return [...axis.major_label_overrides.entries()].map(([k, t]) => [Number(k), String(t)]); }"""
+
+
+def hover_bars(page, fx: float):
+    """Hover the bar chart's frame at a fraction of its width; the tooltip's text ('' if none)."""
+    box = page.locator(".aw-bars-host .bk-Plot").first.bounding_box()
+    page.mouse.move(box["x"] + 60 + fx * (box["width"] - 120), box["y"] + box["height"] * 0.45)
+    page.wait_for_timeout(150)
+    tip = page.locator(".aw-bar-tip")
+    return tip.inner_text() if tip.is_visible() else ""
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_the_step_bars_say_token_and_value_on_hover_and_keep_token_labels_past_50(browser, files, scheme):
+    page = open_offline(browser, (files / "short.html").as_uri(), scheme, height=1100)
+    try:
+        wait_shown(page, "head/1/1:linear")
+        page.evaluate("window.attnWidgetSnapshot.model.set('step', 59)")  # query 78: 79 keys
+        page.wait_for_timeout(300)
+        page.locator(".aw-steps").scroll_into_view_if_needed()
+        text = hover_bars(page, 0.5)
+        assert text.startswith("key "), text
+        assert "attention weight 0." in text and "from query 78" in text
+        key = int(text.split()[1])
+        assert 30 <= key <= 50, key
+        assert ("(generated)" in text) == (key >= 20)
+        shot(page, f"bars_hover_{scheme}")
+        labels = page.evaluate(BARS_AXIS)
+        assert 5 <= len(labels) < 79, labels  # thinned, not one per key, not none
+        assert all(t.split()[0].isdigit() and len(t.split()) == 2 for _, t in labels), labels  # "40 w3"
+        page.locator(".aw-weighting").select_option("norm")
+        wait_shown(page, "head/1/1/norm:linear")
+        page.wait_for_timeout(300)
+        assert "value-weighted α·‖f(x)‖" in hover_bars(page, 0.5)
+        page.mouse.move(1, 1)
+        page.wait_for_timeout(100)
+        assert not page.locator(".aw-bar-tip").is_visible()
+    finally:
+        page.context.close()
+
+
+# --------------------------------------------------------------------------- 4: dark theme edges
+EDGES = """() => { const out = [];
+  const walk = (n) => {
+    if (n.tagName === 'CANVAS' && n.width > 50) {
+      const c = n.getContext('2d');
+      const top = c.getImageData(0, 0, n.width - 40, 1).data, left = c.getImageData(0, 0, 1, n.height - 40).data;
+      out.push([n.closest ? '' : '', Array.from(top), Array.from(left)]);
+    }
+    if (n.shadowRoot) for (const c of n.shadowRoot.children) walk(c);
+    for (const c of n.children) walk(c);
+  };
+  for (const host of document.querySelectorAll('.aw-plot-host, .aw-bars-host')) walk(host);
+  return out; }"""
+
+
+def test_no_light_line_along_the_plots_in_the_dark_theme(browser, files):
+    """The plots' canvas layers, top row and left column, over the page's background: no lighter
+    line (the light theme's first paint stayed there, half-covered by every later one)."""
+    page = open_offline(browser, (files / "short.html").as_uri(), "dark", height=1100)
+    try:
+        wait_shown(page, "head/1/1:linear")
+        page.wait_for_timeout(500)
+        bg = np.array([27, 29, 33])  # the dark theme's background, --aw-bg
+        layers = page.evaluate(EDGES)
+        assert len(layers) >= 2
+        for _, top, left in layers:
+            for line in (top, left):
+                rgba = np.array(line, dtype=float).reshape(-1, 4)
+                seen = rgba[:, :3] * rgba[:, 3:] / 255 + bg * (1 - rgba[:, 3:] / 255)
+                assert np.abs(seen - bg).max() < 10, np.abs(seen - bg).max()
+    finally:
+        page.context.close()
