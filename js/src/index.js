@@ -7,6 +7,7 @@ import { loadBokeh } from "./bokeh.js";
 import { resolveScale } from "./colour.js";
 import { Controls, isDark, watchTheme } from "./controls.js";
 import { h, markTime } from "./dom.js";
+import { composeFigure, domCanvas, figureName, figureTitle, plotCanvas, savePNG, saveRow } from "./download.js";
 import { traceFacts, traceTitle } from "./facts.js";
 import { releaseWasm } from "./fastpool.js";
 import { Grid } from "./grid.js";
@@ -265,14 +266,36 @@ class AttentionView {
     const readout = h("div", { class: "aw-readout", role: "status", text: "Hover the heatmap or a token." });
     const { plots, tooltip } = this.heatmap.build(readout);
     plots.append(this.missing.el);
+    const save = (view) => saveRow(view, (scale) => this.saveFigure(view, scale).catch((e) => this.fail(e)));
+    plots.append(save("heatmap"));
+    const steps = this.steps.build();
+    if (this.steps.active) steps.append(save("bars"));
     const parts = [
       top.title, top.bar, top.caveat, top.notice,
-      h("div", { class: "aw-main" }, plots, h("div", { class: "aw-side" }, readout, this.grid.build())),
+      h("div", { class: "aw-main" }, plots, h("div", { class: "aw-side" }, readout, this.grid.build(), save("grid"))),
       this.strip.build(readout),
-      this.steps.build(),
+      steps,
       top.prompt,
       tooltip];
     this.root.replaceChildren(...parts.filter(Boolean));
+  }
+
+  /** Download a view ("heatmap", "grid", "bars") as a titled PNG at `scale` (download.js). */
+  async saveFigure(view, scale) {
+    const { sync, state } = this;
+    const css = getComputedStyle(this.root);
+    const colours = Object.fromEntries(["bg", "fg", "muted"].map((c) => [c, css.getPropertyValue(`--aw-${c}`).trim()]));
+    const parts = view === "heatmap" ? this.heatmap.panels.map((p) => plotCanvas(p.view, scale))
+      : view === "bars" ? (this.steps.bars ? [plotCanvas(this.steps.bars.view, scale)] : [])
+        : [await domCanvas(this.grid.grid, scale, colours.bg)];
+    if (!parts.length) return;
+    const info = { view, ...Object.fromEntries(["layer", "head", "scale", "weighting", "step"].map((n) => [n, sync.get(n)])) };
+    info.drawn = resolveScale(info.scale, state.trace.keyTokens.length);
+    info.badge = this.grid.metric ?? "";
+    const canvas = composeFigure(figureTitle(state.trace, info), parts, scale, colours);
+    const name = figureName(state.trace, info);
+    await savePNG(canvas, name);
+    this.root.dataset.saved = `${name}:${canvas.width}x${canvas.height}`; // for tests
   }
 
   // ------------------------------------------------------------------ following the traits

@@ -251,3 +251,48 @@ def test_no_light_line_along_the_plots_in_the_dark_theme(browser, files):
                 assert np.abs(seen - bg).max() < 10, np.abs(seen - bg).max()
     finally:
         page.context.close()
+
+
+# --------------------------------------------------------------------------- 5: figure download
+def download(page, view: str, scale: int):
+    with page.expect_download() as d:
+        page.locator(f".aw-save-{view} .aw-save-{scale}x").click()
+    from PIL import Image
+
+    path = d.value.path()
+    return d.value.suggested_filename, np.asarray(Image.open(path).convert("RGB")).astype(int)
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_each_view_downloads_a_titled_png_at_1x_and_2x_offline(browser, files, scheme):
+    page = open_offline(browser, (files / "short.html").as_uri(), scheme, height=1100)
+    try:
+        wait_shown(page, "head/1/1:linear")
+        page.wait_for_timeout(300)
+        bg = np.array([255, 255, 255]) if scheme == "light" else np.array([27, 29, 33])
+        plot = page.locator(".aw-plot-host .bk-Plot").first.bounding_box()
+        sizes = {}
+        for view in ("heatmap", "grid", "bars"):
+            for scale in (1, 2):
+                name, px = download(page, view, scale)
+                assert name == {"heatmap": "attn_LlamaForCausalLM_L1_H1_heatmap.png",
+                                "grid": "attn_LlamaForCausalLM_all-heads_grid.png",
+                                "bars": "attn_LlamaForCausalLM_L1_H1_bars.png"}[view]
+                sizes[view, scale] = px.shape[:2]
+                # The title: text (pixels far from the background) in the top 50 px of each scale.
+                title = px[: 50 * scale]
+                assert (np.abs(title - bg).max(axis=2) > 100).sum() > 200 * scale, (view, scale)
+                assert (np.abs(px[0] - bg) < 3).all(), "the image's background is the theme's"
+                if view == "heatmap":
+                    # The heatmap itself: the palette's dark purple (viridis's low end) is there.
+                    purple = (px[..., 0] < 90) & (px[..., 1] < 40) & (px[..., 2] > 70)
+                    assert purple.sum() > 5000 * scale * scale, purple.sum()
+                    assert px.shape[1] >= plot["width"] * scale - 2
+            h1, w1 = sizes[view, 1]
+            h2, w2 = sizes[view, 2]
+            assert abs(h2 - 2 * h1) <= 2 and abs(w2 - 2 * w1) <= 2, (view, sizes)
+        if scheme == "dark":
+            shot(page, "downloads_page_dark")
+        assert page.blocked == [] and page.events["page_errors"] == []
+    finally:
+        page.context.close()
