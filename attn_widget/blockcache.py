@@ -20,6 +20,7 @@ class ArrayCache:
         self.nbytes = int(nbytes)
         self._limit = self.nbytes
         self._items: OrderedDict[Hashable, np.ndarray] = OrderedDict()
+        self._total = 0  # bytes held, kept as items come and go (summing them on each put is O(n))
         self._lock = threading.Lock()
 
     def get(self, key: Hashable) -> np.ndarray | None:
@@ -34,6 +35,8 @@ class ArrayCache:
         if value.nbytes > self._limit // 4:
             return value
         with self._lock:
+            old = self._items.pop(key, None)
+            self._total += value.nbytes - (0 if old is None else old.nbytes)
             self._items[key] = value
             self._evict()
         return value
@@ -52,6 +55,5 @@ class ArrayCache:
                 self._evict()
 
     def _evict(self) -> None:
-        total = sum(v.nbytes for v in self._items.values())
-        while total > self._limit:
-            total -= self._items.popitem(last=False)[1].nbytes
+        while self._total > self._limit:
+            self._total -= self._items.popitem(last=False)[1].nbytes

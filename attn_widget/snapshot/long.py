@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..analysis.streaming import whole_head_pass
 from ..selection import MEAN, format_head_list
 from .page import ascii_html
 
@@ -95,6 +96,21 @@ def fill(trace, *, side: int, n_sources: int, candidates: Sequence[tuple[int, in
     Returns the units added, in order (drop them from the end to shrink the page).
     """
     b = trace.block()
+    # Every layer's heads and mean pooled in one pass each (the mean alone would recompute its
+    # heads), kept in the block's cache until the replies below have read them.
+    pixels = math.ceil(b.n_queries / side) * math.ceil(b.n_keys / side)
+    cells = b.n_queries * b.n_keys // (2 if b.causal else 1)
+    with b.cache_holding(len(b.layers) * (len(b.heads) + 1) * pixels * 4):
+        with whole_head_pass(len(b.layers) * len(b.heads) * cells, "snapshot: pooling", None) as advance:
+            for li in range(len(b.layers)):
+                b.pooled_layer(li, side)
+                advance(len(b.heads) * cells)
+        return _fill_pooled(trace, b, side, n_sources, candidates, in_payload, add, drop, size, budget,
+                            too_small)
+
+
+def _fill_pooled(trace, b, side, n_sources, candidates, in_payload, add, drop, size, budget,
+                 too_small) -> list[Unit]:
     pool = lambda layer, head: f"pool/{layer}/{'mean' if head == MEAN else head}/{side}"  # noqa: E731
     units: list[Unit] = []
 

@@ -345,9 +345,17 @@ def _attention_page(widget, candidates: list[tuple[int, int]], budget_mb: float,
     def fetch(source: int, key: str) -> dict[str, Any]:
         return {"type": "fetch", "id": 0, "trace_id": trace_id, "source": source, "key": key}
 
+    answered: dict[tuple[int, str], tuple[dict[str, Any], list]] = {}  # layer means, while rounding
+    means_wanted: set[tuple[int, str]] = set()
+
     def add(source: int, key: str, mean_bits: int = 10) -> int:
         request = fetch(source, key)
-        content, buffers = data.answer(request)
+        if (source, key) in answered:
+            content, buffers = answered[source, key]
+        else:
+            content, buffers = data.answer(request)
+            if (source, key) in means_wanted:
+                answered[source, key] = (content, buffers)
         if content.get("type") != "data":
             raise RuntimeError(f"the widget could not answer {key!r}: {content.get('message')}")
         if mean_bits < 10:
@@ -392,12 +400,36 @@ def _attention_page(widget, candidates: list[tuple[int, int]], budget_mb: float,
     # Layer means are always included. When at full float16 precision they would leave less
     # than a tenth of the budget for heads, their lowest mantissa bits are rounded away (the
     # page says so); heads themselves are never rounded.
-    for mean_bits in range(10, _MIN_MEAN_BITS - 1, -1):
-        size = base + sum(add(s, key, mean_bits) for s, key in means)
-        if size <= (budget if mean_bits == _MIN_MEAN_BITS else 0.9 * budget):
-            break
-        for s, key in reversed(means):
-            page.drop_last_reply(fetch(s, key))
+    # Each mean is computed once (``answered``) and rounded again for each try; a try stops at
+    # the first mean past its limit. The coarsest try goes first: when even it does not fit, no
+    # finer one will, and the snapshot is pooled instead (save_snapshot).
+    def try_means(mean_bits: int) -> tuple[int, bool]:
+        limit = budget if mean_bits == _MIN_MEAN_BITS else 0.9 * budget
+        size, added = base, []
+        for s, key in means:
+            size += add(s, key, mean_bits)
+            added.append((s, key))
+            if size > limit or (len(added) == 1 and (size - base) * len(means) > 2 * (limit - base)):
+                break  # past the limit, or the first mean says all of them will be twice over it
+        fits = size <= limit and len(added) == len(means)
+        if not fits or mean_bits == _MIN_MEAN_BITS:
+            for s, key in reversed(added):
+                page.drop_last_reply(fetch(s, key))
+        return size if fits else max(size, budget + 1), fits
+
+    means_wanted.update(means)
+    size, fits = try_means(_MIN_MEAN_BITS)
+    if fits:
+        for mean_bits in range(10, _MIN_MEAN_BITS - 1, -1):
+            size, fits = try_means(mean_bits) if mean_bits > _MIN_MEAN_BITS else (size, True)
+            if fits:
+                break
+        if mean_bits == _MIN_MEAN_BITS:  # the coarsest try was taken back: record it again
+            size = base + sum(add(s, key, mean_bits) for s, key in means)
+    else:
+        mean_bits = _MIN_MEAN_BITS
+    means_wanted.clear()
+    answered.clear()
     if size > budget:
         raise _ExactTooBig(_too_small(size, b, budget_mb, f"with the means rounded to {mean_bits} bits"))
     def head_keys(layer: int, head: int, end: str = "") -> list[tuple[int, str]]:
