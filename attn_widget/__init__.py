@@ -26,6 +26,7 @@ _EXPORTS = {
     "compare_widget": "widget",
     "AttentionSession": "session",
     "save_snapshot": "snapshot",
+    "save_figure": "export",
 }
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "compare_widget",
     "load_model",
     "load_trace",
+    "save_figure",
     "save_snapshot",
     "__version__",
 ]
