@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import analysis
 from .trace import AttentionTrace
 from .widget import AttentionWidget
 
@@ -54,6 +55,30 @@ class AttentionSession:
         trace = self.capture(prompt, **capture_kwargs)
         return AttentionWidget(trace, run=lambda text: self.capture(text, **capture_kwargs),
                                prompt=prompt, **(widget_options or {}))
+
+    def ignored_context(self, output_position: int, context, **kwargs: Any) -> analysis.IgnoredContextReport:
+        """:func:`attn_widget.analysis.ignored_context` on the latest capture, with the session's model
+        (so the report also runs the text without the context)."""
+        return analysis.ignored_context(self._latest("ignored_context"), output_position, context,
+                                        model=self.model, tokenizer=self.tokenizer, **kwargs)
+
+    def hallucination(self, positions, **kwargs: Any) -> analysis.HallucinationReport:
+        """:func:`attn_widget.analysis.hallucination` on the latest capture, with the session's model
+        (so the report also reads the model's confidence in each token)."""
+        return analysis.hallucination(self._latest("hallucination"), positions, model=self.model,
+                                      tokenizer=self.tokenizer, **kwargs)
+
+    def repetition(self, **kwargs: Any) -> analysis.RepetitionReport:
+        """:func:`attn_widget.analysis.repetition` on the latest capture, with the session's model
+        (so the report also scores the probability of each repeat)."""
+        return analysis.repetition(self._latest("repetition"), model=self.model, tokenizer=self.tokenizer,
+                                   **kwargs)
+
+    def _latest(self, what: str) -> AttentionTrace:
+        if self.trace is None:
+            raise ValueError(f"{what} reads the session's latest capture, and there is none yet; call "
+                             "session.run(prompt) or session.capture(prompt) first")
+        return self.trace
 
     def __repr__(self) -> str:
         name = getattr(getattr(self.model, "config", None), "_name_or_path", type(self.model).__name__)

@@ -321,6 +321,14 @@ def test_induction_scores_refuse_a_sequence_that_is_not_repeated():
 
 
 # --------------------------------------------------------------------------- ignored context
+# The mechanism tests below pass the article's thresholds (1, 1, any position; 0.7, 0.5, 0.5; 0.5,
+# 0.5): the defaults are calibrated on SmolLM2 runs (tests/test_calibration.py). A check that did
+# not separate failing from normal runs there fires into ``information``, not ``findings``.
+def fired(report) -> list[str]:
+    """Names of everything that fired: findings, and checks shown as information."""
+    return report.finding_names + [f.name for f in report.information]
+
+
 CONTEXT_TOKENS = ["<s>", "The", " capital", " is", " Paris", ".", " Answer", ":", " London"]
 
 
@@ -356,27 +364,27 @@ def test_ignored_context_leaves_the_sink_out_of_shares_and_rank():
 
 
 def test_ignored_context_finds_low_attention_to_relevant():
-    r = an.ignored_context(context_trace(*DISTRACTED), 8, "Paris")
-    assert "low_attention_to_relevant" in r.finding_names
+    r = an.ignored_context(context_trace(*DISTRACTED), 8, "Paris", low_ratio=1.0)
+    assert "low_attention_to_relevant" in fired(r)
 
 
 def test_ignored_context_lists_the_distracting_positions():
-    r = an.ignored_context(context_trace(*DISTRACTED), 8, "Paris", top_k=2)
+    r = an.ignored_context(context_trace(*DISTRACTED), 8, "Paris", top_k=2, irrelevant_ratio=1.0)
     assert [(p, t) for p, t, _ in r.top_outside] == [(2, " capital"), (3, " is")]
-    found = {f.name: f for f in r.findings}["high_attention_to_irrelevant"]
+    found = {f.name: f for f in r.findings + r.information}["high_attention_to_irrelevant"]
     assert found.positions == (2, 3)
 
 
 def test_ignored_context_finds_attention_next_to_the_context():
     r = an.ignored_context(context_trace([0.5, 0.02, 0.02, 0.02, 0.1, 0.3, 0.02, 0.02]), 8, "Paris",
-                           position_window=1)
+                           position_window=1, wrong_count=0)
     assert [(p, t) for p, t, _ in r.wrong_positions] == [(5, ".")]
-    assert "attention_to_wrong_position" in r.finding_names
+    assert "attention_to_wrong_position" in fired(r)
 
 
 def test_ignored_context_finds_nothing_when_the_context_is_attended():
     r = an.ignored_context(context_trace([0.5, 0, 0, 0, 0.45, 0.05, 0, 0]), 8, "Paris")
-    assert r.findings == [] and r.rank == 1
+    assert fired(r) == [] and r.rank == 1
     assert "no finding fired" in r.summary()
 
 
@@ -412,22 +420,25 @@ def hallucination_trace(row_of_query_8):
 
 
 def test_hallucination_finds_attention_spread_thin():
-    r = an.hallucination(hallucination_trace([1 / 9] * 9), 9, ignore_sinks=False)
+    r = an.hallucination(hallucination_trace([1 / 9] * 9), 9, ignore_sinks=False, spread_threshold=0.7,
+                         similar_threshold=0.5, loop_threshold=0.5)
     np.testing.assert_allclose(r.normalised_entropy, [1], atol=TOL)
-    assert r.finding_names == ["attention_spread_thin"]
+    assert fired(r) == ["attention_spread_thin"]
 
 
 def test_hallucination_finds_attention_to_similar_context():
-    r = an.hallucination(hallucination_trace([0.5, 0.2, 0.02, 0.2, 0.02, 0.02, 0.02, 0.01, 0.01]), 9)
+    r = an.hallucination(hallucination_trace([0.5, 0.2, 0.02, 0.2, 0.02, 0.02, 0.02, 0.01, 0.01]), 9,
+                         similar_threshold=0.5)
     assert r.similar_positions == [1, 3]  # " cat" twice
     np.testing.assert_allclose(r.similar_share, [0.4 / 0.5], atol=TOL)
-    assert "attention_to_similar_context" in r.finding_names
+    assert "attention_to_similar_context" in fired(r)
 
 
 def test_hallucination_finds_a_self_attention_loop():
-    r = an.hallucination(hallucination_trace([0.5, 0.02, 0.02, 0.02, 0.02, 0.02, 0.2, 0.1, 0.1]), 9)
+    r = an.hallucination(hallucination_trace([0.5, 0.02, 0.02, 0.02, 0.02, 0.02, 0.2, 0.1, 0.1]), 9,
+                         loop_threshold=0.5)
     np.testing.assert_allclose(r.generated_share, [0.4 / 0.5], atol=TOL)
-    assert "self_attention_loop" in r.finding_names
+    assert "self_attention_loop" in fired(r)
 
 
 def test_hallucination_reports_one_row_per_position():
@@ -455,26 +466,28 @@ def test_repetition_reports_a_periodic_stretch_once_at_its_period():
 
 def test_repetition_measures_self_attention_during_the_second_copy():
     a = np.stack([previous_token_head(11), sink_head(11)])[None]
-    r = an.repetition(AttentionTrace.from_dense(a, REPEAT_TOKENS, prompt_len=5, token_ids=REPEAT_IDS))
+    r = an.repetition(AttentionTrace.from_dense(a, REPEAT_TOKENS, prompt_len=5, token_ids=REPEAT_IDS),
+                      self_threshold=0.5)
     assert r.sink_positions == [0]
     # queries 7, 8, 9: head mean 0.25 on the sink, 0.25 / q on 1..q and 0.5 on q − 1; generated = 5..
     expected = np.mean([((q - 4) * 0.25 / q + 0.5) / 0.75 for q in (7, 8, 9)])
     assert r.self_share[0] == pytest.approx(expected, abs=TOL)
-    assert "high_self_attention" in r.finding_names
+    assert "high_self_attention" in fired(r)
 
 
 def test_repetition_finds_the_pattern_repeating_in_attention():
     a = np.stack([previous_token_head(11), sink_head(11)])[None]
-    r = an.repetition(AttentionTrace.from_dense(a, REPEAT_TOKENS, prompt_len=5, token_ids=REPEAT_IDS))
+    r = an.repetition(AttentionTrace.from_dense(a, REPEAT_TOKENS, prompt_len=5, token_ids=REPEAT_IDS),
+                      pattern_threshold=0.5)
     # the previous-token head repeats exactly; the other head's rows are flat (no pattern)
     assert r.pattern_correlation[0] == pytest.approx(1.0, abs=1e-6)
-    assert "pattern_in_attention" in r.finding_names
+    assert "pattern_in_attention" in fired(r)
 
 
 def test_repetition_without_a_repeat_reports_nothing():
     trace = AttentionTrace.from_dense(sink_head(6)[None, None], list("abcdef"), prompt_len=2)
     r = an.repetition(trace)
-    assert r.repeats == [] and r.findings == []
+    assert r.repeats == [] and fired(r) == []
     assert "no repeated n-gram" in r.summary()
 
 
@@ -490,7 +503,8 @@ def test_every_report_has_a_plain_text_summary(two_heads):
     texts = [an.head_scores(two_heads).summary(), an.find_attention_sinks(two_heads).summary(),
              an.trace_influence(two_heads, 3).summary(), an.span_attention(two_heads, 3, [1]).summary(),
              an.compare_attention(two_heads, two_heads).summary(),
-             an.ignored_context(trace, 8, "Paris").summary(), an.hallucination(trace, 8).summary()]
+             an.ignored_context(trace, 8, "Paris", low_ratio=1.0).summary(),
+             an.hallucination(trace, 8).summary()]
     assert all(isinstance(t, str) and t for t in texts)
     assert "' Paris'" in texts[5] and "low_attention_to_relevant" in texts[5]
 

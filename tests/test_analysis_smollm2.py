@@ -188,3 +188,44 @@ def test_repetition_finds_a_loop_in_generated_text(smollm2):
     rows[:, sinks] = 0
     assert r.self_share[0] == pytest.approx((rows[:, g0:].sum(1) / rows.sum(1)).mean(), abs=TOL)
     assert -1 <= r.pattern_correlation[0] <= 1
+
+
+def _eval_reports():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parent.parent / "benchmarks"
+    sys.path.insert(0, str(bench))
+    spec = importlib.util.spec_from_file_location("eval_reports", bench / "eval_reports.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("task", ["context", "hallucination", "repetition"])
+def test_the_stored_evaluation_numbers_are_what_the_reports_compute_now(smollm2, task):
+    # tests/test_calibration.py calibrates on the stored numbers: they must be the reports' own
+    import json
+
+    evaluation = _eval_reports()
+    model, tokenizer = smollm2
+    stored = {r["id"]: r for r in json.loads((evaluation.DATA / "numbers.json").read_text())[task]}
+    runs = [json.loads(line) for line in (evaluation.DATA / f"{task}.jsonl").read_text().splitlines()]
+    fail, norm = evaluation.labels.FAILING_NORMAL[task]
+    for label in (fail, norm):
+        run = next(r for r in runs if r["label"] == label)
+        got = evaluation.SCORERS[task](evaluation.forward_trace(model, tokenizer, run), run, model, tokenizer)
+        for where, numbers in stored[run["id"]].items():
+            if not isinstance(numbers, dict):
+                continue
+            for key, value in numbers.items():
+                if isinstance(value, float):
+                    assert got[where][key] == pytest.approx(value, rel=1e-2, abs=2e-3, nan_ok=True), \
+                        (run["id"], where, key)
+        # what the reports raised is the calibrated rule applied to their numbers (eval_reports --table)
+        again = evaluation.refired({task: [got]})[task][0]
+        for where, numbers in got.items():
+            if isinstance(numbers, dict):
+                for key in ("fires", "informs"):
+                    assert numbers[key] == again[where][key], (run["id"], where, key)

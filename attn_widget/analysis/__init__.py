@@ -19,7 +19,10 @@ Where each concern lives (every public name is re-exported here):
 ``compare``    two runs of one model: :func:`compare_attention`, with token alignment
 ``reports``    diagnosis reports: :func:`ignored_context`, :func:`hallucination`, :func:`repetition`
 ``weighted``   raw vs value-weighted attention: :func:`weighting_shift`
-``findings``   what the reports share: :data:`FINDINGS`, :class:`Finding`, sink handling
+``evidence``   the model's output beside the attention: :func:`context_ablation`,
+               :func:`output_confidence`, :func:`repeat_probability` (run the model; torch on call)
+``findings``   what the reports share: :data:`FINDINGS`, :class:`Finding`, sink handling, and
+               :data:`CALIBRATION` (thresholds chosen on labelled SmolLM2 runs)
 ``headstats``  per-head sums (row entropies, column sums, diagonals) from one pass, kept on the trace
 ``engine``     the engine under all of them: layer/head selection, gathers, row and column sums
                of the packed store, float16 lookup tables
@@ -53,12 +56,24 @@ same layers and heads) from shares and rankings, and report the mass they took s
 (``ignore_sinks=False`` keeps them).
 
 Attention shows where the model looked, not why: treat every finding as a place to
-investigate, not as an explanation.
+investigate, not as an explanation. Given ``model=`` and ``tokenizer=``, the reports also ask the
+model's output (the answer without the context, the model's confidence, the probability of a
+repeat), and say which evidence came from where. Their thresholds are calibrated on labelled
+SmolLM2 runs (``benchmarks/eval_reports.py``); a check that did not tell failing from normal runs
+there is shown as information, not raised as a finding.
 """
 
 from ..selection import Indices
 from .compare import AttentionComparison, BigDiff, SequenceAlignment, compare_attention
-from .findings import FINDINGS, Finding
+from .evidence import (
+    ContextAblation,
+    OutputConfidence,
+    RepeatProbability,
+    context_ablation,
+    output_confidence,
+    repeat_probability,
+)
+from .findings import CALIBRATION, FINDINGS, OUTPUT_FINDINGS, Calibration, Finding
 from .flow import Influence, attention_rollout, trace_influence
 from .heads import (
     AttentionSinks,
@@ -87,6 +102,9 @@ from .weighted import WeightingShift as WeightingShift
 from .weighted import weighting_shift as weighting_shift
 
 __all__ = [
+    "CALIBRATION", "Calibration", "ContextAblation", "OUTPUT_FINDINGS", "OutputConfidence",
+    "RepeatProbability",
+    "context_ablation", "output_confidence", "repeat_probability",
     "FINDINGS", "AttentionComparison", "AttentionSinks", "BigDiff", "Finding", "HallucinationReport",
     "HeadScores", "IgnoredContextReport", "Indices", "Influence", "InductionScores", "Repeat",
     "RepetitionReport", "SequenceAlignment", "SpanAttention", "attention_entropy", "attention_from",

@@ -6,6 +6,13 @@ queries that produced the suspect output tokens, and names the article's possibl
 that fire (see :mod:`attn_widget.analysis.findings`). With ``weighting="norm"`` each reads the
 rows ``α_ij ‖f_h(x_j)‖`` renormalised (Kobayashi et al. 2020, :mod:`attn_widget.valuenorms`)
 instead of the weights, its sinks found the same way, and its summary says so.
+
+Given the model (``model=``, ``tokenizer=``), each also asks the model's output
+(:mod:`attn_widget.analysis.evidence`): the output without the context, the model's confidence
+in each token, the probability it gave a repeat. Summaries mark every finding as read from the
+attention or from the model's output. Thresholds default to the ones calibrated on labelled
+SmolLM2 runs, and a check that did not separate failing from normal runs there is shown as
+information, not raised as a finding (:data:`~attn_widget.analysis.findings.CALIBRATION`).
 """
 
 from __future__ import annotations
@@ -20,9 +27,18 @@ from ..selection import Indices, check_count
 from ..trace import AttentionBlock, AttentionTrace
 from ..valuenorms import describe_weighting
 from .engine import entropy_scale, gather, query_row, select_layers_heads, span_positions, xlogx
+from .evidence import (
+    ContextAblation,
+    OutputConfidence,
+    RepeatProbability,
+    context_ablation,
+    output_confidence,
+    repeat_probability,
+)
 from .findings import (
     Finding,
     FindingsReport,
+    baseline_percentiles,
     comparable_text,
     finding,
     output_positions,
@@ -30,7 +46,9 @@ from .findings import (
     require_generation,
     self_attention_block,
     shares,
+    sort_findings,
     threshold_findings,
+    threshold_of,
 )
 
 
@@ -66,6 +84,8 @@ class IgnoredContextReport(FindingsReport):
         attention than the span's best token.
     findings : the findings that fired; ``thresholds`` the thresholds used.
     weighting : ``"attention"`` or ``"norm"`` (value-weighted rows, renormalised).
+    evidence : the output with and without the context (model output, not attention), when
+        the report was given the model; else None.
     """
 
     output_position: int
@@ -90,13 +110,14 @@ class IgnoredContextReport(FindingsReport):
     findings: list[Finding]
     thresholds: dict[str, float]
     weighting: str = "attention"
+    evidence: ContextAblation | None = None
 
     def summary(self) -> str:
         li = int(np.argmax(self.mass_by_layer))
         lines = [
             f"output {self.output_position} {self.output_token!r} (query {self.query_position}) → context "
             f"{''.join(self.context_tokens)!r} at {self.context_positions}",
-            f"attention to context: {self.mass:.3f} (head mean over {len(self.layers)} layers); "
+            f"attention: to context {self.mass:.3f} (head mean over {len(self.layers)} layers); "
             f"{self.share:.1%} of non-sink attention vs {self.uniform_share:.1%} if uniform; rank "
             f"{self.rank}",
             f"strongest layer L{self.layers[li]} {self.mass_by_layer[li]:.3f}, its top head "
@@ -104,6 +125,8 @@ class IgnoredContextReport(FindingsReport):
             f"sinks {self.sink_positions} took {self.sink_mass:.3f}",
             "top outside: " + ", ".join(f"{p} {t!r} {v:.3f}" for p, t, v in self.top_outside),
         ]
+        if self.evidence is not None:
+            lines.append(self.evidence.summary())
         lines += self._finding_lines()
         return "\n".join(lines)
 
@@ -128,6 +151,8 @@ class HallucinationReport(FindingsReport):
     findings : the findings that fired (``positions`` lists the output positions);
         ``thresholds`` the thresholds used.
     weighting : ``"attention"`` or ``"norm"`` (value-weighted rows, renormalised).
+    evidence : the model's confidence in each output token (model output, not attention), when
+        the report was given the model; else None.
     """
 
     positions: list[int]
@@ -143,12 +168,15 @@ class HallucinationReport(FindingsReport):
     findings: list[Finding]
     thresholds: dict[str, float]
     weighting: str = "attention"
+    evidence: OutputConfidence | None = None
 
     def summary(self) -> str:
-        lines = [f"{p} {t!r}: normalised entropy {e:.2f}, similar-context share {s:.1%}, own-output "
-                 f"share {g:.1%}" for p, t, e, s, g in zip(self.positions, self.tokens,
+        lines = [f"attention: {p} {t!r}: normalised entropy {e:.2f}, similar-context share {s:.1%}, "
+                 f"own-output share {g:.1%}" for p, t, e, s, g in zip(self.positions, self.tokens,
                                                           self.normalised_entropy, self.similar_share,
                                                           self.generated_share)]
+        if self.evidence is not None:
+            lines.append(self.evidence.summary())
         lines += self._finding_lines()
         return "\n".join(lines)
 
@@ -185,6 +213,8 @@ class RepetitionReport(FindingsReport):
     findings : the findings that fired (``positions``: start of the second copy of each repeat
         that fired); ``thresholds`` the thresholds used.
     weighting : ``"attention"`` or ``"norm"`` (value-weighted rows, renormalised).
+    evidence : the probability the model gave each repeat (model output, not attention), when
+        the report was given the model; else None.
     """
 
     repeats: list[Repeat]
@@ -196,14 +226,17 @@ class RepetitionReport(FindingsReport):
     findings: list[Finding]
     thresholds: dict[str, float]
     weighting: str = "attention"
+    evidence: RepeatProbability | None = None
 
     def summary(self) -> str:
         if not self.repeats:
             return (f"no repeated n-gram of ≥ {int(self.thresholds['min_length'])} tokens in the generated "
                     f"text (weighting: {describe_weighting(self.weighting)})")
-        lines = [f"{r.text!r} at {r.start} repeats at {r.start + r.shift} ({r.length} tokens): own-output "
-                 f"share {s:.1%}, pattern correlation {c:.2f}"
+        lines = [f"{r.text!r} at {r.start} repeats at {r.start + r.shift} ({r.length} tokens): attention: "
+                 f"own-output share {s:.1%}, pattern correlation {c:.2f}"
                  for r, s, c in zip(self.repeats, self.self_share, self.pattern_correlation)]
+        if self.evidence is not None:
+            lines.append(self.evidence.summary())
         lines += self._finding_lines()
         return "\n".join(lines)
 
@@ -211,25 +244,40 @@ class RepetitionReport(FindingsReport):
 # ===================================================================== reports
 def ignored_context(trace: AttentionTrace, output_position: int, context: str | Sequence[int], *,
                     occurrence: int = 0, layers: Indices = None, heads: Indices = None,
-                    low_ratio: float = 1.0, irrelevant_ratio: float = 1.0, position_window: int = 2,
-                    top_k: int = 5, ignore_sinks: bool = True, block: str | None = None,
-                    progress: bool | None = None, weighting: str = "attention") -> IgnoredContextReport:
+                    low_ratio: float | None = None, irrelevant_ratio: float | None = None,
+                    wrong_count: float | None = None, position_window: int = 2, top_k: int = 5,
+                    ignore_sinks: bool = True, block: str | None = None, progress: bool | None = None,
+                    weighting: str = "attention", model=None, tokenizer=None, ablation: str = "drop",
+                    change_threshold: float | None = None) -> IgnoredContextReport:
     """The "model ignored context" investigation of the article "Understanding What Your Model
     Attends To", for one output token.
 
     Reads the attention of the query that produced the token at ``output_position`` (its
     generation step) to the ``context`` span, per layer, and checks the article's possible
-    findings for this failure mode:
+    findings for this failure mode (each threshold defaults to its calibrated value,
+    ``CALIBRATION[name].threshold``):
 
     ``low_attention_to_relevant``
         the span's share of non-sink attention is below ``low_ratio`` × the share it would get
-        if that attention were uniform over the positions the query sees (default 1.0).
+        if that attention were uniform over the positions the query sees.
     ``high_attention_to_irrelevant``
         a non-sink position outside the span gets more than ``irrelevant_ratio`` × the span's
-        whole mass (default 1.0).
+        whole mass.
     ``attention_to_wrong_position``
-        a position within ``position_window`` tokens of the span (default 2), or another
-        occurrence of a span token's text, gets more attention than the span's best token.
+        more than ``wrong_count`` positions within ``position_window`` tokens of the span
+        (default 2), or holding another occurrence of a span token's text, get more attention
+        than the span's best token.
+
+    Given ``model`` and ``tokenizer`` (the model the trace was captured from), it also runs the
+    text without the context (:func:`~attn_widget.analysis.evidence.context_ablation`,
+    ``ablation="drop"`` or ``"replace"``) and checks, from the model's output:
+
+    ``output_unchanged_without_context``
+        the output token's log-probability with the context minus without it is below
+        ``change_threshold``: the model gives this output as readily without the context.
+
+    A check whose number did not separate runs that ignored the context from runs that used it
+    on the evaluation is listed in ``information``, not ``findings``.
 
     Parameters
     ----------
@@ -242,7 +290,9 @@ def ignored_context(trace: AttentionTrace, output_position: int, context: str | 
     ignore_sinks : leave sinks (``find_attention_sinks(...).positions``) out of shares, ranks
         and outside positions.
     weighting : ``"attention"``, or ``"norm"``: each head's row ``α_ij ‖f_h(x_j)‖`` renormalised
-        (how much of what the head moved came from each token), sinks found the same way.
+        (how much of what the head moved came from each token), sinks found the same way. The
+        thresholds were calibrated on ``"attention"``.
+    model, tokenizer : the causal language model and its tokenizer, for the evidence from its output.
 
     Returns
     -------
@@ -279,7 +329,10 @@ def ignored_context(trace: AttentionTrace, output_position: int, context: str | 
                                                  for p in outside], bool)
     wrong = [(int(p), table.display[p], float(attention[p])) for p in order
              if near[np.searchsorted(outside, p)] and attention[p] > best]
-    thresholds = {"low_ratio": float(low_ratio), "irrelevant_ratio": float(irrelevant_ratio),
+    low_ratio = threshold_of("low_attention_to_relevant", low_ratio)
+    irrelevant_ratio = threshold_of("high_attention_to_irrelevant", irrelevant_ratio)
+    wrong_count = threshold_of("attention_to_wrong_position", wrong_count)
+    thresholds = {"low_ratio": low_ratio, "irrelevant_ratio": irrelevant_ratio, "wrong_count": wrong_count,
                   "position_window": float(position_window)}
     findings = []
     if share < low_ratio * uniform:
@@ -291,44 +344,80 @@ def ignored_context(trace: AttentionTrace, output_position: int, context: str | 
         findings.append(finding("high_attention_to_irrelevant", top[0][2], irrelevant_ratio * mass,
                                 ", ".join(f"{p} {t!r} {v:.3f}" for p, t, v in hits)
                                 + f" each above the context's {mass:.3f}", [t[0] for t in hits]))
-    if wrong:
-        findings.append(finding("attention_to_wrong_position", wrong[0][2], best,
+    if len(wrong) > wrong_count:
+        findings.append(finding("attention_to_wrong_position", len(wrong), wrong_count,
                                 ", ".join(f"{p} {t!r} {v:.3f}" for p, t, v in wrong)
                                 + f" near or like the context get more than its best token ({best:.3f})",
                                 [w[0] for w in wrong]))
+    numbers = {"low_attention_to_relevant": share / uniform,
+               "high_attention_to_irrelevant": top[0][2] / max(mass, 1e-12) if top else 0.0,
+               "attention_to_wrong_position": float(len(wrong))}
+    evidence = None
+    if model is not None:
+        evidence = context_ablation(model, needs_tokenizer(tokenizer, "ignored_context"), trace, out_pos,
+                                    context, occurrence=occurrence, ablation=ablation)
+        change_threshold = thresholds["change_threshold"] = threshold_of("output_unchanged_without_context",
+                                                                         change_threshold)
+        numbers["output_unchanged_without_context"] = e = evidence.logprob_change
+        if e < change_threshold:
+            findings.append(finding(
+                "output_unchanged_without_context", e, change_threshold,
+                f"log P({evidence.output_token!r}) {evidence.logprob_with:.2f} with the context, "
+                f"{evidence.logprob_without:.2f} without: change {e:+.2f} < {change_threshold:g}", [out_pos]))
+    findings, information = sort_findings(findings)
     return IgnoredContextReport(
         out_pos, q, trace.sequence(b.queries).display[out_pos], span, [table.display[p] for p in span],
         lsel, hsel, mass_lh.mean(axis=1), np.asarray(hsel)[strongest],
         mass_lh[np.arange(len(lsel)), strongest], attention, mass, sinks,
-        float(attention[sinks].sum()), share, uniform, rank, top, wrong, findings, thresholds, weighting)
+        float(attention[sinks].sum()), share, uniform, rank, top, wrong, findings, thresholds, weighting,
+        evidence, information=information, percentiles=baseline_percentiles(trace, weighting, numbers))
+
+
+def needs_tokenizer(tokenizer, what: str):
+    """``tokenizer``; ``ValueError`` naming ``what`` when it is None (a model was given without one)."""
+    if tokenizer is None:
+        raise ValueError(f"{what} was given model= without tokenizer=; pass the model's tokenizer too")
+    return tokenizer
 
 
 def hallucination(trace: AttentionTrace, positions: int | Sequence[int], *, layers: Indices = None,
-                  heads: Indices = None, spread_threshold: float = 0.7, similar_threshold: float = 0.5,
-                  loop_threshold: float = 0.5, ignore_sinks: bool = True, block: str | None = None,
-                  progress: bool | None = None, weighting: str = "attention") -> HallucinationReport:
+                  heads: Indices = None, spread_threshold: float | None = None,
+                  similar_threshold: float | None = None, loop_threshold: float | None = None,
+                  ignore_sinks: bool = True, block: str | None = None, progress: bool | None = None,
+                  weighting: str = "attention", model=None, tokenizer=None,
+                  confidence_threshold: float | None = None) -> HallucinationReport:
     """The "model hallucinated" investigation of the article "Understanding What Your Model
     Attends To", for suspect output tokens.
 
     For each output position, reads the attention of the query that produced it and checks the
-    article's possible findings for this failure mode:
+    article's possible findings for this failure mode (each threshold defaults to its
+    calibrated value, ``CALIBRATION[name].threshold``):
 
     ``attention_spread_thin``
         the per-head normalised entropy, averaged over layers and heads, exceeds
-        ``spread_threshold`` (default 0.7; 1 = uniform attention).
+        ``spread_threshold`` (1 = uniform attention).
     ``attention_to_similar_context``
-        more than ``similar_threshold`` (default 0.5) of the non-sink attention goes to prompt
-        tokens whose text occurs more than once in the prompt (items that could be confused).
+        more than ``similar_threshold`` of the non-sink attention goes to prompt tokens whose
+        text occurs more than once in the prompt (items that could be confused).
     ``self_attention_loop``
-        more than ``loop_threshold`` (default 0.5, "mostly") of the non-sink attention goes to
-        generated tokens. Late in a long generation, attention to recent tokens alone can pass
-        0.5: read it together with the other findings.
+        more than ``loop_threshold`` of the non-sink attention goes to generated tokens.
+
+    Given ``model`` and ``tokenizer``, it also reads the model's output distribution at each
+    position (:func:`~attn_widget.analysis.evidence.output_confidence`) and checks:
+
+    ``low_output_confidence``
+        the entropy of the next-token distribution, averaged over the positions, exceeds
+        ``confidence_threshold`` nats.
+
+    A check whose number did not separate answers about invented entities from answers about
+    real ones on the evaluation is listed in ``information``, not ``findings``.
 
     Parameters
     ----------
     positions : one or more positions of generated tokens (negative counts from the end).
     weighting : ``"attention"``, or ``"norm"``: each head's row ``α_ij ‖f_h(x_j)‖`` renormalised,
-        for the entropy and the shares alike.
+        for the entropy and the shares alike (thresholds calibrated on ``"attention"``).
+    model, tokenizer : the causal language model and its tokenizer, for the evidence from its output.
 
     Returns
     -------
@@ -352,39 +441,69 @@ def hallucination(trace: AttentionTrace, positions: int | Sequence[int], *, laye
     similar_share = shares(attention, similar, sinks)
     generated_share = shares(attention, generated, sinks)
     ent_mean = ent.mean(axis=(0, 1))
-    thresholds = {"spread_threshold": float(spread_threshold), "similar_threshold": float(similar_threshold),
-                  "loop_threshold": float(loop_threshold)}
+    thresholds = {"spread_threshold": threshold_of("attention_spread_thin", spread_threshold),
+                  "similar_threshold": threshold_of("attention_to_similar_context", similar_threshold),
+                  "loop_threshold": threshold_of("self_attention_loop", loop_threshold)}
+    labels = [f"{p} {table.display[p]!r}" for p in outs]
     findings = threshold_findings((
-        ("attention_spread_thin", ent_mean, spread_threshold, "normalised entropy"),
-        ("attention_to_similar_context", similar_share, similar_threshold, "share on repeated items"),
-        ("self_attention_loop", generated_share, loop_threshold, "share on own output"),
-    ), [f"{p} {table.display[p]!r}" for p in outs], outs)
+        ("attention_spread_thin", ent_mean, thresholds["spread_threshold"], "normalised entropy"),
+        ("attention_to_similar_context", similar_share, thresholds["similar_threshold"],
+         "share on repeated items"),
+        ("self_attention_loop", generated_share, thresholds["loop_threshold"], "share on own output"),
+    ), labels, outs)
+    numbers = {"attention_spread_thin": float(ent_mean.max()),
+               "attention_to_similar_context": float(similar_share.max()),
+               "self_attention_loop": float(generated_share.max())}
+    evidence = None
+    if model is not None:
+        evidence = output_confidence(model, needs_tokenizer(tokenizer, "hallucination"), trace, outs)
+        t = thresholds["confidence_threshold"] = threshold_of("low_output_confidence", confidence_threshold)
+        numbers["low_output_confidence"] = mean = float(evidence.entropy.mean())
+        if mean > t:
+            unsure = [i for i, e in enumerate(evidence.entropy) if e > t]
+            findings.append(finding("low_output_confidence", mean, t,
+                                    f"next-token entropy {mean:.2f} nats on average over {len(outs)} "
+                                    f"tokens > {t:g}; above it: " + ", ".join(labels[i] for i in unsure),
+                                    [outs[i] for i in unsure]))
+    findings, information = sort_findings(findings)
     return HallucinationReport(outs, qs.tolist(), [table.display[p] for p in outs], lsel, hsel, ent_mean,
                                similar, similar_share, generated_share, sinks, findings, thresholds,
-                               weighting)
+                               weighting, evidence, information=information,
+                               percentiles=baseline_percentiles(trace, weighting, numbers))
 
 
 def repetition(trace: AttentionTrace, *, min_length: int = 3, layers: Indices = None, heads: Indices = None,
-               self_threshold: float = 0.5, pattern_threshold: float = 0.5, window: int = 32,
-               ignore_sinks: bool = True, block: str | None = None,
-               progress: bool | None = None, weighting: str = "attention") -> RepetitionReport:
+               self_threshold: float | None = None, pattern_threshold: float | None = None, window: int = 32,
+               ignore_sinks: bool = True, block: str | None = None, progress: bool | None = None,
+               weighting: str = "attention", model=None, tokenizer=None,
+               repeat_threshold: float | None = None) -> RepetitionReport:
     """The "model repeated itself" investigation of the article "Understanding What Your Model
     Attends To", over the generated text.
 
     Finds every maximal repeat of at least ``min_length`` generated tokens (a periodic stretch
     is reported once, at its shortest period) and checks, per repeat, the article's possible
-    findings for this failure mode:
+    findings for this failure mode (each threshold defaults to its calibrated value,
+    ``CALIBRATION[name].threshold``):
 
     ``high_self_attention``
-        while the second copy was produced, more than ``self_threshold`` (default 0.5) of the
-        non-sink attention went to generated tokens.
+        while the second copy was produced, more than ``self_threshold`` of the non-sink
+        attention went to generated tokens.
     ``pattern_in_attention``
         the attention rows that produced corresponding tokens of the two copies correlate above
-        ``pattern_threshold`` (default 0.5): Pearson correlation per head over the last
-        ``window`` keys (default 32) aligned by distance back from the query, sinks masked,
-        averaged over heads, layers and token pairs.
+        ``pattern_threshold``: Pearson correlation per head over the last ``window`` keys
+        (default 32) aligned by distance back from the query, sinks masked, averaged over
+        heads, layers and token pairs.
 
-    ``weighting="norm"`` reads each head's rows ``α_ij ‖f_h(x_j)‖`` renormalised instead of ``α``.
+    Given ``model`` (``tokenizer`` is accepted and not needed), it also scores each repeat
+    from the model's output (:func:`~attn_widget.analysis.evidence.repeat_probability`):
+
+    ``confident_repeat``
+        the mean probability the model gave the second copy's tokens exceeds
+        ``repeat_threshold``: it expected to repeat itself.
+
+    A check whose number did not separate repeating from other generations on the evaluation
+    is listed in ``information``, not ``findings``. ``weighting="norm"`` reads each head's rows
+    ``α_ij ‖f_h(x_j)‖`` renormalised instead of ``α`` (thresholds calibrated on ``"attention"``).
 
     Returns
     -------
@@ -410,13 +529,25 @@ def repetition(trace: AttentionTrace, *, min_length: int = 3, layers: Indices = 
         attention = gather(b, li, hi, q2[:, None], keys[None, :], weighting=weighting).mean(axis=(0, 1))
         self_share[r_i] = shares(attention, generated, sinks).mean()
         corr[r_i] = _pattern_correlation(b, li, hi, q1, q2, window, sinks, weighting)
-    thresholds = {"min_length": float(min_length), "self_threshold": float(self_threshold),
-                  "pattern_threshold": float(pattern_threshold), "window": float(window)}
-    findings = threshold_findings((
-        ("high_self_attention", self_share, self_threshold, "share on own output"),
-        ("pattern_in_attention", corr, pattern_threshold, "row correlation"),
-    ), [f"{r.text!r} at {r.start + r.shift}" for r in repeats], [r.start + r.shift for r in repeats])
-    return RepetitionReport(repeats, self_share, corr, lsel, hsel, sinks, findings, thresholds, weighting)
+    thresholds = {"min_length": float(min_length),
+                  "self_threshold": threshold_of("high_self_attention", self_threshold),
+                  "pattern_threshold": threshold_of("pattern_in_attention", pattern_threshold),
+                  "window": float(window)}
+    checks = [("high_self_attention", self_share, thresholds["self_threshold"], "share on own output"),
+              ("pattern_in_attention", corr, thresholds["pattern_threshold"], "row correlation")]
+    evidence = None
+    if model is not None:
+        evidence = repeat_probability(model, trace, repeats)
+        thresholds["repeat_threshold"] = threshold_of("confident_repeat", repeat_threshold)
+        checks.append(("confident_repeat", evidence.probability, thresholds["repeat_threshold"],
+                       "mean probability of the repeat"))
+    labels = [f"{r.text!r} at {r.start + r.shift}" for r in repeats]
+    seconds = [r.start + r.shift for r in repeats]
+    findings, information = sort_findings(threshold_findings(checks, labels, seconds))
+    numbers = {name: float(np.nanmax(values)) for name, values, _, _ in checks if np.isfinite(values).any()}
+    return RepetitionReport(repeats, self_share, corr, lsel, hsel, sinks, findings, thresholds, weighting,
+                            evidence, information=information,
+                            percentiles=baseline_percentiles(trace, weighting, numbers))
 
 
 def _find_repeats(ids: np.ndarray, min_length: int) -> list[tuple[int, int, int]]:
