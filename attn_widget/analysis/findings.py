@@ -247,7 +247,8 @@ def sort_findings(fired: Sequence[Finding]) -> tuple[list[Finding], list[Finding
 
 def evaluated_model(trace: AttentionTrace) -> bool:
     """Whether the trace is of the model the evaluation ran (so its normal runs are a baseline)."""
-    return "smollm2-135m" in trace.model_name.lower()
+    name = trace.model_name.lower()  # aw.load_model("smollm2") names it "smollm2"
+    return name == "smollm2" or "smollm2-135m" in name
 
 
 def baseline_percentiles(trace: AttentionTrace, weighting: str,
