@@ -203,3 +203,14 @@ def test_percentiles_place_a_number_among_the_evaluated_models_normal_runs():
     assert "at percentile" in r.summary()
     other = AttentionTrace.from_dense(a, TOKENS, prompt_len=8)
     assert an.ignored_context(other, 8, "Rome", ignore_sinks=False).percentiles == {}
+
+
+def test_what_the_reports_raised_on_every_stored_run_is_the_calibrated_rule():
+    # the stored "fires"/"informs" were written by the reports themselves (eval_reports.py --save)
+    again = evaluation.refired(NUMBERS)
+    for task, rows in NUMBERS.items():
+        for row, redone in zip(rows, again[task]):
+            for where, numbers in row.items():
+                if isinstance(numbers, dict):
+                    assert (numbers["fires"], numbers["informs"]) == \
+                        (redone[where]["fires"], redone[where]["informs"]), (row["id"], where)
