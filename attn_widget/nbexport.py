@@ -58,12 +58,16 @@ def displayed() -> list[str]:
     return list(_displayed)
 
 
-def mimebundle(widget, bundle: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """``bundle`` (a widget's ``_repr_mimebundle_``) with the offline note as ``text/html``;
-    registers the widget. None stays None (a closed widget displays nothing)."""
+def mimebundle(widget, bundle: Mapping[str, Any] | tuple[Mapping[str, Any], Mapping[str, Any]] | None):
+    """``bundle`` (a widget's ``_repr_mimebundle_``: data, or anywidget's ``(data, metadata)``)
+    with the offline note as ``text/html``; registers the widget. None stays None (a closed
+    widget displays nothing)."""
     if bundle is None:
         return None
     register(widget)
+    if isinstance(bundle, tuple):
+        data, metadata = bundle
+        return {**data, "text/html": OFFLINE_NOTE}, metadata
     return {**bundle, "text/html": OFFLINE_NOTE}
 
 

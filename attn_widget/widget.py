@@ -10,6 +10,7 @@ specified in ``js/PROTOCOL.md``.
 from __future__ import annotations
 
 import math
+import os
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -132,6 +133,27 @@ class AttentionWidget(anywidget.AnyWidget):
                          _bokeh_js=bokeh_once() if push_bokeh else b"", **kwargs)
         self.on_msg(_on_message)
         self.observe(self._on_block, names="block")
+
+    def _repr_mimebundle_(self, **kwargs: Any):
+        # The live view, plus a small text/html note for copies that cannot draw it (nbconvert
+        # without a widget manager); remembered for `nbconvert --to attn_html --execute`.
+        from .nbexport import mimebundle
+
+        return mimebundle(self, super()._repr_mimebundle_(**kwargs))
+
+    def save_png(self, path: str | os.PathLike, **kwargs: Any):
+        """Save what this view shows (layer, head or mean, step, scale, weighting) as a PNG,
+        rendered with Pillow, no browser; ``kwargs`` as :func:`attn_widget.save_figure`
+        (``view="grid"``/``"bars"``, ``size``, ``pixel_scale``). A compare view saves trace A."""
+        from .export import save_widget_png
+
+        return save_widget_png(self, path, **kwargs)
+
+    def save_svg(self, path: str | os.PathLike, **kwargs: Any):
+        """As :meth:`save_png`, as SVG (plain SVG text: cells as an embedded image, labels as text)."""
+        from .export import save_widget_svg
+
+        return save_widget_svg(self, path, **kwargs)
 
     # ----------------------------------------------------------------- public
     @property

@@ -151,8 +151,8 @@ def main() -> None:
         return
 
     cells = [SETUP,
-             "w1k = aw.AttentionWidget(synthetic(1024, 4), send_all_below=2**31)\nw1k",
-             "w4k = aw.AttentionWidget(synthetic(4096, 3), send_all_below=2**31)\nw4k",
+             "w1k = aw.AttentionWidget(synthetic(1024, 4), send_all_below=2**31, scale='linear')\nw1k",
+             "w4k = aw.AttentionWidget(synthetic(4096, 3), send_all_below=2**31, scale='linear')\nw4k",
              # Closed, so that a fresh page does not restore them (and BokehJS with them).
              "for n in ('w1k', 'w4k', 'w1k_sweep'):\n"
              "    globals().get(n) is not None and globals()[n].close()",
@@ -160,10 +160,11 @@ def main() -> None:
              "text = ' '.join(['The capital of France is Paris. What is the capital of France?'] * 120)\n"
              "prompt = tok.decode(tok(text).input_ids[:1024])\n"
              "long = aw.capture(model, tok, prompt)\nprint('TOKENS', len(long.tokens))",
-             "w = aw.AttentionWidget(long, layer=15, head=4)\nw",
+             "w = aw.AttentionWidget(long, layer=15, head=4, scale='linear')\nw",
              "print('PAYLOAD', len(w._payload), 'FIGURES', len(json.dumps(w._figures)))",
-             "w_again = aw.AttentionWidget(long, layer=15, head=4)\nw_again",
-             "w1k_sweep = aw.AttentionWidget(synthetic(1000, 16), send_all_below=2**31)\nw1k_sweep",
+             "w_again = aw.AttentionWidget(long, layer=15, head=4, scale='linear')\nw_again",
+             "w1k_sweep = aw.AttentionWidget(synthetic(1000, 16), send_all_below=2**31,\n"
+             "                               scale='linear')\nw1k_sweep",
              PUSH_CELL]  # the next widget is the kernel's first again: BokehJS travels with it
     with lab_and_browser() as (lab, browser):
         lab.write_notebook("bench.ipynb", cells)
@@ -234,7 +235,8 @@ FRAMES_JS = """
   };
 })();
 """
-KERNEL_CELL = ("import time\nt0 = time.perf_counter()\n_w = aw.AttentionWidget(long, layer=15, head=4)\n"
+KERNEL_CELL = ("import time\nt0 = time.perf_counter()\n"
+               "_w = aw.AttentionWidget(long, layer=15, head=4, scale='linear')\n"
                "t1 = time.perf_counter()\n_w._repr_mimebundle_()\nt2 = time.perf_counter()\n_w.close()\n"
                "print(f'KERNEL construct {t1 - t0:.3f} s, display bundle {t2 - t1:.3f} s')")
 
@@ -335,8 +337,8 @@ REAL_CELLS = [
     "    text = ' '.join([france] * 120)\n"
     "    long = aw.capture(model, tok, tok.decode(tok(text).input_ids[:1024]))\n"
     "print('TOKENS', len(short.tokens), len(long.tokens))",
-    "w = aw.AttentionWidget(short, layer=15, head=4)\nw",
-    "w.close()\nw = aw.AttentionWidget(long, layer=15, head=4)\nw",
+    "w = aw.AttentionWidget(short, layer=15, head=4, scale='linear')\nw",
+    "w.close()\nw = aw.AttentionWidget(long, layer=15, head=4, scale='linear')\nw",
     "w.close()",
 ]
 REAL_MEASURE_JS = """
@@ -408,7 +410,7 @@ print(f'TRACE {{tr.block().nbytes / 2**20:.0f}} MiB of queries and keys, '
 """
 LONG_WIDGET = """
 t0 = time.perf_counter()
-w = aw.AttentionWidget(tr, layer=15, head=4)
+w = aw.AttentionWidget(tr, layer=15, head=4, scale='linear')
 build = time.perf_counter() - t0
 print(f'FIRST {{len(w._payload)}} bytes, built in {{build:.2f}} s, load {{os.getloadavg()[0]:.1f}}')
 w

@@ -67,6 +67,15 @@ def test_a_widgets_display_carries_only_a_small_note_saying_how_to_export():
     assert nbexport.mimebundle(w, None) is None  # a closed widget displays nothing
 
 
+def test_the_widgets_own_display_keeps_the_live_view_and_adds_the_note():
+    w = AttentionWidget(small_trace(), push_bokeh=False)
+    data, metadata = w._repr_mimebundle_()  # anywidget's (data, metadata), as IPython displays it
+    assert data[nbexport.WIDGET_VIEW_MIMETYPE]["model_id"] == w.model_id
+    assert "jupyter nbconvert --to attn_html" in data["text/html"] and isinstance(metadata, dict)
+    assert w.model_id in nbexport.displayed()
+    w.close()
+
+
 def test_displayed_widgets_are_snapshotted_while_open_and_not_kept_alive():
     w = AttentionWidget(small_trace(), push_bokeh=False)
     nbexport.register(w)

@@ -222,7 +222,8 @@ class StaticSnapshot:
         # The page reports its height (postMessage) so the iframe shows it without a scrollbar;
         # where scripts are not run, the iframe keeps its starting height.
         return (f'<iframe id="{frame}" srcdoc="{html.escape(self.page, quote=True)}" '
-                f'sandbox="allow-scripts" style="width: 100%; height: {int(self.height)}px; border: 0;" '
+                f'sandbox="allow-scripts allow-downloads" '
+                f'style="width: 100%; height: {int(self.height)}px; border: 0;" '
                 f'title="attention snapshot"></iframe>\n<script>(() => {{ const f = '
                 f'document.getElementById("{frame}"); addEventListener("message", (e) => {{ '
                 'if (f && e.source === f.contentWindow && typeof e.data?.attnWidgetHeight === "number") '
@@ -275,7 +276,7 @@ def _snapshot_widget(source, layers: Sequence[int] | None, heads: HeadChoice, bu
         candidates.remove((layer, head))
         candidates.insert(0, (layer, head))
     widget = AttentionWidget(traces[0], compare=traces[1] if len(traces) > 1 else None, labels=labels,
-                             layer=layer, head=head, scale=view.get("scale", "linear"),
+                             layer=layer, head=head, scale=view.get("scale", "auto"),
                              theme=view.get("theme", "auto"), send_all_below=0, push_bokeh=False,
                              **dict(zip(("pool_above", "pool_side"), _pooling(traces, budget_mb, pool))))
     widget.snapshot_weighting = view.get("weighting", "attention")  # the page's, if it fits

@@ -58,9 +58,10 @@ class Lab:
             proc.wait(timeout=10)
 
 
-def start_lab(base: Path, timeout: float = 90) -> Lab:
-    """JupyterLab 4 on 127.0.0.1 (random free port, no token, --allow-root) serving ``base/notebooks``,
-    with its own settings, workspaces, config and runtime folders under ``base``."""
+def start_lab(base: Path, timeout: float = 90, app: str = "jupyterlab") -> Lab:
+    """JupyterLab 4 (``app="notebook"``: Notebook 7, built on the same components) on 127.0.0.1
+    (random free port, no token, --allow-root) serving ``base/notebooks``, with its own settings,
+    workspaces, config and runtime folders under ``base``."""
     root, settings = base / "notebooks", base / "settings"
     root.mkdir(parents=True)
     # No news popup: it would ask for the network and cover the page.
@@ -71,12 +72,14 @@ def start_lab(base: Path, timeout: float = 90) -> Lab:
     env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(base / "runtime"),
            "JUPYTER_CONFIG_DIR": str(base / "config"), "PYTHONUNBUFFERED": "1"}
     log = base / "lab.log"
-    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ip=127.0.0.1",
+    name = {"jupyterlab": "LabApp", "notebook": "JupyterNotebookApp"}[app]
+    cmd = [sys.executable, "-m", app, "--no-browser", "--allow-root", "--ip=127.0.0.1",
            f"--port={port}", "--ServerApp.port_retries=0", "--IdentityProvider.token=",
            "--ServerApp.password=", "--ServerApp.disable_check_xsrf=True",
-           f"--ServerApp.root_dir={root}", f"--LabApp.user_settings_dir={settings}",
-           f"--LabApp.workspaces_dir={base / 'workspaces'}", "--LabApp.news_url=None",
-           "--LabServerApp.extension_manager=readonly"]
+           f"--ServerApp.root_dir={root}", f"--{name}.user_settings_dir={settings}",
+           f"--{name}.workspaces_dir={base / 'workspaces'}", "--LabServerApp.extension_manager=readonly"]
+    if app == "jupyterlab":
+        cmd.append("--LabApp.news_url=None")
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
@@ -111,17 +114,33 @@ def new_page(browser, width=1400, height=1000, color_scheme="light"):
     return page
 
 
+_STEADY_IDLE = """() => {
+  const status = document.querySelector(".jp-Notebook-ExecutionIndicator")?.dataset.status;
+  const now = performance.now();
+  if (status !== window.__awKernelStatus) {
+    window.__awKernelStatus = status;
+    window.__awKernelSince = now;
+  }
+  return status === "idle" && now - window.__awKernelSince > 2000;
+}"""
+
+
 class NotebookPage:
     """A notebook open in JupyterLab, driven like a user: select a cell, press Ctrl+Enter."""
 
-    def __init__(self, page, lab: Lab, name: str):
+    def __init__(self, page, lab: Lab, name: str, app: str = "jupyterlab"):
         self.page = page
-        page.goto(f"{lab.url}/lab/tree/{name}")
+        page.goto(f"{lab.url}/lab/tree/{name}" if app == "jupyterlab" else f"{lab.url}/notebooks/{name}")
         page.wait_for_selector(".jp-Notebook .jp-Cell .jp-InputPrompt", timeout=90_000)
-        # Keys pressed before the kernel is connected are lost: wait for "Idle" in the status bar.
-        page.wait_for_function(
-            "() => /Idle/.test(document.querySelector('#jp-main-statusbar')?.textContent ?? '')",
-            timeout=90_000)
+        # Keys pressed before the kernel is connected are lost: wait for "Idle" in the status bar
+        # (JupyterLab) or on the toolbar's execution indicator (Notebook 7 has no status bar; its
+        # indicator says idle for a moment before "connecting", so it must stay idle for 2 s).
+        if app == "jupyterlab":
+            page.wait_for_function(
+                "() => /Idle/.test(document.querySelector('#jp-main-statusbar')?.textContent ?? '')",
+                timeout=90_000)
+        else:
+            page.wait_for_function(_STEADY_IDLE, timeout=90_000, polling=100)
 
     def cell(self, i: int):
         return self.page.locator(".jp-Notebook .jp-Cell").nth(i)
@@ -158,7 +177,7 @@ def hover_heatmap(page, root, fx: float = 0.42, fy: float = 0.8) -> dict:
 
     box = root.locator(".aw-plot-host").first.bounding_box()
     page.mouse.move(box["x"] + fx * box["width"], box["y"] + fy * box["height"])
-    tooltip = root.locator(".aw-tooltip")
+    tooltip = root.locator(".aw-tooltip:not(.aw-bar-tip)")  # the heatmap's, not the step bars
     tooltip.wait_for(state="visible", timeout=10_000)
     text = tooltip.inner_text()
     m = re.search(r'query (\d+) "(.*)" → key (\d+) "(.*)"\s+weight ([-\d.e]+)', text, re.S)

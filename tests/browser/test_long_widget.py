@@ -149,7 +149,7 @@ def test_a_long_widget_opens_pooled_shows_another_head_and_zooms_to_full_resolut
                                                                                     long_trace):
     from browser_support import hover_heatmap
 
-    w = AttentionWidget(long_trace, layer=0, head=0)
+    w = AttentionWidget(long_trace, layer=0, head=0, scale="linear")  # the default would be log here
     page = open_live(page_for, tmp_path, w)
     # pooled by the kernel to 16 tokens a square (540 a side); the 384-pixel figure shows them
     # pooled further to whole squares per pixel, and says so

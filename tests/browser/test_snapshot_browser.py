@@ -218,9 +218,11 @@ def test_a_left_out_head_says_so_and_the_page_keeps_working(browser, written, tm
         layer, head = small.left_out[0]
         page.evaluate("([l, h]) => { const m = window.attnWidgetSnapshot.model; m.set('layer', l); "
                       "m.set('head', h); }", [layer, head])
-        notice = page.locator(".aw-notice")
-        notice.wait_for(state="visible", timeout=10_000)
-        assert re.search(rf"head/{layer}/{head} is not in this snapshot", notice.inner_text())
+        missing = page.locator(".aw-missing")  # in place of the heatmap, not "loading…" over the old one
+        missing.wait_for(state="visible", timeout=10_000)
+        text = missing.inner_text()
+        assert f"Layer {layer}, head {head} is not in this file." in text
+        assert re.search(rf"head/{layer}/{head} is not in this snapshot", text)
         keep_layer, keep_head = small.heads[0]
         page.evaluate("([l, h]) => { const m = window.attnWidgetSnapshot.model; m.set('layer', l); "
                       "m.set('head', h); }", [keep_layer, keep_head])
