@@ -15,9 +15,12 @@ export function h(tag, props = {}, ...children) {
 
 /**
  * Arrow keys, Home/End and PageUp/PageDown on a range input, done by the widget: hosts such as
- * JupyterLab cancel the browser's own handling of keys pressed inside notebook outputs.
+ * JupyterLab cancel the browser's own handling of keys pressed inside notebook outputs. Notebook 7
+ * goes further: its shortcuts, matched on the window before the input sees the key, stop the
+ * event; the attribute tells Lumino to match none on this element.
  */
 export function keyboardSlider(input) {
+  input.setAttribute("data-lm-suppress-shortcuts", "true");
   input.addEventListener("keydown", (e) => {
     const next = sliderKey(e.key, +input.value, +input.min, +input.max);
     if (next === undefined || e.altKey || e.ctrlKey || e.metaKey) return;

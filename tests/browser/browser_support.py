@@ -175,7 +175,9 @@ def hover_heatmap(page, root, fx: float = 0.42, fy: float = 0.8) -> dict:
     ``{"q", "k", "query", "key", "weight", "text"}`` (token texts as displayed: ␣ ⏎ ⇥)."""
     import re
 
-    box = root.locator(".aw-plot-host").first.bounding_box()
+    host = root.locator(".aw-plot-host").first
+    host.scroll_into_view_if_needed()
+    box = host.bounding_box()
     page.mouse.move(box["x"] + fx * box["width"], box["y"] + fy * box["height"])
     tooltip = root.locator(".aw-tooltip:not(.aw-bar-tip)")  # the heatmap's, not the step bars
     tooltip.wait_for(state="visible", timeout=10_000)
