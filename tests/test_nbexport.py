@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 
 import nbformat
 import numpy as np
@@ -198,19 +199,25 @@ def test_exported_copies_draw_the_widget_offline_in_chromium(tmp_path):
     nbformat.write(run, tmp_path / "run.ipynb")
     pages = {"saved": (export_notebook(tmp_path / "saved.ipynb"), "layer 1, head 0"),
              "run": (export_notebook(tmp_path / "run.ipynb", execute=True), "layer 1, head 2")}
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        for path, shown in pages.values():
-            page = new_page(browser, 1300, 1400)
-            problems: list[str] = []
-            page.on("pageerror", lambda e, problems=problems: problems.append(str(e)))
-            page.on("console", lambda m, problems=problems: problems.append(m.text)
-                    if m.type == "error" and "attn_widget" in m.text else None)
-            page.goto(path.as_uri())
-            frame = page.frame_locator("iframe[title='attention snapshot']")
-            frame.get_by_text(shown, exact=True).wait_for(timeout=30000)
-            frame.locator(".bk-Canvas, canvas").first.wait_for(timeout=30000)
-            assert problems == [], problems
-            page.close()
-        browser.close()
+    def look() -> None:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            for path, shown in pages.values():
+                page = new_page(browser, 1300, 1400)
+                problems: list[str] = []
+                page.on("pageerror", lambda e, problems=problems: problems.append(str(e)))
+                page.on("console", lambda m, problems=problems: problems.append(m.text)
+                        if m.type == "error" and "attn_widget" in m.text else None)
+                page.goto(path.as_uri())
+                frame = page.frame_locator("iframe[title='attention snapshot']")
+                frame.get_by_text(shown, exact=True).wait_for(timeout=30000)
+                frame.locator(".bk-Canvas, canvas").first.wait_for(timeout=30000)
+                assert problems == [], problems
+                page.close()
+            browser.close()
+
+    # Playwright's sync API refuses a thread with a running asyncio loop (an earlier test's
+    # kernel client may leave one on this thread): it gets a thread of its own.
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(look).result()
     w.close()

@@ -293,7 +293,7 @@ def test_static_is_a_sandboxed_iframe_holding_the_page():
 
     trace = random_trace()
     view = snapshot.static(trace, height=500)
-    m = re.match(r'<iframe id="aw-static-\w+" srcdoc="([^"]*)" sandbox="allow-scripts" '
+    m = re.match(r'<iframe id="aw-static-\w+" srcdoc="([^"]*)" sandbox="allow-scripts allow-downloads" '
                  r'style="[^"]*height: 500px;[^"]*" title="attention snapshot"></iframe>', view._repr_html_())
     assert m
     assert html.unescape(m.group(1)) == view.page

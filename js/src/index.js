@@ -335,7 +335,7 @@ class AttentionView {
     this.root.dataset.missing = failed ? key : "";
     if (failed) {
       this.root.classList.remove("aw-loading");
-      this.heatmap.label(`${what} · not in this file`);
+      this.heatmap.label(`${what} · not available`);
       return;
     }
     if (!secs.every(Boolean)) {

@@ -134,7 +134,7 @@ def test_hovering_a_cell_shows_both_tokens_and_the_traced_weight(snap, written):
     trace = written[1]
     box = snap.locator(".aw-plot-host").first.bounding_box()
     snap.mouse.move(box["x"] + 0.42 * box["width"], box["y"] + 0.8 * box["height"])
-    tooltip = snap.locator(".aw-tooltip")
+    tooltip = snap.locator(".aw-tooltip:not(.aw-bar-tip)")
     tooltip.wait_for(state="visible", timeout=10_000)
     text = tooltip.inner_text()
     m = re.search(r'query (\d+) "(.*)" → key (\d+) "(.*)"\s+weight ([-\d.e]+)', text, re.S)

@@ -99,7 +99,7 @@ def test_the_weights_menu_repaints_the_snapshot_value_weighted_and_back(browser,
 
         box = page.locator(".aw-plot-host").first.bounding_box()
         page.mouse.move(box["x"] + 0.3 * box["width"], box["y"] + 0.8 * box["height"])
-        tooltip = page.locator(".aw-tooltip")
+        tooltip = page.locator(".aw-tooltip:not(.aw-bar-tip)")
         tooltip.wait_for(state="visible", timeout=10_000)
         text = tooltip.inner_text()
         m = re.search(r"query (\d+) .* key (\d+) .*\n\s*value-weighted α·‖f\(x\)‖ ([-\d.e]+)", text, re.S)

@@ -183,7 +183,7 @@ def test_a_refused_fetch_shows_a_message_and_the_widget_keeps_working(nb):
     nb.run(7)
     second.locator(".aw-layer").focus()
     nb.page.keyboard.press("End")  # the last layer: not cached, so it is fetched and refused
-    notice = second.locator(".aw-notice")
+    notice = second.locator(".aw-missing")  # in place of the heatmap
     notice.wait_for(state="visible", timeout=30_000)
     assert "head/29/2 was not sent: the trace shown was replaced" in notice.inner_text()
     nb.page.keyboard.press("Home")

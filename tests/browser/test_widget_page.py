@@ -89,7 +89,7 @@ def test_compare_shows_a_b_and_their_difference_with_all_three_values_on_hover(s
     diff_host = page.locator(".aw-plot-host").nth(2)
     box = diff_host.bounding_box()
     page.mouse.move(box["x"] + 0.3 * box["width"], box["y"] + 0.8 * box["height"])
-    text = page.locator(".aw-tooltip").inner_text()
+    text = page.locator(".aw-tooltip:not(.aw-bar-tip)").inner_text()
     number = r"(\d+(?:\.\d+)?(?:e[-+]\d+)?)"  # 0.0123, or 8.34e-7 below 1e-3
     m = re.search(rf"query (\d+) .* key (\d+) .*\nA {number} · B {number} · \|Δ\| {number}", text, re.S)
     assert m, repr(text)
@@ -113,8 +113,8 @@ def test_a_lazy_widget_fetches_the_head_it_needs_and_prefetches_neighbours(show)
 def test_a_fetch_the_host_cannot_answer_shows_a_message_and_the_view_keeps_working(show):
     page = show(AttentionWidget(trace(), layer=1, head=1, send_all_below=0), fetchable=False)
     page.locator(".aw-layer").press("ArrowRight")
-    expect(page.locator(".aw-notice")).to_contain_text("cannot send head/2/1")
-    expect(page.locator(".aw-plot-label")).to_contain_text("loading")
+    expect(page.locator(".aw-missing")).to_contain_text("cannot send head/2/1")  # in place, no stale image
+    expect(page.locator(".aw-plot-label")).to_contain_text("layer 2, head 1 · not available")
     page.locator(".aw-layer").press("ArrowLeft")
     page.wait_for_function("document.querySelector('.aw-root').dataset.shown === 'head/1/1:linear'")
     expect(page.locator(".aw-plot-label")).to_have_text("layer 1, head 1")
@@ -210,7 +210,7 @@ def test_cross_attention_labels_keys_with_encoder_tokens_and_queries_with_decode
     expect(page.locator(".aw-title")).to_contain_text("5 decoder tokens (queries) → 12 encoder tokens (keys)")
     root = page.locator(".aw-root")
     hover = hover_heatmap(page, root, fx=0.65, fy=0.7)
-    text = page.locator(".aw-tooltip").inner_text()
+    text = page.locator(".aw-tooltip:not(.aw-bar-tip)").inner_text()
     m = re.search(r"query (\d+) \"␣d(\d+)\" → key (\d+) \"␣s(\d+)\"", text)
     assert m, text
     assert m.group(1) == m.group(2) and m.group(3) == m.group(4)
