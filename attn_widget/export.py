@@ -29,7 +29,7 @@ from .drawing import INK, MUTED, PAPER, Box, Picture, Scene, Text, png_bytes, rg
 from .querykeys import ROW_CHUNK
 from .selection import MEAN, check_positive, format_ranges, is_int
 from .storage import write_atomically
-from .tokens import printable
+from .tokens import printable, prompt_words
 from .valuenorms import check_weighting
 
 VIEWS = ("heatmap", "grid", "bars")
@@ -169,15 +169,8 @@ def _nice(x: float) -> float:
 
 
 def prompt_excerpt(trace, n: int = 90) -> str:
-    """The start of the prompt's words (special tokens left out); for a chat-template prompt, the
-    user's message (its last line of words) rather than the system prompt before it."""
-    start, stop = trace.spans.get("prompt", trace.spans.get("input", (0, len(trace.tokens))))
-    text = "".join(t for t, special in zip(trace.tokens.text[start:stop], trace.tokens.special[start:stop])
-                   if not special)
-    lines = [line.strip() for line in text.splitlines() if len(line.split()) > 1]
-    if trace.options.get("chat") and lines:
-        text = lines[-1]
-    text = printable(" ".join(text.split()))
+    """The start of the prompt's words (:func:`tokens.prompt_words`), on one line."""
+    text = printable(" ".join(prompt_words(trace).split()))
     return text if len(text) <= n else text[:n - 1] + "…"
 
 

@@ -214,3 +214,15 @@ def printable(text: str) -> str:
     ``\\xNN`` escapes: for page titles and other one-line places where they must not go raw."""
     return "".join(f"\\x{ord(c):02x}" if (ord(c) < 32 and c not in "\t\n") or 127 <= ord(c) < 160 else c
                    for c in text)
+
+
+def prompt_words(trace) -> str:
+    """The prompt's text without special tokens, as titles quote it; for a chat-template prompt,
+    the user's message (its last line of words) rather than the system prompt before it."""
+    start, stop = trace.spans.get("prompt", trace.spans.get("input", (0, len(trace.tokens))))
+    text = "".join(t for t, special in zip(trace.tokens.text[start:stop], trace.tokens.special[start:stop])
+                   if not special)
+    lines = [line.strip() for line in text.splitlines() if len(line.split()) > 1]
+    if trace.options.get("chat") and lines:
+        text = lines[-1]
+    return text

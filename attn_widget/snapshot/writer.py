@@ -24,7 +24,7 @@ import numpy as np
 from ..encoding import decode_payload
 from ..selection import MEAN, check_count, check_positive, format_head_list, index_list, is_int
 from ..storage import write_atomically
-from ..tokens import printable
+from ..tokens import printable, prompt_words
 from . import long
 from .page import Page, ascii_html
 
@@ -556,15 +556,8 @@ def _header_html(title: str, left_out: Sequence[tuple[int, int]], candidates: Se
 
 
 def _default_title(trace) -> str:
-    """The model and the start of the text; for a chat-template prompt, the user's message
-    (the prompt's last line of words) rather than the system prompt before it."""
-    start, stop = trace.spans.get("prompt", trace.spans.get("input", (0, len(trace.tokens))))
-    text = "".join(t for t, special in zip(trace.tokens.text[start:stop], trace.tokens.special[start:stop])
-                   if not special)
-    lines = [line.strip() for line in text.splitlines() if len(line.split()) > 1]
-    if trace.options.get("chat") and lines:
-        text = lines[-1]
-    return printable(f"{trace.model_name}: \u201c{_short(text, 80)}\u201d")
+    """The model and the start of the prompt's words (:func:`tokens.prompt_words`)."""
+    return printable(f"{trace.model_name}: \u201c{_short(prompt_words(trace), 80)}\u201d")
 
 
 def _short(text: str, n: int) -> str:
